@@ -1,0 +1,2 @@
+"""The workflow as data: JSON <-> pydantic models, port specs, validation, the DAG, hashing.
+Imports neither node code nor the runtime."""

@@ -1,0 +1,24 @@
+"""Canonical hashing: Merkle cache keys from (kind, version, params, input keys, seed).
+
+Tensors are never hashed: a node's key depends only on its own declaration and the keys
+of its inputs, so a key is known before anything runs."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=True).encode("utf-8")
+
+
+def node_key(kind: str, version: int, params: dict[str, Any], inputs: dict[str, Any],
+             seed: int | None) -> str:
+    """The cache key of a node's outputs; `inputs` maps port -> key (or list of keys)."""
+    doc = {"kind": kind, "version": version, "params": params, "inputs": inputs}
+    if seed is not None:
+        doc["seed"] = seed
+    return hashlib.sha256(canonical_json(doc)).hexdigest()

@@ -1,0 +1,237 @@
+"""Whole-workflow validation: every problem at once, each located (node, port/param).
+
+Checks, in order of the document: outputs name nodes; node ids are valid; kinds exist;
+parameters validate against the node's pydantic model; every input port exists, every
+required input is linked, every link names an existing node and output port, and the
+produced type is the expected class or a subclass; the graph has no cycle."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel, ValidationError
+
+from .errors import Problem, WorkflowError
+from .spec import NodeSpec, PortSpec, compatible
+from .workflow import NODE_ID, NodeDecl, Workflow, parse_link, suggest
+
+
+@dataclass(frozen=True)
+class Link:
+    """A resolved edge end: the producing node and its output port."""
+
+    node: str
+    port: str
+
+
+@dataclass(frozen=True)
+class ResolvedNode:
+    """A node after validation: its spec, validated parameter model and resolved inputs."""
+
+    id: str
+    spec: NodeSpec
+    params: BaseModel
+    inputs: dict[str, Link | list[Link]]
+
+
+@dataclass(frozen=True)
+class ValidGraph:
+    """A validated workflow: resolved nodes, requested outputs, and the dependency DAG."""
+
+    workflow: Workflow
+    nodes: dict[str, ResolvedNode]
+    outputs: list[Link]
+    dag: nx.DiGraph
+
+
+def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = None) -> ValidGraph:
+    """Validate `wf` against the registered `specs`; raise WorkflowError with all problems."""
+    problems: list[Problem] = []
+    nodes: dict[str, ResolvedNode] = {}
+    for node_id, decl in wf.nodes.items():
+        resolved = check_node(node_id, decl, wf, specs, problems)
+        if resolved is not None:
+            nodes[node_id] = resolved
+    outputs = check_outputs(wf, specs, problems)
+    dag = build_dag(wf)
+    problems.extend(cycle_problems(dag))
+    if problems:
+        raise WorkflowError(problems, source)
+    return ValidGraph(wf, nodes, outputs, dag)
+
+
+def check_outputs(wf: Workflow, specs: Mapping[str, NodeSpec], problems: list[Problem]) -> list[Link]:
+    if not wf.outputs:
+        problems.append(Problem("'outputs' is empty: name the node(s) whose results you want"))
+    links = []
+    for name in wf.outputs:
+        node_id, port = parse_link(name)
+        if node_id not in wf.nodes:
+            problems.append(Problem(f"output '{name}' names no node", where="outputs",
+                                    hint=suggest(node_id, wf.nodes)))
+            continue
+        spec = specs.get(wf.nodes[node_id].kind)
+        if spec is None:
+            continue
+        resolved = resolve_port(spec, node_id, port, f"output '{name}'", problems, node=None)
+        if resolved:
+            links.append(Link(node_id, resolved.name))
+    return links
+
+
+def check_node(node_id: str, decl: NodeDecl, wf: Workflow, specs: Mapping[str, NodeSpec],
+               problems: list[Problem]) -> ResolvedNode | None:
+    if not NODE_ID.match(node_id):
+        problems.append(Problem("invalid node id: use letters, digits, '_' or '-', starting with a letter "
+                                "or '_' (no dots: 'node.port' names an output)", node_id))
+    spec = specs.get(decl.kind)
+    if spec is None:
+        hint = suggest(decl.kind, specs) or "run `samplegraph nodes` to list kinds"
+        problems.append(Problem(f"unknown node kind '{decl.kind}'", node_id, "kind", hint))
+        return None
+    params = check_params(node_id, decl.params, spec, problems)
+    inputs = check_inputs(node_id, decl, spec, wf, specs, problems)
+    if params is None or inputs is None:
+        return None
+    return ResolvedNode(node_id, spec, params, inputs)
+
+
+def check_params(node_id: str, params: dict[str, Any], spec: NodeSpec,
+                 problems: list[Problem]) -> BaseModel | None:
+    try:
+        return spec.params.model_validate(params)
+    except ValidationError as e:
+        for err in e.errors():
+            problems.append(param_problem(node_id, err, spec))
+        return None
+
+
+def param_problem(node_id: str, err: dict, spec: NodeSpec) -> Problem:
+    name = str(err["loc"][0]) if err["loc"] else "?"
+    sub = "".join(f"[{p}]" for p in err["loc"][1:])
+    fields = spec.params.model_fields
+    if err["type"] == "extra_forbidden":
+        hint = suggest(name, fields) or (f"parameters: {', '.join(fields)}" if fields else "this node has no parameters")
+        return Problem(f"unknown parameter '{name}'", node_id, f"param '{name}'", hint)
+    if err["type"] == "missing":
+        return Problem("missing required parameter", node_id, f"param '{name}'", describe_field(spec, name))
+    expected = err["msg"][0].lower() + err["msg"][1:]
+    return Problem(f"{expected}; got {err['input']!r}", node_id, f"param '{name}{sub}'")
+
+
+def describe_field(spec: NodeSpec, name: str) -> str | None:
+    info = spec.params.model_fields.get(name)
+    return f"expected {getattr(info.annotation, '__name__', info.annotation)}" if info else None
+
+
+def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
+                 specs: Mapping[str, NodeSpec], problems: list[Problem]) -> dict | None:
+    ok = True
+    resolved: dict[str, Link | list[Link]] = {}
+    for port_name, value in decl.inputs.items():
+        port = spec.input(port_name)
+        if port is None:
+            hint = suggest(port_name, [p.name for p in spec.inputs]) or \
+                f"inputs: {', '.join(p.name for p in spec.inputs) or 'none'}"
+            problems.append(Problem(f"unknown input port '{port_name}'", node_id, f"input '{port_name}'", hint))
+            ok = False
+            continue
+        links = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not port.many:
+            problems.append(Problem(f"takes one link, got a list of {len(value)}", node_id, f"input '{port_name}'"))
+            ok = False
+            continue
+        got = [check_link(node_id, port, link, wf, specs, problems) for link in links]
+        if any(g is None for g in got):
+            ok = False
+            continue
+        resolved[port_name] = got if port.many else got[0]
+    for port in spec.inputs:
+        if port.required and port.name not in decl.inputs:
+            problems.append(Problem(f"missing required input (expected a link to a {port.type_name} output)",
+                                    node_id, f"input '{port.name}'"))
+            ok = False
+    return resolved if ok else None
+
+
+def check_link(node_id: str, port: PortSpec, link: Any, wf: Workflow, specs: Mapping[str, NodeSpec],
+               problems: list[Problem]) -> Link | None:
+    where = f"input '{port.name}'"
+    if not isinstance(link, str):
+        problems.append(Problem(f"a link must be a string 'node' or 'node.port', got {link!r}", node_id, where))
+        return None
+    src, src_port = parse_link(link)
+    if src not in wf.nodes:
+        problems.append(Problem(f"links to '{link}', but there is no node '{src}'", node_id, where,
+                                suggest(src, wf.nodes)))
+        return None
+    src_spec = specs.get(wf.nodes[src].kind)
+    if src_spec is None:
+        return None  # the unknown kind of `src` is reported on its own node
+    out = resolve_port(src_spec, src, src_port, where, problems, node=node_id)
+    if out is None:
+        return None
+    if not compatible(out.type, port.type):
+        problems.append(Problem(f"type mismatch: expected {port.type_name}, but '{link}' produces {out.type_name}",
+                                node_id, where))
+        return None
+    return Link(src, out.name)
+
+
+def resolve_port(spec: NodeSpec, src: str, port: str | None, where: str, problems: list[Problem],
+                 node: str | None) -> PortSpec | None:
+    """The output port a link means; a bare node name is fine when it has exactly one output."""
+    if port is None:
+        if len(spec.outputs) == 1:
+            return spec.outputs[0]
+        names = ", ".join(f"'{src}.{p.name}'" for p in spec.outputs)
+        problems.append(Problem(f"node '{src}' has several outputs; link one of {names}", node, where))
+        return None
+    out = spec.output(port)
+    if out is None:
+        names = [p.name for p in spec.outputs]
+        problems.append(Problem(f"node '{src}' ({spec.kind}) has no output '{port}'", node, where,
+                                suggest(port, names) or f"outputs: {', '.join(names)}"))
+    return out
+
+
+def build_dag(wf: Workflow) -> nx.DiGraph:
+    """Edges producer -> consumer between existing nodes (links to missing nodes are skipped)."""
+    dag = nx.DiGraph()
+    dag.add_nodes_from(wf.nodes)
+    for node_id, decl in wf.nodes.items():
+        for value in decl.inputs.values():
+            for link in value if isinstance(value, list) else [value]:
+                if isinstance(link, str):
+                    src = parse_link(link)[0]
+                    if src in wf.nodes:
+                        dag.add_edge(src, node_id)
+    return dag
+
+
+def cycle_problems(dag: nx.DiGraph) -> list[Problem]:
+    """One problem per strongly connected component that loops, with the cycle path."""
+    problems = []
+    for comp in nx.strongly_connected_components(dag):
+        first = next(iter(comp))
+        if len(comp) == 1 and not dag.has_edge(first, first):
+            continue
+        cycle = nx.find_cycle(dag.subgraph(comp), source=min(comp))
+        path = [u for u, _ in cycle] + [cycle[0][0]]
+        problems.append(Problem("cycle detected: " + " -> ".join(path), min(comp)))
+    return problems
+
+
+def execution_order(graph: ValidGraph, outputs: list[str] | None = None) -> list[str]:
+    """Only what the requested outputs need, in a deterministic topological order."""
+    targets = [parse_link(o)[0] for o in outputs] if outputs else [link.node for link in graph.outputs]
+    missing = [t for t in targets if t not in graph.nodes]
+    if missing:
+        raise WorkflowError([Problem(f"requested output '{t}' names no node", hint=suggest(t, graph.nodes))
+                             for t in missing])
+    needed = set(targets)
+    for t in targets:
+        needed |= nx.ancestors(graph.dag, t)
+    return list(nx.lexicographical_topological_sort(graph.dag.subgraph(needed)))

@@ -1,0 +1,61 @@
+"""NodeContext: what the runtime hands a node that asks for it (a `ctx: NodeContext`
+argument of run): device, noise, progress, cancellation and accounting. Nodes never import
+the runtime; everything they need arrives here."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...graph.errors import NodeError, RunCancelled
+from .noise import NoiseSource
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class NodeContext:
+    """Per-node services; `NodeContext.detached()` makes one for use outside a workflow run."""
+
+    node_id: str
+    device: torch.device
+    out_dir: Path
+    seed: int | None = None
+    on_progress: Callable[[int, int], None] | None = None
+    is_cancelled: Callable[[], bool] = _never
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def detached(cls, device: str | torch.device = "cpu", seed: int | None = 0,
+                 out_dir: str | Path = ".") -> NodeContext:
+        return cls(node_id="<detached>", device=torch.device(device), out_dir=Path(out_dir), seed=seed)
+
+    @property
+    def noise(self) -> NoiseSource:
+        """The run's NoiseSource; only nodes declaring `uses_seed = True` get one (it enters their cache key)."""
+        if self.seed is None:
+            raise NodeError(f"node '{self.node_id}' draws noise but does not declare uses_seed = True")
+        return NoiseSource(self.seed)
+
+    def progress(self, step: int, total: int) -> None:
+        """Report step `step` of `total` of a loop (renders as a progress bar)."""
+        if self.on_progress is not None:
+            self.on_progress(step, total)
+
+    def check_cancelled(self) -> None:
+        """Raise RunCancelled if the run was cancelled; call between steps of long loops."""
+        if self.is_cancelled():
+            raise RunCancelled(f"run cancelled during node '{self.node_id}'")
+
+    def add_nfe(self, n: int) -> None:
+        """Account `n` denoiser evaluations to this node (shown in the run report)."""
+        self.metrics["nfe"] = self.metrics.get("nfe", 0) + int(n)
+
+    def record(self, **values: Any) -> None:
+        """Attach JSON-serialisable values (metric results, counts) to this node's report entry."""
+        self.metrics.update(values)

@@ -1,0 +1,53 @@
+"""Denoiser: `(x: (B, ...), sigma: (B,)) -> x0 estimate (B, ...)` in the space
+x = x0 + sigma * eps (Karras et al. 2022). Every model, guided or not, is seen this way."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+
+
+class Denoiser(ABC):
+    """The x0 estimate of a noisy batch at per-sample noise levels."""
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> Denoiser:
+        """A copy (or self) whose tensors live on `device`; models override this."""
+        return self
+
+
+class FunctionDenoiser(Denoiser):
+    """Wrap a plain function `(x, sigma) -> x0` (e.g. a k-diffusion style model) as a Denoiser."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.fn = fn
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, sigma)
+
+
+class CountingDenoiser(Denoiser):
+    """Counts batched calls (NFE) of the wrapped denoiser; used by the loops for accounting."""
+
+    def __init__(self, inner: Denoiser):
+        self.inner = inner
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x, sigma)
+
+
+class Distribution(ABC):
+    """A distribution with an exact sampler and log-density: the reference for metrics."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n exact samples (n, ...) drawn with `generator` (float64, CPU)."""
+
+    @abstractmethod
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log-density (B,) of clean data x (B, ...)."""

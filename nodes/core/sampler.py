@@ -1,0 +1,59 @@
+"""Sampler (solver) contract: `init(x, sigmas) -> State`, `step(denoise, state, noise) -> State`.
+
+A sampler is a node whose output is itself (a frozen, parameterised object). It never owns
+a loop: `run_steps` below is the one generic loop, and search strategies drive `step`
+directly over particles."""
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import ClassVar
+
+import torch
+
+from .context import NodeContext
+from .denoiser import CountingDenoiser, Denoiser
+from .noise import NoiseSource
+from .sigmas import Sigmas
+from .state import State
+from ..api import Node
+
+
+class Sampler(Node):
+    """Base of every solver node; subclasses set `order` and `nfe_per_step` and define `step`."""
+
+    order: ClassVar[int] = 1  # convergence order of the ODE solver (ancestral: weak order)
+    nfe_per_step: ClassVar[int] = 1  # denoiser calls per step (a final step to sigma 0 may use fewer)
+    stochastic: ClassVar[bool] = False  # True when step() draws noise
+
+    def run(self) -> Sampler:
+        return self
+
+    def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
+        """Start at x (B, ...) on sigmas[0]; particle ids default to 0..B-1."""
+        b = x.shape[0]
+        if particle is None:
+            particle = torch.arange(b, device=x.device)
+        return State(x=x, sigmas=sigmas.values.to(device=x.device, dtype=x.dtype),
+                     step=torch.zeros(b, dtype=torch.long, device=x.device), particle=particle.to(x.device))
+
+    @abstractmethod
+    def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
+        """One step from state.sigma to state.sigma_next (both (B,))."""
+
+
+def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSource,
+              ctx: NodeContext | None = None) -> State:
+    """The one generic loop: step every particle until its schedule ends.
+
+    Cancellation is checked and progress reported between steps; NFE is accounted to ctx."""
+    counted = CountingDenoiser(denoise)
+    total = state.sigmas.numel() - 1
+    while not bool(state.done.all()):
+        if ctx is not None:
+            ctx.check_cancelled()
+        state = sampler.step(counted, state, noise)
+        if ctx is not None:
+            ctx.progress(int(state.step.min()), total)
+    if ctx is not None:
+        ctx.add_nfe(counted.calls)
+    return state

@@ -1,0 +1,1 @@
+"""Executing workflows: executor, caches, devices, events, reports, the CLI and embedding API."""

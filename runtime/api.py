@@ -1,0 +1,135 @@
+"""The embedding API: `Runtime(device=..., cache_dir=...)`, `runtime.run(workflow, ...)`.
+
+A Runtime owns a node registry and the caches; every run keeps its own state, so one
+Runtime serves several threads at once (the caches lock; disk writes are atomic)."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..graph.errors import Problem, RunCancelled, SamplegraphError, WorkflowError
+from ..graph.validate import Link, ValidGraph, execution_order, resolve_port, validate
+from ..graph.workflow import Workflow, parse_link
+from ..nodes.api import Node, Registry
+from .cache import DiskCache, MemoryCache
+from .devices import resolve_device
+from .events import Event, RunFinished
+from .executor import RunSettings, execute
+from .report import RunReport
+
+
+class CancelToken:
+    """Cancel a run from another thread: `token.cancel()`; checked between nodes and steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class RunResult:
+    """Requested outputs by name ("node" or "node.port") and the run report."""
+
+    outputs: dict[str, Any]
+    report: RunReport
+    report_path: Path | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.outputs[name]
+
+
+class Runtime:
+    """Runs workflows: validation, pruning, caching (memory + optional disk), devices, events."""
+
+    def __init__(self, device: str | torch.device = "auto", cache_dir: str | Path | None = None,
+                 memory_cache_bytes: int = 2 << 30, disk_cache_bytes: int = 10 << 30,
+                 registry: Registry | None = None, nodes: Iterable[type[Node]] = (),
+                 cache: bool = True):
+        self.device = resolve_device(device)
+        base = registry if registry is not None else Registry.default()
+        self.registry = base.extended(nodes) if nodes else base
+        self.memory = MemoryCache(memory_cache_bytes) if cache else None
+        self.disk = DiskCache(cache_dir, disk_cache_bytes) if (cache and cache_dir is not None) else None
+
+    def validate(self, wf: Workflow, source: str | None = None) -> ValidGraph:
+        """All problems at once as a WorkflowError, or the validated graph."""
+        return validate(wf, self.registry.specs, source)
+
+    def run(self, wf: Workflow | str | Path | dict, outputs: list[str] | None = None,
+            overrides: dict[str, Any] | None = None, on_event: Callable[[Event], None] | None = None,
+            cancel: CancelToken | None = None, out_dir: str | Path | None = None,
+            seed: int | None = None) -> RunResult:
+        """Validate, prune to `outputs` (default: the workflow's), run, and report.
+
+        The report is saved as `report.json` in `out_dir` when one is given."""
+        wf, source = as_workflow(wf)
+        if overrides:
+            wf = wf.with_overrides(overrides)
+        if seed is not None:
+            wf = wf.model_copy(update={"seed": int(seed)})
+        graph = self.validate(wf, source)
+        names = outputs if outputs is not None else list(wf.outputs)
+        order = execution_order(graph, names)
+        wanted = resolve_wanted(graph, names)
+        report = RunReport(seed=wf.seed, device=str(self.device), source=source)
+        emit = on_event or (lambda e: None)
+        settings = RunSettings(device=self.device, seed=wf.seed, out_dir=Path(out_dir or "."),
+                               memory=self.memory, disk=self.disk, emit=emit,
+                               is_cancelled=(lambda: cancel.cancelled) if cancel else (lambda: False))
+        start = time.perf_counter()
+        try:
+            produced = execute(graph, order, wanted, report, settings)
+            report.status = "ok"
+        except RunCancelled:
+            report.status = "cancelled"
+            raise
+        except SamplegraphError:
+            report.status = "failed"
+            raise
+        finally:
+            report.wall_s = time.perf_counter() - start
+        results = {name: produced[(link.node, link.port)] for name, link in zip(names, wanted)}
+        report.outputs = {name: describe_output(v) for name, v in results.items()}
+        path = report.save(Path(out_dir) / "report.json") if out_dir is not None else None
+        emit(RunFinished(report))
+        return RunResult(results, report, path)
+
+
+def as_workflow(wf: Workflow | str | Path | dict) -> tuple[Workflow, str | None]:
+    if isinstance(wf, Workflow):
+        return wf, None
+    if isinstance(wf, dict):
+        return Workflow.from_dict(wf), None
+    return Workflow.load(wf), str(wf)
+
+
+def resolve_wanted(graph: ValidGraph, names: list[str]) -> list[Link]:
+    """The output port each requested name means (validated like a link)."""
+    problems: list[Problem] = []
+    links = []
+    for name in names:
+        node_id, port = parse_link(name)
+        found = resolve_port(graph.nodes[node_id].spec, node_id, port, f"output '{name}'", problems, node=None)
+        if found is not None:
+            links.append(Link(node_id, found.name))
+    if problems:
+        raise WorkflowError(problems)
+    return links
+
+
+def describe_output(value: Any) -> str:
+    from .values import describe
+
+    return describe(value)

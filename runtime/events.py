@@ -1,0 +1,47 @@
+"""Progress events: what the CLI renders as progress bars and embedders subscribe to."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    total: int  # nodes that will run (after pruning)
+
+
+@dataclass(frozen=True)
+class NodeStarted:
+    node: str
+    kind: str
+    index: int  # 0-based position in the execution order
+    total: int
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    node: str
+    step: int  # steps done so far
+    total: int
+
+
+@dataclass(frozen=True)
+class NodeFinished:
+    node: str
+    kind: str
+    cache: str  # "memory", "disk", "miss" or "uncached"
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class CacheDiscarded:
+    key: str
+    reason: str  # a corrupt or truncated disk entry was deleted and will be recomputed
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    report: Any  # RunReport
+
+
+Event = Union[RunStarted, NodeStarted, StepProgress, NodeFinished, CacheDiscarded, RunFinished]

@@ -1,0 +1,199 @@
+"""The executor: runs a validated workflow's needed nodes in topological order.
+
+State of one run (all local to `execute`, so runs on one Runtime never share it):
+- `order`: node ids needed by the requested outputs, topologically sorted (pruned first);
+- `keys[node]`: its Merkle cache key = hash(kind, version, canonical params, input keys,
+  seed if the node uses it), computed before the node runs; tensors are never hashed;
+- `values[(node, port)]`: outputs still needed, dropped once their last consumer ran
+  (requested outputs are kept);
+- the report, filled one NodeReport per node.
+Policy per node: check cancellation; memory cache, then disk cache (both only for
+cacheable nodes); else run it with its inputs (moved to the run's device) and store what
+it returned. A node that fails or is cancelled stores nothing."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..graph.errors import NodeError, NodeRunError, RunCancelled, SamplegraphError
+from ..graph.hashing import node_key
+from ..graph.validate import Link, ResolvedNode, ValidGraph
+from ..nodes.core.context import NodeContext
+from ..nodes.core.denoiser import Denoiser
+from . import values as V
+from .cache import DiskCache, MemoryCache
+from .events import CacheDiscarded, Event, NodeFinished, NodeStarted, RunStarted, StepProgress
+from .report import NodeReport, RunReport, peak_rss_bytes
+
+
+@dataclass
+class RunSettings:
+    device: torch.device
+    seed: int
+    out_dir: Path
+    memory: MemoryCache | None
+    disk: DiskCache | None
+    emit: Callable[[Event], None]
+    is_cancelled: Callable[[], bool]
+
+
+def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, str]:
+    """Merkle keys of the nodes in `order` (producers come first)."""
+    keys: dict[str, str] = {}
+    for node_id in order:
+        rn = graph.nodes[node_id]
+        inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()}
+        keys[node_id] = node_key(rn.spec.kind, rn.spec.version, rn.params.model_dump(mode="json"),
+                                 inputs, seed if rn.spec.uses_seed else None)
+    return keys
+
+
+def link_key(keys: dict[str, str], link: Link | list[Link]) -> str | list[str]:
+    if isinstance(link, list):
+        return [f"{keys[l.node]}:{l.port}" for l in link]
+    return f"{keys[link.node]}:{link.port}"
+
+
+def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
+            run: RunSettings) -> dict[tuple[str, str], Any]:
+    """Run `order`; return the values of the `wanted` links. Fills `report` as it goes."""
+    keys = compute_keys(graph, order, run.seed)
+    remaining = consumer_counts(graph, order)
+    keep = {(link.node, link.port) for link in wanted}
+    vals: dict[tuple[str, str], Any] = {}
+    run.emit(RunStarted(len(order)))
+    for index, node_id in enumerate(order):
+        if run.is_cancelled():
+            raise RunCancelled(f"run cancelled before node '{node_id}'")
+        rn = graph.nodes[node_id]
+        run.emit(NodeStarted(node_id, rn.spec.kind, index, len(order)))
+        entry = run_node(rn, keys[node_id], vals, run)
+        report.nodes.append(entry)
+        run.emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
+        release_inputs(rn, remaining, keep, vals)
+    return {(link.node, link.port): vals[(link.node, link.port)] for link in wanted}
+
+
+def run_node(rn: ResolvedNode, key: str, vals: dict, run: RunSettings) -> NodeReport:
+    start = time.perf_counter()
+    cuda = run.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(run.device)
+    outputs, cache = lookup(rn, key, run)
+    ctx = None
+    if outputs is None:
+        ctx = make_context(rn, run)
+        outputs = call_node(rn, gather_inputs(rn, vals, run.device), ctx)
+        cache = "miss" if rn.spec.cacheable else "uncached"
+        if rn.spec.cacheable:
+            store(key, outputs, run)
+    for port, value in outputs.items():
+        vals[(rn.id, port)] = value
+    metrics = dict(ctx.metrics) if ctx else {}
+    nfe = int(metrics.pop("nfe", 0))
+    devices = {d for d in map(V.device_of, outputs.values()) if d}
+    return NodeReport(node=rn.id, kind=rn.spec.kind, cache=cache, wall_s=time.perf_counter() - start,
+                      nfe=nfe, device=",".join(sorted(devices)) or None, peak_rss_bytes=peak_rss_bytes(),
+                      peak_cuda_bytes=torch.cuda.max_memory_allocated(run.device) if cuda else None,
+                      outputs={p: V.describe(v) for p, v in outputs.items()}, metrics=metrics)
+
+
+def lookup(rn: ResolvedNode, key: str, run: RunSettings) -> tuple[dict | None, str]:
+    if not rn.spec.cacheable:
+        return None, "uncached"
+    if run.memory is not None and (hit := run.memory.get(key)) is not None:
+        return hit, "memory"
+    if run.disk is not None:
+        port_types = {p.name: p.type for p in rn.spec.outputs}
+        hit = run.disk.get(key, port_types, run.device,
+                           on_corrupt=lambda k, why: run.emit(CacheDiscarded(k, why)))
+        if hit is not None:
+            if run.memory is not None:
+                run.memory.put(key, hit)
+            return hit, "disk"
+    return None, "miss"
+
+
+def store(key: str, outputs: dict[str, Any], run: RunSettings) -> None:
+    if run.memory is not None:
+        run.memory.put(key, outputs)
+    if run.disk is not None:
+        run.disk.put(key, outputs)
+
+
+def make_context(rn: ResolvedNode, run: RunSettings) -> NodeContext:
+    def on_progress(step: int, total: int) -> None:
+        run.emit(StepProgress(rn.id, step, total))
+
+    return NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
+                       seed=run.seed if rn.spec.uses_seed else None,
+                       on_progress=on_progress, is_cancelled=run.is_cancelled)
+
+
+def gather_inputs(rn: ResolvedNode, vals: dict, device: torch.device) -> dict[str, Any]:
+    def fetch(link: Link) -> Any:
+        return to_device(vals[(link.node, link.port)], device)
+
+    return {port: [fetch(l) for l in link] if isinstance(link, list) else fetch(link)
+            for port, link in rn.inputs.items()}
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors and models move to the run's device when a node uses them."""
+    if isinstance(value, torch.Tensor) and value.device != device:
+        return value.to(device)
+    if isinstance(value, Denoiser):
+        return value.to(device)
+    return value
+
+
+def call_node(rn: ResolvedNode, inputs: dict[str, Any], ctx: NodeContext) -> dict[str, Any]:
+    if rn.spec.context_param is not None:
+        inputs[rn.spec.context_param] = ctx
+    try:
+        result = rn.params.run(**inputs)
+    except (RunCancelled, NodeRunError):
+        raise
+    except NodeError as e:
+        raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
+    except SamplegraphError as e:
+        raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
+    except Exception as e:
+        raise NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}") from e
+    return check_outputs(rn, result)
+
+
+def check_outputs(rn: ResolvedNode, result: Any) -> dict[str, Any]:
+    ports = rn.spec.outputs
+    outputs = dict(zip([p.name for p in ports], result)) if len(ports) > 1 or ports[0].name != "out" \
+        else {"out": result}
+    for port in ports:
+        value = outputs.get(port.name)
+        if not isinstance(value, port.type):
+            raise NodeRunError(rn.id, rn.spec.kind, f"output '{port.name}' should be {port.type_name}, "
+                               f"but run() returned {type(value).__name__} (a bug in the node)")
+    return outputs
+
+
+def consumer_counts(graph: ValidGraph, order: list[str]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for node_id in order:
+        for link in graph.nodes[node_id].inputs.values():
+            for l in link if isinstance(link, list) else [link]:
+                counts[(l.node, l.port)] = counts.get((l.node, l.port), 0) + 1
+    return counts
+
+
+def release_inputs(rn: ResolvedNode, remaining: dict, keep: set, vals: dict) -> None:
+    """Drop values whose last consumer just ran (the caches keep what they hold)."""
+    for link in rn.inputs.values():
+        for l in link if isinstance(link, list) else [link]:
+            k = (l.node, l.port)
+            remaining[k] -= 1
+            if remaining[k] == 0 and k not in keep:
+                vals.pop(k, None)

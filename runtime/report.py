@@ -1,0 +1,63 @@
+"""Run reports: per node wall time, cache hit/miss, NFE, peak memory, device; saved as JSON."""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class NodeReport:
+    node: str
+    kind: str
+    cache: str  # "memory" | "disk" | "miss" | "uncached" (not cacheable: side effects)
+    wall_s: float
+    nfe: int = 0
+    device: str | None = None
+    peak_rss_bytes: int = 0  # process peak resident set after this node (CPU memory high-water mark)
+    peak_cuda_bytes: int | None = None  # peak CUDA allocation during this node, when on CUDA
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    seed: int
+    device: str
+    source: str | None = None
+    wall_s: float = 0.0
+    status: str = "running"  # "ok" | "cancelled" | "failed"
+    nodes: list[NodeReport] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=lambda: {
+        "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()})
+
+    @property
+    def nfe(self) -> int:
+        return sum(n.nfe for n in self.nodes)
+
+    def node(self, node_id: str) -> NodeReport:
+        return next(n for n in self.nodes if n.node == node_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["nfe"] = self.nfe
+        return d
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        return path
+
+
+def peak_rss_bytes() -> int:
+    """Process peak resident set size (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
