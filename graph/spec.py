@@ -39,11 +39,14 @@ class NodeSpec:
     context_param: str | None = None  # name of run()'s NodeContext parameter, if any
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", ({p.name: p for p in self.inputs}, {p.name: p for p in self.outputs}))
+
     def input(self, name: str) -> PortSpec | None:
-        return next((p for p in self.inputs if p.name == name), None)
+        return self._by_name[0].get(name)
 
     def output(self, name: str) -> PortSpec | None:
-        return next((p for p in self.outputs if p.name == name), None)
+        return self._by_name[1].get(name)
 
 
 def type_label(tp: type) -> str:

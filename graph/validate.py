@@ -6,6 +6,7 @@ required input is linked, every link names an existing node and output port, and
 produced type is the expected class or a subclass; the graph has no cycle."""
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +116,15 @@ def param_problem(node_id: str, err: dict, spec: NodeSpec) -> Problem:
     if err["type"] == "extra_forbidden":
         hint = suggest(name, fields) or (f"parameters: {', '.join(fields)}" if fields else "this node has no parameters")
         return Problem(f"unknown parameter '{name}'", node_id, f"param '{name}'", hint)
+    if err["type"] == "value_error":
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        if not err["loc"]:
+            return Problem(msg, node_id, "params")
+        return Problem(f"{msg}; got {err['input']!r}", node_id, f"param '{name}{sub}'")
     if err["type"] == "missing":
         return Problem("missing required parameter", node_id, f"param '{name}'", describe_field(spec, name))
-    expected = err["msg"][0].lower() + err["msg"][1:]
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    expected = msg[0].lower() + msg[1:]
     return Problem(f"{expected}; got {err['input']!r}", node_id, f"param '{name}{sub}'")
 
 
@@ -231,7 +238,26 @@ def execution_order(graph: ValidGraph, outputs: list[str] | None = None) -> list
     if missing:
         raise WorkflowError([Problem(f"requested output '{t}' names no node", hint=suggest(t, graph.nodes))
                              for t in missing])
-    needed = set(targets)
+    needed: set[str] = set()
     for t in targets:
-        needed |= nx.ancestors(graph.dag, t)
-    return list(nx.lexicographical_topological_sort(graph.dag.subgraph(needed)))
+        if t not in needed:  # an ancestor of an earlier target brings its own ancestors already
+            needed |= nx.ancestors(graph.dag, t) | {t}
+    return topological_order(graph.dag, needed)
+
+
+def topological_order(dag: nx.DiGraph, keep: set[str]) -> list[str]:
+    """Kahn's algorithm over the `keep` nodes, smallest id first among ready nodes (deterministic)."""
+    pred, succ = dag.pred, dag.succ
+    indegree = {n: sum(1 for p in pred[n] if p in keep) for n in keep}
+    ready = [n for n, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        n = heapq.heappop(ready)
+        order.append(n)
+        for m in succ[n]:
+            if m in keep:
+                indegree[m] -= 1
+                if indegree[m] == 0:
+                    heapq.heappush(ready, m)
+    return order

@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,25 @@ FORMAT = 1
 Outputs = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A node's cached result: its outputs by port and the metrics it recorded (JSON-plain),
+    so reports show the metrics on cache hits too."""
+
+    outputs: Outputs
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
 class MemoryCache:
     """Thread-safe LRU of node outputs bounded by total bytes of the tensors it holds."""
 
     def __init__(self, max_bytes: int = 2 << 30):
         self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[str, tuple[Outputs, int]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Entry, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> Outputs | None:
+    def get(self, key: str) -> Entry | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -49,7 +59,7 @@ class MemoryCache:
             self._items.move_to_end(key)
             return item[0]
 
-    def put(self, key: str, outputs: Outputs) -> None:
+    def put(self, key: str, outputs: Outputs, metrics: dict[str, Any] | None = None) -> None:
         size = sum(values.nbytes(v) for v in outputs.values())
         if size > self.max_bytes:
             return
@@ -57,7 +67,7 @@ class MemoryCache:
             old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= old[1]
-            self._items[key] = (outputs, size)
+            self._items[key] = (Entry(outputs, dict(metrics or {})), size)
             self._bytes += size
             while self._bytes > self.max_bytes:
                 _, (_, freed) = self._items.popitem(last=False)
@@ -89,7 +99,7 @@ class DiskCache:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def get(self, key: str, port_types: dict[str, type], device: torch.device,
-            on_corrupt: Callable[[str, str], None] | None = None) -> Outputs | None:
+            on_corrupt: Callable[[str, str], None] | None = None) -> Entry | None:
         """The outputs stored under `key`, or None; a bad entry is deleted and `on_corrupt(key, why)` told."""
         path = self.path(key)
         try:
@@ -100,7 +110,7 @@ class DiskCache:
             self._discard(path, f"unreadable: {e}", on_corrupt)
             return None
         try:
-            outputs = self._decode(data, key, port_types, device)
+            entry = self._decode(data, key, port_types, device)
         except Exception as e:  # any malformation means: discard and recompute
             self._discard(path, f"{type(e).__name__}: {e}", on_corrupt)
             return None
@@ -108,10 +118,13 @@ class DiskCache:
             os.utime(path)
         except OSError:
             pass
-        return outputs
+        return entry
 
-    def put(self, key: str, outputs: Outputs) -> bool:
-        """Store when every output is encodable; returns whether it was stored."""
+    def put(self, key: str, outputs: Outputs, metrics: dict[str, Any] | None = None) -> bool:
+        """Store when every output (and the metrics) is encodable; returns whether it was stored."""
+        metrics = dict(metrics or {})
+        if not values.is_plain(metrics):
+            return False
         tensors: dict[str, torch.Tensor] = {}
         metas: dict[str, Any] = {}
         for port, value in outputs.items():
@@ -120,7 +133,7 @@ class DiskCache:
                 return False
             port_tensors, metas[port] = enc
             tensors.update({f"{port}/{name}": t for name, t in port_tensors.items()})
-        header = {"format": FORMAT, "key": key, "ports": metas, "sha256": digests(tensors)}
+        header = {"format": FORMAT, "key": key, "ports": metas, "sha256": digests(tensors), "metrics": metrics}
         blob = base64.b64encode(msgpack.packb(header, use_bin_type=True)).decode("ascii")
         data = st_save(tensors, metadata={"samplegraph": blob})
         path = self.path(key)
@@ -136,7 +149,7 @@ class DiskCache:
         self._account(len(data))
         return True
 
-    def _decode(self, data: bytes, key: str, port_types: dict[str, type], device: torch.device) -> Outputs:
+    def _decode(self, data: bytes, key: str, port_types: dict[str, type], device: torch.device) -> Entry:
         (n,) = struct.unpack("<Q", data[:8])
         meta = json.loads(data[8:8 + n])["__metadata__"]
         header = msgpack.unpackb(base64.b64decode(meta["samplegraph"]), raw=False)
@@ -152,7 +165,7 @@ class DiskCache:
             prefix = f"{port}/"
             own = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
             out[port] = values.decode(port_types[port], own, pmeta, device)
-        return out
+        return Entry(out, header.get("metrics", {}))
 
     @staticmethod
     def _discard(path: Path, why: str, on_corrupt: Callable[[str, str], None] | None) -> None:

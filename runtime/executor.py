@@ -26,7 +26,7 @@ from ..graph.validate import Link, ResolvedNode, ValidGraph
 from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
 from . import values as V
-from .cache import DiskCache, MemoryCache
+from .cache import DiskCache, Entry, MemoryCache
 from .events import CacheDiscarded, Event, NodeFinished, NodeStarted, RunStarted, StepProgress
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -84,26 +84,27 @@ def run_node(rn: ResolvedNode, key: str, vals: dict, run: RunSettings) -> NodeRe
     cuda = run.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
-    outputs, cache = lookup(rn, key, run)
-    ctx = None
-    if outputs is None:
+    entry, cache = lookup(rn, key, run)
+    nfe = 0
+    if entry is None:
         ctx = make_context(rn, run)
         outputs = call_node(rn, gather_inputs(rn, vals, run.device), ctx)
+        nfe = int(ctx.metrics.pop("nfe", 0))
+        entry = Entry(outputs, ctx.metrics)
         cache = "miss" if rn.spec.cacheable else "uncached"
         if rn.spec.cacheable:
-            store(key, outputs, run)
+            store(key, entry, run)
+    outputs = entry.outputs
     for port, value in outputs.items():
         vals[(rn.id, port)] = value
-    metrics = dict(ctx.metrics) if ctx else {}
-    nfe = int(metrics.pop("nfe", 0))
     devices = {d for d in map(V.device_of, outputs.values()) if d}
     return NodeReport(node=rn.id, kind=rn.spec.kind, cache=cache, wall_s=time.perf_counter() - start,
                       nfe=nfe, device=",".join(sorted(devices)) or None, peak_rss_bytes=peak_rss_bytes(),
                       peak_cuda_bytes=torch.cuda.max_memory_allocated(run.device) if cuda else None,
-                      outputs={p: V.describe(v) for p, v in outputs.items()}, metrics=metrics)
+                      outputs={p: V.describe(v) for p, v in outputs.items()}, metrics=dict(entry.metrics))
 
 
-def lookup(rn: ResolvedNode, key: str, run: RunSettings) -> tuple[dict | None, str]:
+def lookup(rn: ResolvedNode, key: str, run: RunSettings) -> tuple[Entry | None, str]:
     if not rn.spec.cacheable:
         return None, "uncached"
     if run.memory is not None and (hit := run.memory.get(key)) is not None:
@@ -114,16 +115,16 @@ def lookup(rn: ResolvedNode, key: str, run: RunSettings) -> tuple[dict | None, s
                            on_corrupt=lambda k, why: run.emit(CacheDiscarded(k, why)))
         if hit is not None:
             if run.memory is not None:
-                run.memory.put(key, hit)
+                run.memory.put(key, hit.outputs, hit.metrics)
             return hit, "disk"
     return None, "miss"
 
 
-def store(key: str, outputs: dict[str, Any], run: RunSettings) -> None:
+def store(key: str, entry: Entry, run: RunSettings) -> None:
     if run.memory is not None:
-        run.memory.put(key, outputs)
+        run.memory.put(key, entry.outputs, entry.metrics)
     if run.disk is not None:
-        run.disk.put(key, outputs)
+        run.disk.put(key, entry.outputs, entry.metrics)
 
 
 def make_context(rn: ResolvedNode, run: RunSettings) -> NodeContext:

@@ -50,4 +50,4 @@ class Distribution(ABC):
 
     @abstractmethod
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact log-density (B,) of clean data x (B, ...)."""
+        """Exact log-density (B,) float64 of clean data x (B, ...) given on any device and dtype."""

@@ -43,15 +43,21 @@ class Sampler(Node):
 
 def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSource,
               ctx: NodeContext | None = None) -> State:
-    """The one generic loop: step every particle until its schedule ends.
+    """The one generic loop: step every unfinished particle until its schedule ends.
 
-    Cancellation is checked and progress reported between steps; NFE is accounted to ctx."""
+    Particles may be at different steps; finished ones are left alone. Cancellation is
+    checked and progress reported between steps; NFE is accounted to ctx."""
     counted = CountingDenoiser(denoise)
     total = state.sigmas.numel() - 1
     while not bool(state.done.all()):
         if ctx is not None:
             ctx.check_cancelled()
-        state = sampler.step(counted, state, noise)
+        active = ~state.done  # (B,)
+        if bool(active.all()):
+            state = sampler.step(counted, state, noise)
+        else:
+            idx = active.nonzero().squeeze(1)  # (A,)
+            state = state.put(idx, sampler.step(counted, state[idx], noise))
         if ctx is not None:
             ctx.progress(int(state.step.min()), total)
     if ctx is not None:

@@ -67,6 +67,18 @@ class State:
                      denoised=None if self.denoised is None else self.denoised[idx],
                      history=tuple(h[idx] for h in self.history))
 
+    def put(self, idx: torch.Tensor, part: State) -> State:
+        """This state with particles `idx` (A,) replaced by `part` (A particles): the inverse of state[idx]."""
+        def into(full: torch.Tensor | None, sub: torch.Tensor) -> torch.Tensor:
+            base = sub.new_zeros((self.batch, *sub.shape[1:])) if full is None else full
+            return base.index_copy(0, idx, sub)
+
+        history = self.history or (None,) * len(part.history)
+        return State(x=into(self.x, part.x), sigmas=self.sigmas, step=into(self.step, part.step),
+                     particle=self.particle,
+                     denoised=None if part.denoised is None else into(self.denoised, part.denoised),
+                     history=tuple(into(h, p) for h, p in zip(history, part.history)))
+
     @staticmethod
     def cat(states: Sequence[State]) -> State:
         """Concatenate particles of states that share one schedule and history layout."""

@@ -1,0 +1,123 @@
+"""GaussianMixture: a diagonal-covariance Gaussian mixture whose denoiser, score and density
+are exact at every noise level, the analytic reference model of the tests and benchmarks.
+
+Noising x = x0 + sigma * eps keeps every component Gaussian, with variance stds^2 + sigma^2,
+so the posterior mean E[x0 | x] (Tweedie's formula, Efron 2011; the ideal denoiser of
+Karras et al. 2022, eq. 3) is a responsibility-weighted sum of per-component posterior means.
+Responsibilities come from a logsumexp, so points far from every mode stay finite."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ...graph.errors import NodeError
+from ..core.denoiser import Denoiser, Distribution
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class GaussianMixture(Denoiser, Distribution):
+    """K Gaussians with diagonal covariance: the exact denoiser of Karras et al. (2022), eq. 3."""
+
+    def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor):
+        means, stds, weights = (torch.as_tensor(t, dtype=torch.float64) for t in (means, stds, weights))
+        if means.ndim != 2 or stds.shape != means.shape or weights.shape != means.shape[:1]:
+            raise ValueError(f"GaussianMixture needs means (K, D), stds (K, D) and weights (K,); got "
+                             f"{tuple(means.shape)}, {tuple(stds.shape)} and {tuple(weights.shape)}")
+        if not bool((stds > 0).all()) or not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
+            raise ValueError("GaussianMixture needs stds > 0 and weights >= 0 with a positive sum")
+        self.means = means  # (K, D)
+        self.stds = stds  # (K, D)
+        self.weights = weights / weights.sum()  # (K,)
+
+    def __repr__(self) -> str:
+        """Sizes and device, never the parameter values."""
+        k, d = self.means.shape
+        return f"GaussianMixture(K={k}, D={d}, device={self.device})"
+
+    @property
+    def shape(self) -> tuple[int]:
+        """The shape of one sample: (D,)."""
+        return (self.means.shape[1],)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live (reported per node by the runtime)."""
+        return self.means.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the parameters (for the memory cache's budget)."""
+        return sum(t.numel() * t.element_size() for t in (self.means, self.stds, self.weights))
+
+    def to(self, device: torch.device | str) -> GaussianMixture:
+        """The same mixture with its parameters on `device` (float64 kept)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return GaussianMixture(self.means.to(device), self.stds.to(device), self.weights.to(device))
+
+    def _log_joint(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """log w_k N(x; mu_k, stds_k^2 + sigma^2) (B, K), mu - x and the noisy variances (B, K, D)."""
+        self._check(x, sigma)
+        means, stds = self.means.to(x), self.stds.to(x)  # (K, D)
+        var = stds[None] ** 2 + sigma.to(x)[:, None, None] ** 2  # (B, K, D)
+        delta = means[None] - x[:, None, :]  # (B, K, D)
+        log_n = -0.5 * (delta ** 2 / var + torch.log(var) + LOG_2PI).sum(-1)  # (B, K)
+        return self.weights.to(x).log()[None] + log_n, delta, var
+
+    def _check(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
+        """Reject inputs that are not (B, D) and (B,) with a message saying what to change."""
+        if x.ndim != 2 or x.shape[1] != self.shape[0]:
+            raise NodeError(f"GaussianMixture expects x of shape (B, {self.shape[0]}), got {tuple(x.shape)}; "
+                            f"make the latent shape [{self.shape[0]}]")
+        if sigma.shape != x.shape[:1]:
+            raise NodeError(f"GaussianMixture expects sigma of shape ({x.shape[0]},), got {tuple(sigma.shape)}")
+
+    def log_marginal(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """log p_sigma(x) (B,) of the noised data x (B, D) at noise levels sigma (B,)."""
+        return torch.logsumexp(self._log_joint(x, sigma)[0], dim=-1)
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """grad_x log p_sigma(x) (B, D), exact (Hyvarinen 2005 score of the noised mixture)."""
+        log_joint, delta, var = self._log_joint(x, sigma)
+        resp = torch.softmax(log_joint, dim=-1)  # (B, K)
+        return torch.einsum("bk,bkd->bd", resp, delta / var)  # (B, D)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x0 + sigma * eps = x] (B, D) in x's dtype; exactly x where sigma == 0 (Tweedie)."""
+        log_joint, delta, var = self._log_joint(x, sigma)
+        resp = torch.softmax(log_joint, dim=-1)  # (B, K)
+        shrink = sigma.to(x)[:, None, None] ** 2 / var  # (B, K, D) in [0, 1]: well conditioned
+        return x + torch.einsum("bk,bkd->bd", resp, shrink * delta)  # (B, D)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log-density (B,) of clean data x (B, D)."""
+        return self.log_marginal(x, x.new_zeros(x.shape[0]))
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n exact float64 samples (n, D) on the CPU, drawn with the CPU `generator`."""
+        means, stds, weights = self.means.cpu(), self.stds.cpu(), self.weights.cpu()
+        k = torch.multinomial(weights, n, replacement=True, generator=generator)  # (n,)
+        eps = torch.randn(n, self.shape[0], generator=generator, dtype=torch.float64)  # (n, D)
+        return means[k] + stds[k] * eps
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """The most responsible component (B,) int64 of clean data x (B, D)."""
+        return self._log_joint(x, x.new_zeros(x.shape[0]))[0].argmax(dim=-1)
+
+    def mode_weights_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The fraction of x (B, D) that each component is most responsible for (K,) float64."""
+        counts = torch.bincount(self.assign(x), minlength=self.weights.numel())  # (K,)
+        return counts.to(torch.float64) / max(x.shape[0], 1)
+
+    def cache_encode(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The parameters as tensors, for the disk cache."""
+        return {"means": self.means, "stds": self.stds, "weights": self.weights}, {}
+
+    @classmethod
+    def cache_decode(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> GaussianMixture:
+        """Rebuild a mixture from `cache_encode`'s tensors."""
+        return cls(tensors["means"], tensors["stds"], tensors["weights"])

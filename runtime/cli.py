@@ -1,0 +1,218 @@
+"""The `samplegraph` command: run, validate, nodes, schema, graph.
+
+User mistakes (bad workflows, bad node inputs) print located messages and exit 2 (invalid
+workflow) or 1 (a node failed), never a traceback; `--debug` shows tracebacks."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..graph.errors import NodeRunError, RunCancelled, SamplegraphError, WorkflowError
+from ..graph.render import to_dot, to_mermaid
+from ..graph.schema import workflow_schema
+from ..graph.workflow import Workflow, parse_override, suggest
+
+EXIT_INVALID, EXIT_FAILED, EXIT_CANCELLED = 2, 1, 130
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("SAMPLEGRAPH_CACHE_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samplegraph"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samplegraph", description="Run and inspect sampling workflows.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a workflow headless")
+    run.add_argument("workflow", type=Path)
+    add_set(run)
+    run.add_argument("--out", type=Path, help="output folder (default: out/<workflow name>)")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    run.add_argument("--cache-dir", type=Path, help=f"disk cache (default: {default_cache_dir()})")
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write any cache")
+    run.add_argument("--seed", type=int, help="override the workflow's seed")
+    run.add_argument("--output", action="append", dest="outputs", help="compute only this output (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
+                                                  "fastest for small tensors on few cores)")
+
+    val = sub.add_parser("validate", help="report every problem of a workflow")
+    val.add_argument("workflow", type=Path)
+    add_set(val)
+
+    nodes = sub.add_parser("nodes", help="list node kinds, or show one in full")
+    nodes.add_argument("kind", nargs="?")
+    nodes.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("schema", help="print the JSON Schema of workflow files")
+
+    graph = sub.add_parser("graph", help="print a workflow's DAG as Mermaid or DOT")
+    graph.add_argument("workflow", type=Path)
+    graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    return p
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                   help="override a parameter (value parsed as JSON, else a string); repeatable")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except WorkflowError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_INVALID
+    except RunCancelled as e:
+        print(f"cancelled: {e}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except NodeRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exception(e.__cause__ or e)
+        else:
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+    except SamplegraphError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def load(args: argparse.Namespace) -> Workflow:
+    wf = Workflow.load(args.workflow)
+    overrides = dict(parse_override(s) for s in args.set)
+    return wf.with_overrides(overrides) if overrides else wf
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api import CancelToken, Runtime
+    from .progress import ProgressPrinter
+
+    wf = load(args)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    out = args.out or Path("out") / args.workflow.stem
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache)
+    printer = None if args.quiet else ProgressPrinter()
+    token = CancelToken()
+    try:
+        result = runtime.run(wf, outputs=args.outputs, on_event=printer, cancel=token, out_dir=out,
+                             seed=args.seed)
+    except KeyboardInterrupt:
+        token.cancel()
+        raise RunCancelled("interrupted") from None
+    finally:
+        if printer is not None:
+            printer.close()
+    for name, value in result.outputs.items():
+        print(f"{name}: {show_output(value)}")
+    print(f"report: {result.report_path}")
+    return 0
+
+
+def show_output(value: Any) -> str:
+    from .values import describe
+
+    if isinstance(value, str) and Path(value).exists():
+        rel = os.path.relpath(value)
+        return value if rel.startswith("..") else rel
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return describe(value)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .api import Runtime
+
+    wf = load(args)
+    Runtime(device="cpu", cache=False).validate(wf, str(args.workflow))
+    print(f"ok: {args.workflow} ({len(wf.nodes)} nodes; outputs: {', '.join(wf.outputs)})")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from ..nodes.api import Registry
+
+    specs = Registry.default().specs
+    if args.kind is None:
+        if args.json:
+            print(json.dumps({k: describe_spec(specs[k]) for k in sorted(specs)}, indent=2))
+        else:
+            width = max((len(k) for k in specs), default=10)
+            for kind in sorted(specs):
+                print(f"{kind:<{width}}  {specs[kind].doc}")
+        return 0
+    spec = specs.get(args.kind)
+    if spec is None:
+        hint = suggest(args.kind, specs)
+        print(f"unknown node kind '{args.kind}'" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(describe_spec(spec), indent=2) if args.json else render_spec(spec))
+    return 0
+
+
+def describe_spec(spec: Any) -> dict[str, Any]:
+    schema = spec.params.model_json_schema()
+    return {"kind": spec.kind, "version": spec.version, "doc": spec.doc,
+            "inputs": [{"name": p.name, "type": p.type_name, "required": p.required, "many": p.many}
+                       for p in spec.inputs],
+            "outputs": [{"name": p.name, "type": p.type_name} for p in spec.outputs],
+            "params": schema.get("properties", {}), "required_params": schema.get("required", []),
+            "cacheable": spec.cacheable, "uses_seed": spec.uses_seed}
+
+
+def render_spec(spec: Any) -> str:
+    d = describe_spec(spec)
+    full_doc = (spec.params.__doc__ or spec.doc).strip()
+    lines = [f"{spec.kind} (version {spec.version})", "", full_doc, "", "inputs:"]
+    for p in d["inputs"]:
+        tags = ("" if p["required"] else " optional") + (" list" if p["many"] else "")
+        lines.append(f"  {p['name']}: {p['type']}{tags}")
+    lines += ["  (none)"] if not d["inputs"] else []
+    lines.append("outputs:")
+    lines += [f"  {p['name']}: {p['type']}" for p in d["outputs"]]
+    lines.append("params:")
+    for name, prop in d["params"].items():
+        extra = {k: v for k, v in prop.items() if k not in ("title", "description")}
+        req = " (required)" if name in d["required_params"] else ""
+        desc = f"  {prop['description']}" if prop.get("description") else ""
+        lines.append(f"  {name}{req}: {json.dumps(extra)}{desc}")
+    lines += ["  (none)"] if not d["params"] else []
+    flags = [f for f, on in (("not cached (side effects)", not spec.cacheable), ("uses the seed", spec.uses_seed)) if on]
+    if flags:
+        lines += ["", "; ".join(flags)]
+    return "\n".join(lines)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ..nodes.api import Registry
+
+    print(json.dumps(workflow_schema(Registry.default().specs), indent=2))
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    wf = Workflow.load(args.workflow)
+    print(to_mermaid(wf) if args.format == "mermaid" else to_dot(wf), end="")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "schema": cmd_schema,
+            "graph": cmd_graph}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
