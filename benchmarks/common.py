@@ -6,23 +6,23 @@ import time
 from collections.abc import Callable, Sequence
 
 
-def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
-    """Minimum wall time in seconds over `repeat` calls (the least disturbed run)."""
+def timings(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Wall times in seconds of `repeat` calls."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Minimum wall time over `repeat` calls (the least disturbed run)."""
+    return min(timings(fn, repeat))
 
 
 def median_of(fn: Callable[[], object], repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timings(fn, repeat))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

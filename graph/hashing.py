@@ -12,7 +12,7 @@ from typing import Any
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=True).encode("utf-8")
+                      allow_nan=True).encode("utf-8", "surrogatepass")
 
 
 def node_key(kind: str, version: int, params: dict[str, Any], inputs: dict[str, Any],

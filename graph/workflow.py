@@ -48,6 +48,8 @@ class Workflow(BaseModel):
         except json.JSONDecodeError as e:
             msg = f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
             raise WorkflowError([Problem(msg)], source) from None
+        except RecursionError:
+            raise WorkflowError([Problem("malformed JSON: nested too deeply to parse")], source) from None
         return cls.from_dict(data, source=source)
 
     @classmethod

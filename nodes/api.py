@@ -83,7 +83,7 @@ def build_spec(cls: type[Node], kind: str, version: int) -> NodeSpec:
         inputs.append(input_port(kind, name, hints[name], param.default is not inspect.Parameter.empty))
     if "return" not in hints:
         raise RegistryError(f"Missing return type hint in {cls.__qualname__}.run ('{kind}'). Please add one.")
-    doc = inspect.getdoc(cls) or ""
+    doc = inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""  # the class's own, not inherited
     if not doc:
         raise RegistryError(f"node '{kind}' ({cls.__qualname__}) needs a docstring (one line citing its method)")
     return NodeSpec(kind=kind, version=version, doc=doc.splitlines()[0], params=cls,
@@ -164,9 +164,9 @@ def load_plugins() -> list[type[Node]]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
+            items = obj() if callable(obj) and not isinstance(obj, type) else obj
         except Exception as e:
             raise RegistryError(f"plugin entry point '{ep.name} = {ep.value}' failed to load: {e}") from None
-        items = obj() if callable(obj) and not isinstance(obj, type) else obj
         items = items if isinstance(items, (list, tuple)) else [items]
         for item in items:
             if not (isinstance(item, type) and issubclass(item, Node)):

@@ -135,7 +135,7 @@ class DiskCache:
             tensors.update({f"{port}/{name}": t for name, t in port_tensors.items()})
         header = {"format": FORMAT, "key": key, "ports": metas, "sha256": digests(tensors), "metrics": metrics}
         blob = base64.b64encode(msgpack.packb(header, use_bin_type=True)).decode("ascii")
-        data = st_save(tensors, metadata={"samplegraph": blob})
+        data = st_save(tensors, metadata={"samplegraph": blob, "samplegraph_sha256": sha256_text(blob)})
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -152,6 +152,8 @@ class DiskCache:
     def _decode(self, data: bytes, key: str, port_types: dict[str, type], device: torch.device) -> Entry:
         (n,) = struct.unpack("<Q", data[:8])
         meta = json.loads(data[8:8 + n])["__metadata__"]
+        if sha256_text(meta["samplegraph"]) != meta.get("samplegraph_sha256"):
+            raise ValueError("header does not match its digest")
         header = msgpack.unpackb(base64.b64decode(meta["samplegraph"]), raw=False)
         if header.get("format") != FORMAT or header.get("key") != key:
             raise ValueError("entry belongs to another key or format")
@@ -212,6 +214,10 @@ class DiskCache:
             except FileNotFoundError:
                 total -= size
         return total
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:

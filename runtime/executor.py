@@ -8,7 +8,7 @@ State of one run (all local to `execute`, so runs on one Runtime never share it)
   (requested outputs are kept);
 - the report, filled one NodeReport per node.
 Policy per node: check cancellation; memory cache, then disk cache (both only for
-cacheable nodes); else run it with its inputs (moved to the run's device) and store what
+cacheable nodes not downstream of an uncacheable one); else run it with its inputs (moved to the run's device) and store what
 it returned. A node that fails or is cancelled stores nothing."""
 from __future__ import annotations
 
@@ -42,11 +42,18 @@ class RunSettings:
     is_cancelled: Callable[[], bool]
 
 
-def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, str]:
-    """Merkle keys of the nodes in `order` (producers come first)."""
-    keys: dict[str, str] = {}
+def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, str | None]:
+    """Merkle keys of the nodes in `order` (producers come first).
+
+    None for a node that is not cacheable, and for everything downstream of one: a side
+    effect's output is not determined by its key, so nothing derived from it may be cached."""
+    keys: dict[str, str | None] = {}
     for node_id in order:
         rn = graph.nodes[node_id]
+        producers = [l.node for link in rn.inputs.values() for l in (link if isinstance(link, list) else [link])]
+        if not rn.spec.cacheable or any(keys[p] is None for p in producers):
+            keys[node_id] = None
+            continue
         inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()}
         keys[node_id] = node_key(rn.spec.kind, rn.spec.version, rn.params.model_dump(mode="json"),
                                  inputs, seed if rn.spec.uses_seed else None)
@@ -79,7 +86,7 @@ def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: Run
     return {(link.node, link.port): vals[(link.node, link.port)] for link in wanted}
 
 
-def run_node(rn: ResolvedNode, key: str, vals: dict, run: RunSettings) -> NodeReport:
+def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) -> NodeReport:
     start = time.perf_counter()
     cuda = run.device.type == "cuda"
     if cuda:
@@ -91,8 +98,8 @@ def run_node(rn: ResolvedNode, key: str, vals: dict, run: RunSettings) -> NodeRe
         outputs = call_node(rn, gather_inputs(rn, vals, run.device), ctx)
         nfe = int(ctx.metrics.pop("nfe", 0))
         entry = Entry(outputs, ctx.metrics)
-        cache = "miss" if rn.spec.cacheable else "uncached"
-        if rn.spec.cacheable:
+        cache = "uncached" if key is None else "miss"
+        if key is not None:
             store(key, entry, run)
     outputs = entry.outputs
     for port, value in outputs.items():
@@ -104,8 +111,8 @@ def run_node(rn: ResolvedNode, key: str, vals: dict, run: RunSettings) -> NodeRe
                       outputs={p: V.describe(v) for p, v in outputs.items()}, metrics=dict(entry.metrics))
 
 
-def lookup(rn: ResolvedNode, key: str, run: RunSettings) -> tuple[Entry | None, str]:
-    if not rn.spec.cacheable:
+def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry | None, str]:
+    if key is None:
         return None, "uncached"
     if run.memory is not None and (hit := run.memory.get(key)) is not None:
         return hit, "memory"

@@ -161,3 +161,12 @@ def test_console_script_is_installed():
     exe = shutil.which("samplegraph")
     assert exe is not None
     assert subprocess.run([exe, "nodes"], capture_output=True, text=True).returncode == 0
+
+
+@pytest.mark.gpu
+def test_quickstart_runs_on_cuda_and_reports_the_device(tmp_path):
+    proc = run_wf(ROOT / "workflows/quickstart.json", tmp_path, "--device", "cuda", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    sample = next(n for n in report["nodes"] if n["node"] == "sample")
+    assert sample["device"].startswith("cuda") and sample["peak_cuda_bytes"] > 0

@@ -49,17 +49,22 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
     checked and progress reported between steps; NFE is accounted to ctx."""
     counted = CountingDenoiser(denoise)
     total = state.sigmas.numel() - 1
-    while not bool(state.done.all()):
-        if ctx is not None:
-            ctx.check_cancelled()
-        active = ~state.done  # (B,)
-        if bool(active.all()):
+    lo, hi = int(state.step.min()), int(state.step.max())
+    if lo == hi:  # lockstep (the usual case): a known number of steps, no per-step bookkeeping
+        for i in range(lo, total):
+            if ctx is not None:
+                ctx.check_cancelled()
             state = sampler.step(counted, state, noise)
-        else:
+            if ctx is not None:
+                ctx.progress(i + 1, total)
+    else:
+        while bool((active := ~state.done).any()):  # (B,)
+            if ctx is not None:
+                ctx.check_cancelled()
             idx = active.nonzero().squeeze(1)  # (A,)
             state = state.put(idx, sampler.step(counted, state[idx], noise))
-        if ctx is not None:
-            ctx.progress(int(state.step.min()), total)
+            if ctx is not None:
+                ctx.progress(int(state.step.min()), total)
     if ctx is not None:
         ctx.add_nfe(counted.calls)
     return state

@@ -37,8 +37,8 @@ class State:
         return self.sigmas[self.step]
 
     @property
-    def sigma_next(self) -> torch.Tensor:  # (B,)
-        return self.sigmas[(self.step + 1).clamp(max=self.sigmas.numel() - 1)]
+    def sigma_next(self) -> torch.Tensor:  # (B,) defined for unfinished particles (run_steps steps only those)
+        return self.sigmas[self.step + 1]
 
     @property
     def sigma_prev(self) -> torch.Tensor:  # (B,) the level of the previous step (sigma itself at step 0)
@@ -51,8 +51,8 @@ class State:
     def advance(self, x: torch.Tensor, denoised: torch.Tensor | None = None,
                 history: tuple[torch.Tensor, ...] | None = None) -> State:
         """The state one step later: new x, estimate and history; step + 1."""
-        return dataclasses.replace(self, x=x, denoised=denoised, step=self.step + 1,
-                                   history=self.history if history is None else history)
+        return State(x=x, sigmas=self.sigmas, step=self.step + 1, particle=self.particle, denoised=denoised,
+                     history=self.history if history is None else history)
 
     def replace(self, **changes: object) -> State:
         return dataclasses.replace(self, **changes)
