@@ -1,1 +1,8 @@
-"""io nodes."""
+"""I/O nodes: files and pictures (side effects: not cached)."""
+
+
+def nodes() -> list[type]:
+    from .plot_samples import PlotSamples
+    from .save_tensor import SaveTensor
+
+    return [SaveTensor, PlotSamples]

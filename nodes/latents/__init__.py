@@ -1,1 +1,7 @@
-"""latents nodes."""
+"""Latent nodes: initial noise."""
+
+
+def nodes() -> list[type]:
+    from .noise import LatentNoise
+
+    return [LatentNoise]

@@ -1,1 +1,7 @@
-"""models nodes."""
+"""Model nodes: networks and analytic models seen as Denoisers."""
+
+
+def nodes() -> list[type]:
+    from .gmm import ModelGMM
+
+    return [ModelGMM]
