@@ -132,7 +132,8 @@ class DiskCache:
             if enc is None:
                 return False
             port_tensors, metas[port] = enc
-            tensors.update({f"{port}/{name}": t for name, t in port_tensors.items()})
+            # clones: outputs that are views of one storage cannot be saved side by side
+            tensors.update({f"{port}/{name}": t.clone() for name, t in port_tensors.items()})
         header = {"format": FORMAT, "key": key, "ports": metas, "sha256": digests(tensors), "metrics": metrics}
         blob = base64.b64encode(msgpack.packb(header, use_bin_type=True)).decode("ascii")
         data = st_save(tensors, metadata={"samplegraph": blob, "samplegraph_sha256": sha256_text(blob)})

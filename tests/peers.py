@@ -28,6 +28,7 @@ def kdiffusion_sampling() -> types.ModuleType:
             pytest.skip(f"k-diffusion's sampling module needs {dep}")
     pkg = types.ModuleType("k_diffusion")
     pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec  # so importlib.util.find_spec("k_diffusion") still answers once the stub is in place
     utils = types.ModuleType("k_diffusion.utils")
     utils.append_dims = append_dims
     pkg.utils = utils

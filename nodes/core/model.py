@@ -11,7 +11,10 @@ from .denoiser import Denoiser
 
 
 class ModelSampling(ABC):
-    """A network's time <-> sigma map in the space x = x0 + sigma * eps, and its sigma range."""
+    """A network's time <-> sigma map in the space x = x0 + sigma * eps, its sigma range, and
+    the space its inputs live in (`input_scale`: VE x -> network input)."""
+
+    sigma_data: float = 1.0  # the data std the network's preconditioning assumes (EDM); 1 otherwise
 
     @property
     @abstractmethod
@@ -28,6 +31,10 @@ class ModelSampling(ABC):
     @abstractmethod
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (continuous) network time of sigma (same shape); inverse of `sigma`."""
+
+    def input_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(B,) factor taking VE x to the network's input space; 1 for VE models."""
+        return torch.ones_like(sigma)
 
     @property
     def discrete_sigmas(self) -> torch.Tensor | None:

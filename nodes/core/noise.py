@@ -43,6 +43,20 @@ def _uniform53(bits: torch.Tensor) -> torch.Tensor:
     return (_shr(bits, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
 
 
+def particle_key(seed: int, particle: torch.Tensor) -> torch.Tensor:
+    """The hashed (seed, particle) key (B,) int64 that every draw of a particle starts from."""
+    return mix64(torch.full_like(particle, seed) * GOLDEN + particle * PARTICLE_MUL)
+
+
+def normal_from_keys(base: torch.Tensor, numel: int) -> torch.Tensor:
+    """`numel` standard normals (B, numel) float64 per key of base (B,): element counters, Box-Muller."""
+    counter = torch.arange(numel, dtype=torch.int64, device=base.device) * 2  # (E,)
+    keys = base[:, None] + counter[None, :] * GOLDEN  # (B, E)
+    u1 = _uniform53(mix64(keys))
+    u2 = _uniform53(mix64(keys + GOLDEN))
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)  # (B, E)
+
+
 class NoiseSource:
     """Standard normal draws keyed by (seed, particle, step, slot); batch-split invariant."""
 
@@ -59,15 +73,17 @@ class NoiseSource:
         device = torch.device(device) if device is not None else particle.device
         particle = particle.to(device=device, dtype=torch.int64)  # (B,)
         step_t = torch.as_tensor(step, dtype=torch.int64, device=device).expand_as(particle)  # (B,)
-        base = mix64(torch.full_like(particle, self.seed) * GOLDEN + particle * PARTICLE_MUL)
-        base = mix64(base ^ (step_t * STEP_MUL + slot * SLOT_MUL))  # (B,)
-        numel = math.prod(shape)
-        counter = torch.arange(numel, dtype=torch.int64, device=device) * 2  # (E,)
-        keys = base[:, None] + counter[None, :] * GOLDEN  # (B, E)
-        u1 = _uniform53(mix64(keys))
-        u2 = _uniform53(mix64(keys + GOLDEN))
-        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)  # (B, E) float64
-        return z.to(dtype).reshape(particle.shape[0], *shape)
+        base = mix64(particle_key(self.seed, particle) ^ (step_t * STEP_MUL + slot * SLOT_MUL))  # (B,)
+        return normal_from_keys(base, math.prod(shape)).to(dtype).reshape(particle.shape[0], *shape)
+
+    def brownian(self, particle: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                 shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+        """(W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|) (B, *shape) on each particle's
+        Brownian path (nodes/core/brownian.py): N(0, I), the same whatever the step refinement."""
+        from .brownian import brownian_increment  # brownian.py builds on this module's hash
+
+        return brownian_increment(self.seed, particle, sigma, sigma_next, shape, dtype, device)
 
     def like(self, x: torch.Tensor, particle: torch.Tensor, step: torch.Tensor | int,
              slot: int = 0) -> torch.Tensor:

@@ -24,6 +24,7 @@ class Sampler(Node):
     order: ClassVar[int] = 1  # convergence order of the ODE solver (ancestral: weak order)
     nfe_per_step: ClassVar[int] = 1  # denoiser calls per step (a final step to sigma 0 may use fewer)
     stochastic: ClassVar[bool] = False  # True when step() draws noise
+    adaptive: ClassVar[bool] = False  # True when a step may take several attempts (error control)
 
     def run(self) -> Sampler:
         return self

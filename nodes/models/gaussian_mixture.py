@@ -4,7 +4,11 @@ are exact at every noise level, the analytic reference model of the tests and be
 Noising x = x0 + sigma * eps keeps every component Gaussian, with variance stds^2 + sigma^2,
 so the posterior mean E[x0 | x] (Tweedie's formula, Efron 2011; the ideal denoiser of
 Karras et al. 2022, eq. 3) is a responsibility-weighted sum of per-component posterior means.
-Responsibilities come from a logsumexp, so points far from every mode stay finite."""
+Responsibilities come from a logsumexp, so points far from every mode stay finite.
+
+By default the denoiser is that exact x0. With a `Parametrisation` (e.g. eps-prediction on
+discrete VP timesteps) the exact x0 is turned into that network's output and wrapped back by
+NetworkDenoiser, the code path real networks take, so every parametrisation is tested exactly."""
 from __future__ import annotations
 
 import math
@@ -13,15 +17,19 @@ from typing import Any
 import torch
 
 from ...graph.errors import NodeError
-from ..core.denoiser import Denoiser, Distribution
+from ..core.denoiser import Distribution
+from ..core.model import Model, ModelSampling
+from .exact_network import ExactNetwork
+from .parametrisation import Parametrisation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-class GaussianMixture(Denoiser, Distribution):
+class GaussianMixture(Model, Distribution):
     """K Gaussians with diagonal covariance: the exact denoiser of Karras et al. (2022), eq. 3."""
 
-    def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor):
+    def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor,
+                 parametrisation: Parametrisation | None = None):
         means, stds, weights = (torch.as_tensor(t, dtype=torch.float64) for t in (means, stds, weights))
         if means.ndim != 2 or stds.shape != means.shape or weights.shape != means.shape[:1]:
             raise ValueError(f"GaussianMixture needs means (K, D), stds (K, D) and weights (K,); got "
@@ -31,16 +39,25 @@ class GaussianMixture(Denoiser, Distribution):
         self.means = means  # (K, D)
         self.stds = stds  # (K, D)
         self.weights = weights / weights.sum()  # (K,)
+        self.parametrisation = parametrisation or Parametrisation()
+        self._sampling = self.parametrisation.model_sampling()
+        self._network = None if self.parametrisation.is_exact else self.parametrisation.wrap(
+            ExactNetwork(self.exact_x0, self._sampling, self.parametrisation.prediction), self._sampling)
 
     def __repr__(self) -> str:
         """Sizes and device, never the parameter values."""
         k, d = self.means.shape
-        return f"GaussianMixture(K={k}, D={d}, device={self.device})"
+        return f"GaussianMixture(K={k}, D={d}, {self.parametrisation.parametrisation}, device={self.device})"
 
     @property
     def shape(self) -> tuple[int]:
         """The shape of one sample: (D,)."""
         return (self.means.shape[1],)
+
+    @property
+    def sampling(self) -> ModelSampling:
+        """The noise parametrisation (VE sigma range by default) that schedules read."""
+        return self._sampling
 
     @property
     def device(self) -> torch.device:
@@ -57,7 +74,8 @@ class GaussianMixture(Denoiser, Distribution):
         device = torch.device(device)
         if device == self.device:
             return self
-        return GaussianMixture(self.means.to(device), self.stds.to(device), self.weights.to(device))
+        return GaussianMixture(self.means.to(device), self.stds.to(device), self.weights.to(device),
+                               self.parametrisation)
 
     def _log_joint(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """log w_k N(x; mu_k, stds_k^2 + sigma^2) (B, K), mu - x and the noisy variances (B, K, D)."""
@@ -87,6 +105,10 @@ class GaussianMixture(Denoiser, Distribution):
         return torch.einsum("bk,bkd->bd", resp, delta / var)  # (B, D)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The x0 estimate (B, D): exact, or through the parametrisation's network wrapper."""
+        return self.exact_x0(x, sigma) if self._network is None else self._network(x, sigma)
+
+    def exact_x0(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """E[x0 | x0 + sigma * eps = x] (B, D) in x's dtype; exactly x where sigma == 0 (Tweedie)."""
         log_joint, delta, var = self._log_joint(x, sigma)
         resp = torch.softmax(log_joint, dim=-1)  # (B, K)
@@ -114,10 +136,10 @@ class GaussianMixture(Denoiser, Distribution):
         return counts.to(torch.float64) / max(x.shape[0], 1)
 
     def cache_encode(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The parameters as tensors, for the disk cache."""
-        return {"means": self.means, "stds": self.stds, "weights": self.weights}, {}
+        """The parameters as tensors and the parametrisation's options, for the disk cache."""
+        return {"means": self.means, "stds": self.stds, "weights": self.weights}, self.parametrisation.options()
 
     @classmethod
     def cache_decode(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> GaussianMixture:
         """Rebuild a mixture from `cache_encode`'s tensors."""
-        return cls(tensors["means"], tensors["stds"], tensors["weights"])
+        return cls(tensors["means"], tensors["stds"], tensors["weights"], Parametrisation.model_validate(meta))

@@ -1,4 +1,5 @@
-"""model.gmm: an analytic Gaussian-mixture model (a ring, a grid, random or custom means).
+"""model.gmm: an analytic Gaussian-mixture model (a ring, a grid, random or custom means),
+seen through any network parametrisation (the `Parametrisation` options; default: exact x0).
 
 Each parameter applies to some presets only; setting one the chosen preset ignores is an
 error, so a workflow never silently means something else. Cross-field checks are field
@@ -14,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from ..api import Node, node
 from .gaussian_mixture import GaussianMixture
+from .parametrisation import Parametrisation
 
 Preset = Literal["ring", "grid", "random", "custom"]
 StdRows = list[float | list[float]]  # per component: one std, or one per coordinate
@@ -24,8 +26,8 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
 }
 
 
-@node("model.gmm", version=1)
-class ModelGMM(Node):
+@node("model.gmm", version=2)
+class ModelGMM(Node, Parametrisation):
     """A Gaussian mixture with an exact denoiser (the ideal denoiser of Karras et al. 2022, eq. 3)."""
 
     preset: Preset = "ring"
@@ -99,12 +101,13 @@ class ModelGMM(Node):
         return value
 
     def run(self) -> GaussianMixture:
-        """Build the mixture (float64 parameters, weights normalised)."""
+        """Build the mixture (float64 parameters, weights normalised) under the chosen parametrisation."""
         means = preset_means(self)  # (K, D)
         k = means.shape[0]
         weights = torch.ones(k, dtype=torch.float64) if self.weights is None else \
             torch.as_tensor(self.weights, dtype=torch.float64)  # (K,)
-        return GaussianMixture(means, custom_stds(self.stds, means, self.std), weights)
+        return GaussianMixture(means, custom_stds(self.stds, means, self.std), weights,
+                               Parametrisation.model_validate(self.options()))
 
 
 def preset_means(p: ModelGMM) -> torch.Tensor:

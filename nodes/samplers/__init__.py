@@ -2,11 +2,35 @@
 
 
 def nodes() -> list[type]:
+    from .ddim import Ddim
+    from .ddpm import Ddpm
+    from .deis import Deis
+    from .dpm_2 import Dpm2
+    from .dpm_2_ancestral import Dpm2Ancestral
+    from .dpm_adaptive import DpmAdaptive
+    from .dpm_solver import DpmSolver
+    from .dpmpp_2m import Dpmpp2M
+    from .dpmpp_2m_sde import Dpmpp2MSde
+    from .dpmpp_2s import Dpmpp2S
+    from .dpmpp_2s_ancestral import Dpmpp2SAncestral
+    from .dpmpp_3m import Dpmpp3M
+    from .dpmpp_3m_sde import Dpmpp3MSde
+    from .dpmpp_sde import DpmppSde
     from .euler import Euler
+    from .euler_ancestral import EulerAncestral
+    from .flow_sde import FlowSde
     from .heun import Heun
+    from .ipndm import Ipndm
+    from .lcm import Lcm
+    from .lms import Lms
+    from .plan import Plan
+    from .restart import Restart
     from .sample import Sample
+    from .time_shift import TimeShift
+    from .unipc import UniPC
 
-    ode: list[type] = []  # k-diffusion family, deterministic
-    stochastic: list[type] = []  # ancestral and SDE solvers
-    vp_family: list[type] = []  # DDIM/DDPM/UniPC/DEIS/LCM family, flow SDE, wrappers
-    return [Sample, Euler, Heun, *ode, *stochastic, *vp_family]
+    ode = [Euler, Heun, Dpm2, Lms, DpmSolver, DpmAdaptive, Dpmpp2M, Dpmpp2S, Dpmpp3M, Ipndm]  # k-diffusion family
+    stochastic = [EulerAncestral, Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart]
+    vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
+    wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
+    return [Sample, *ode, *stochastic, *vp_family, *wrappers]
