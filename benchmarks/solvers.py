@@ -144,11 +144,9 @@ def measure(solve: Callable, model, x: torch.Tensor, ref: torch.Tensor, sigmas: 
 
 def error_curves(model, x, ref, kd) -> dict[str, list[tuple[int, float]]]:
     """label -> [(NFE, median error)] for every solver and implementation."""
-    samplers: list[tuple[str, Sampler]] = []
-    for cls in builtin_nodes():
-        if isinstance(cls, type) and issubclass(cls, Sampler) and not cls.stochastic \
-                and not getattr(cls, "adaptive", False):
-            samplers.append((cls.__node_kind__.removeprefix("sampler."), cls()))
+    defaults = [cls() for cls in builtin_nodes() if isinstance(cls, type) and issubclass(cls, Sampler)]
+    samplers: list[tuple[str, Sampler]] = [(s.__node_kind__.removeprefix("sampler."), s) for s in defaults
+                                           if not (s.draws_noise or s.adapts_steps)]
     samplers += [("dpm_solver order 1", DpmSolver(solver_order=1)), ("dpm_solver order 2", DpmSolver(solver_order=2))]
     peers = kd_solvers(kd) if kd is not None else {}
     curves: dict[str, list[tuple[int, float]]] = {}

@@ -16,8 +16,11 @@ from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.core.sampler import Sampler, run_steps
 from samplegraph.nodes.core.sigmas import Sigmas
 from samplegraph.nodes.models.gmm import ModelGMM
+from samplegraph.nodes.samplers.dpmpp_2m import Dpmpp2M
 from samplegraph.nodes.samplers.euler import Euler
+from samplegraph.nodes.samplers.flow_sde import FlowSde
 from samplegraph.nodes.samplers.heun import Heun
+from samplegraph.nodes.samplers.plan import Plan
 from samplegraph.nodes.schedules.karras import Karras
 from test_sampler_conformance import all_sampler_classes
 
@@ -27,7 +30,15 @@ STEP_COUNTS = [16, 32, 64, 128]
 # rates that show only outside STEP_COUNTS (lms, dpmpp_3m) or follow a tolerance, not a step count
 # (dpm_adaptive): their own convergence tests are in test_ode_solvers.py
 OWN_ORDER_TEST = {"sampler.lms", "sampler.dpmpp_3m", "sampler.dpm_adaptive"}
-DETERMINISTIC = [c for c in all_sampler_classes() if not c.stochastic and c.__node_kind__ not in OWN_ORDER_TEST]
+# every default instance that draws no noise, plus noise-free configurations whose order differs from
+# their class's default (other order parameters: test_ode_solvers.py, test_vp_samplers.py)
+DETERMINISTIC = [(c.__node_kind__, c()) for c in all_sampler_classes()
+                 if not c().draws_noise and c.__node_kind__ not in OWN_ORDER_TEST] + [
+    ("flow_sde(scale=0,solver_order=1)", FlowSde(scale=0.0, solver_order=1)),
+    ("flow_sde(scale=0)", FlowSde(scale=0.0)),
+    ("plan(dpmpp_2m,heun)", Plan(switch_at=[4]).run([Dpmpp2M(), Heun()])),
+    ("plan(heun,euler)", Plan(switch_at=[4]).run([Heun(), Euler()])),
+]
 
 
 def flow_reference(model, x: torch.Tensor) -> torch.Tensor:
@@ -55,17 +66,16 @@ def problem():
     return model, x, flow_reference(model, x)
 
 
-@pytest.mark.parametrize("cls", DETERMINISTIC, ids=[c.__node_kind__ for c in DETERMINISTIC])
-def test_convergence_order(cls, problem):
-    """Median error over particles (rare mode-boundary paths are outliers) falls like steps^-order."""
+@pytest.mark.parametrize("sampler", [s for _, s in DETERMINISTIC], ids=[label for label, _ in DETERMINISTIC])
+def test_convergence_order(sampler: Sampler, problem):
+    """Median error over particles (rare mode-boundary paths are outliers) falls like steps^-step_order."""
     model, x, reference = problem
-    sampler: Sampler = cls()
     errors = []
     for steps in STEP_COUNTS:
         out = run_steps(sampler, model, sampler.init(x, karras_to_end(steps)), NoiseSource(0)).x
         errors.append(float((out - reference).norm(dim=1).median()))
     slope = -np.polyfit(np.log(STEP_COUNTS), np.log(errors), 1)[0]
-    assert abs(slope - cls.order) < 0.3, (errors, slope)
+    assert abs(slope - sampler.step_order) < 0.3, (errors, slope)
 
 
 def test_karras_schedule_formula():

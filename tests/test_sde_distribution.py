@@ -84,8 +84,11 @@ def test_euler_ancestral_bias_is_its_own_and_vanishes_with_steps():
     assert ((ratio - 1).abs() < 0.10).all(), ratio
 
 
-ODE_LIMITS = [EulerAncestral(eta=0), Dpm2Ancestral(eta=0), Dpmpp2SAncestral(eta=0), DpmppSde(eta=0),
-              Dpmpp2MSde(eta=0), Dpmpp2MSde(eta=0, solver_type="heun"), Dpmpp3MSde(eta=0)]
+# (eta = 0 limit, step counts where its rate shows): DPM-Solver++(3M) is order 2 but looks like 2.8
+# below ~128 steps (test_ode_solvers.py, nodes/samplers/dpmpp_3m.py)
+ODE_LIMITS = [(s, STEP_COUNTS) for s in (EulerAncestral(eta=0), Dpm2Ancestral(eta=0), Dpmpp2SAncestral(eta=0),
+                                         DpmppSde(eta=0), Dpmpp2MSde(eta=0), Dpmpp2MSde(eta=0, solver_type="heun"))] \
+    + [(Dpmpp3MSde(eta=0), [128, 256, 512])]
 
 
 def test_eta_zero_limits_converge_with_the_declared_order():
@@ -94,8 +97,8 @@ def test_eta_zero_limits_converge_with_the_declared_order():
     x = SIGMA_MAX * torch.randn(128, 2, generator=torch.Generator().manual_seed(0), dtype=F64)  # (128, 2)
     reference = flow_reference(model, x)
     slopes = {}
-    for sampler in ODE_LIMITS:
+    for sampler, counts in ODE_LIMITS:
         errors = [float((run_steps(sampler, model, sampler.init(x, karras_to_end(n)), NoiseSource(0)).x
-                         - reference).norm(dim=1).median()) for n in STEP_COUNTS]
-        slopes[repr(sampler)] = (-np.polyfit(np.log(STEP_COUNTS), np.log(errors), 1)[0], type(sampler).order)
+                         - reference).norm(dim=1).median()) for n in counts]
+        slopes[repr(sampler)] = (-np.polyfit(np.log(counts), np.log(errors), 1)[0], sampler.step_order)
     assert all(abs(slope - order) < 0.3 for slope, order in slopes.values()), slopes

@@ -18,6 +18,11 @@ class Denoiser(ABC):
         """A copy (or self) whose tensors live on `device`; models override this."""
         return self
 
+    def evaluations(self, sigma: torch.Tensor) -> int:
+        """Batched model evaluations one call at these sigmas (B,) costs; guidance overrides this
+        (CFG inside its interval costs 2), so reported NFE is the true cost."""
+        return 1
+
 
 class FunctionDenoiser(Denoiser):
     """Wrap a plain function `(x, sigma) -> x0` (e.g. a k-diffusion style model) as a Denoiser."""
@@ -30,14 +35,14 @@ class FunctionDenoiser(Denoiser):
 
 
 class CountingDenoiser(Denoiser):
-    """Counts batched calls (NFE) of the wrapped denoiser; used by the loops for accounting."""
+    """Counts batched model evaluations (NFE) of the wrapped denoiser; used by the loops for accounting."""
 
     def __init__(self, inner: Denoiser):
         self.inner = inner
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        self.calls += self.inner.evaluations(sigma)
         return self.inner(x, sigma)
 
 

@@ -19,12 +19,38 @@ from ..api import Node
 
 
 class Sampler(Node):
-    """Base of every solver node; subclasses set `order` and `nfe_per_step` and define `step`."""
+    """Base of every solver node; subclasses set `order` and `nfe_per_step` and define `step`.
 
-    order: ClassVar[int] = 1  # convergence order of the ODE solver (ancestral: weak order)
+    The ClassVars describe the class's default parameters (documentation, `samplegraph nodes`).
+    What a configured sampler does is read from the instance: `step_order`, `step_nfe`,
+    `draws_noise` and `adapts_steps` return the ClassVars unless a subclass whose parameters
+    change the answer (solver_order, eta, s_churn, wrappers) overrides them."""
+
+    order: ClassVar[int] = 1  # convergence order (noise-drawing samplers: of their noise-free limit, eta = 0)
     nfe_per_step: ClassVar[int] = 1  # denoiser calls per step (a final step to sigma 0 may use fewer)
-    stochastic: ClassVar[bool] = False  # True when step() draws noise
+    stochastic: ClassVar[bool] = False  # True when results depend on the noise (the seed)
     adaptive: ClassVar[bool] = False  # True when a step may take several attempts (error control)
+
+    @property
+    def step_order(self) -> int:
+        """Convergence order of this configuration (`order` for the class defaults)."""
+        return self.order
+
+    @property
+    def step_nfe(self) -> int:
+        """Batched denoiser calls per step before the last (adaptive: per attempt); `nfe_per_step` by default."""
+        return self.nfe_per_step
+
+    @property
+    def draws_noise(self) -> bool:
+        """True when this configuration draws noise, so its results depend on the seed (unless a schedule
+        avoids every noisy step, e.g. a churn window above sigma_max); `stochastic` by default."""
+        return self.stochastic
+
+    @property
+    def adapts_steps(self) -> bool:
+        """True when a step may take a data-dependent number of attempts; `adaptive` by default."""
+        return self.adaptive
 
     def run(self) -> Sampler:
         return self

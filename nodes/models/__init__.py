@@ -2,6 +2,8 @@
 
 
 def nodes() -> list[type]:
+    from .condition import ModelCondition
     from .gmm import ModelGMM
+    from .gmm_classifier import ModelGMMClassifier
 
-    return [ModelGMM]
+    return [ModelGMM, ModelCondition, ModelGMMClassifier]

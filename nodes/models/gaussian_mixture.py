@@ -29,13 +29,19 @@ class GaussianMixture(Model, Distribution):
     """K Gaussians with diagonal covariance: the exact denoiser of Karras et al. (2022), eq. 3."""
 
     def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor,
-                 parametrisation: Parametrisation | None = None):
+                 parametrisation: Parametrisation | None = None, classes: torch.Tensor | None = None):
         means, stds, weights = (torch.as_tensor(t, dtype=torch.float64) for t in (means, stds, weights))
         if means.ndim != 2 or stds.shape != means.shape or weights.shape != means.shape[:1]:
             raise ValueError(f"GaussianMixture needs means (K, D), stds (K, D) and weights (K,); got "
                              f"{tuple(means.shape)}, {tuple(stds.shape)} and {tuple(weights.shape)}")
         if not bool((stds > 0).all()) or not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
             raise ValueError("GaussianMixture needs stds > 0 and weights >= 0 with a positive sum")
+        if classes is not None:
+            classes = torch.as_tensor(classes, dtype=torch.int64, device=means.device)
+            if classes.shape != means.shape[:1] or bool((classes < 0).any()):
+                raise ValueError(f"GaussianMixture classes need one label >= 0 per component ({means.shape[0]}), "
+                                 f"got shape {tuple(classes.shape)}")
+        self.classes = classes  # (K,) int64 class label of each component, or None (unlabelled)
         self.means = means  # (K, D)
         self.stds = stds  # (K, D)
         self.weights = weights / weights.sum()  # (K,)
@@ -75,7 +81,31 @@ class GaussianMixture(Model, Distribution):
         if device == self.device:
             return self
         return GaussianMixture(self.means.to(device), self.stds.to(device), self.weights.to(device),
-                               self.parametrisation)
+                               self.parametrisation, None if self.classes is None else self.classes.to(device))
+
+    def restricted(self, label: int) -> GaussianMixture:
+        """p(x0 | class = label): the components labelled `label`, their weights renormalised (exact)."""
+        if self.classes is None:
+            raise NodeError("this mixture has no class labels; set model.gmm 'classes' (one label per component)")
+        keep = self.classes == label  # (K,)
+        if not bool(keep.any()) or not float(self.weights[keep].sum()) > 0:
+            raise NodeError(f"class {label} has no component of positive weight; labels in use: "
+                            f"{sorted(set(self.classes.tolist()))}")
+        return GaussianMixture(self.means[keep], self.stds[keep], self.weights[keep], self.parametrisation,
+                               self.classes[keep])
+
+    def broadened(self, factor: float) -> GaussianMixture:
+        """The same mixture with every std multiplied by `factor` (a weaker, blurrier model; exact)."""
+        return GaussianMixture(self.means, self.stds * factor, self.weights, self.parametrisation, self.classes)
+
+    def class_log_posterior(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """log p(class | x_sigma) (B, C) of noisy x (B, D) at sigma (B,), C = max label + 1 (exact)."""
+        if self.classes is None:
+            raise NodeError("this mixture has no class labels; set model.gmm 'classes' (one label per component)")
+        log_resp = torch.log_softmax(self._log_joint(x, sigma)[0], dim=-1)  # (B, K)
+        c = int(self.classes.max()) + 1
+        onehot = torch.nn.functional.one_hot(self.classes.to(x.device), c).to(x)  # (K, C)
+        return torch.logsumexp(log_resp[:, :, None] + onehot.log()[None], dim=1)  # (B, C)
 
     def _log_joint(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """log w_k N(x; mu_k, stds_k^2 + sigma^2) (B, K), mu - x and the noisy variances (B, K, D)."""
@@ -137,9 +167,13 @@ class GaussianMixture(Model, Distribution):
 
     def cache_encode(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The parameters as tensors and the parametrisation's options, for the disk cache."""
-        return {"means": self.means, "stds": self.stds, "weights": self.weights}, self.parametrisation.options()
+        tensors = {"means": self.means, "stds": self.stds, "weights": self.weights}
+        if self.classes is not None:
+            tensors["classes"] = self.classes
+        return tensors, self.parametrisation.options()
 
     @classmethod
     def cache_decode(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> GaussianMixture:
         """Rebuild a mixture from `cache_encode`'s tensors."""
-        return cls(tensors["means"], tensors["stds"], tensors["weights"], Parametrisation.model_validate(meta))
+        return cls(tensors["means"], tensors["stds"], tensors["weights"], Parametrisation.model_validate(meta),
+                   tensors.get("classes"))

@@ -40,6 +40,8 @@ class ModelGMM(Node, Parametrisation):
                                             description="'custom' means, K rows of D numbers")
     stds: StdRows | None = Field(None, description="'custom' stds: per component, a number or D")
     weights: list[float] | None = Field(None, description="mixture weights (K, >= 0), normalised; default equal")
+    classes: list[int] | None = Field(None, description="class label (>= 0) of each component, for model.condition; "
+                                      "default unlabelled")
 
     @field_validator("modes", "scale", "dim", "preset_seed", "stds")
     @classmethod
@@ -100,6 +102,19 @@ class ModelGMM(Node, Parametrisation):
             raise ValueError(f"has {len(value)} entries, but the mixture has {k} components; give one weight each")
         return value
 
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        """One label >= 0 per component."""
+        if value is None:
+            return value
+        if any(c < 0 for c in value):
+            raise ValueError("class labels must be >= 0")
+        k = count_modes(info.data)
+        if k is not None and len(value) != k:
+            raise ValueError(f"has {len(value)} entries, but the mixture has {k} components; give one label each")
+        return value
+
     def run(self) -> GaussianMixture:
         """Build the mixture (float64 parameters, weights normalised) under the chosen parametrisation."""
         means = preset_means(self)  # (K, D)
@@ -107,7 +122,7 @@ class ModelGMM(Node, Parametrisation):
         weights = torch.ones(k, dtype=torch.float64) if self.weights is None else \
             torch.as_tensor(self.weights, dtype=torch.float64)  # (K,)
         return GaussianMixture(means, custom_stds(self.stds, means, self.std), weights,
-                               Parametrisation.model_validate(self.options()))
+                               Parametrisation.model_validate(self.options()), self.classes)
 
 
 def preset_means(p: ModelGMM) -> torch.Tensor:

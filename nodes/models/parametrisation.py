@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..core.validators import greater_than
 from ..core.model import Model, ModelSampling, VESampling
 from ..core.state import bcast
 from .sampling import (BetaSchedule, ContinuousVPSampling, DiscreteVPSampling, EDMSampling, RectifiedFlowSampling,
@@ -177,14 +178,7 @@ class Parametrisation(BaseModel):
                              f"models); remove it")
         return value
 
-    @field_validator("sigma_max")
-    @classmethod
-    def _above_min(cls, value: float, info: ValidationInfo) -> float:
-        """sigma_max must exceed sigma_min."""
-        low = info.data.get("sigma_min")
-        if low is not None and not value > low:
-            raise ValueError(f"must be greater than sigma_min ({low})")
-        return value
+    _above_min = greater_than("sigma_max", "sigma_min")
 
     @property
     def prediction(self) -> Prediction:

@@ -22,7 +22,8 @@ class ChurnSampler(Sampler):
     """Base of the solvers with EDM churn (Karras et al. 2022, Alg. 2): deterministic unless s_churn > 0.
 
     `stochastic` stays False (the default, s_churn = 0, draws nothing); with s_churn > 0 each step
-    draws noise keyed by (particle, step), so results stay reproducible and batch-split invariant."""
+    draws noise keyed by (particle, step), so results stay reproducible and batch-split invariant,
+    and `draws_noise` is True."""
 
     s_churn: float = Field(0.0, ge=0, description="total churn; > 0 adds noise each step (then stochastic)")
     s_tmin: float = Field(0.0, ge=0, description="churn only where sigma >= s_tmin")
@@ -38,6 +39,11 @@ class ChurnSampler(Sampler):
         if value is not None and low is not None and value < low:
             raise ValueError(f"must be >= s_tmin ({low}); to turn churn off set s_churn to 0")
         return value
+
+    @property
+    def draws_noise(self) -> bool:
+        """Churn adds noise only with s_churn > 0 and s_noise > 0 (a window may still miss a given schedule)."""
+        return self.s_churn > 0 and self.s_noise > 0
 
     def churn(self, state: State, noise: NoiseSource) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 2 lines 4-6: x_hat (B, ...) at sigma_hat = sigma (1 + gamma) (B,).

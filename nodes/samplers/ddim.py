@@ -29,6 +29,11 @@ class Ddim(Sampler):
     noise: NoiseKind = Field("step", description="'step': fresh normals per step (diffusers' variance_noise); "
                                                  "'brownian': increments of a Brownian tree")
 
+    @property
+    def draws_noise(self) -> bool:
+        """eta > 0 adds noise keyed by (particle, step); eta = 0 is deterministic DDIM."""
+        return self.eta > 0
+
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """x' = x0 + sigma_down * eps + sigma_up * z; no noise on a step to sigma = 0."""
         sigma, sigma_next = state.sigma, state.sigma_next  # (B,)

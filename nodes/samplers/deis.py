@@ -34,6 +34,11 @@ class Deis(Sampler):
     solver_order: int = Field(2, ge=1, le=3, description="outputs the eps polynomial goes through")
     lower_order_final: LowerOrderFinal = Field("under_15_steps", description=LOWER_ORDER_FINAL_DOC)
 
+    @property
+    def step_order(self) -> int:
+        """The eps polynomial through solver_order outputs gives order solver_order."""
+        return self.solver_order
+
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History: the p - 1 previous eps estimates (zeros before the first step)."""
         return super().init(x, sigmas, particle).replace(history=(torch.zeros_like(x),) * (self.solver_order - 1))

@@ -26,6 +26,11 @@ class Dpm2Ancestral(Sampler):
     noise: NoiseKind = Field("step", description="'step': fresh normals per step (k-diffusion's default); "
                                                  "'brownian': increments of a Brownian tree")
 
+    @property
+    def draws_noise(self) -> bool:
+        """eta = 0 or s_noise = 0 is the noise-free limit."""
+        return self.eta > 0 and self.s_noise > 0
+
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """Midpoint step (in log sigma) to sigma_down plus noise; particles with sigma_down = 0 take the
         Euler step and, as in k-diffusion, get no noise."""

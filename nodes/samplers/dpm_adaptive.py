@@ -53,6 +53,16 @@ class DpmAdaptive(Sampler):
     dcoeff: float = Field(0.0)
     accept_safety: float = Field(0.81, gt=0, description="accept a sub-step when the step factor >= this")
 
+    @property
+    def step_order(self) -> int:
+        """The order of the accepted (higher-order) solution."""
+        return self.solver_order
+
+    @property
+    def step_nfe(self) -> int:
+        """Evaluations per attempt: one per stage."""
+        return self.solver_order
+
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History: h (B,), inverse errors (B, 2) (0: none yet), previous lower-order solution (B, ...)."""
         state = super().init(x, sigmas, particle)

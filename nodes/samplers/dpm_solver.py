@@ -24,6 +24,16 @@ class DpmSolver(Sampler):
     nfe_per_step: ClassVar[int] = 3  # = solver_order; a step to sigma = 0 is an Euler step: 1 evaluation
     solver_order: int = Field(3, ge=1, le=3, description="1, 2 or 3: DPM-Solver-k on every step")
 
+    @property
+    def step_order(self) -> int:
+        """DPM-Solver-k converges with order k."""
+        return self.solver_order
+
+    @property
+    def step_nfe(self) -> int:
+        """One evaluation per stage."""
+        return self.solver_order
+
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """One DPM-Solver-k step in t = -log(sigma); particles stepping to sigma = 0 take x = x0."""
         sigma, sigma_next = state.sigma, state.sigma_next  # (B,)

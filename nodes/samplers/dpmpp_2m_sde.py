@@ -28,6 +28,11 @@ class Dpmpp2MSde(Sampler):
     noise: NoiseKind = Field("brownian", description="'brownian': increments of a Brownian tree (k-diffusion's "
                                                      "default); 'step': fresh normals per step")
 
+    @property
+    def draws_noise(self) -> bool:
+        """eta = 0 or s_noise = 0 is the noise-free limit."""
+        return self.eta > 0 and self.s_noise > 0
+
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """history = (x0 estimate of the previous step,), zeros until the first step."""
         return super().init(x, sigmas, particle).replace(history=(torch.zeros_like(x),))

@@ -27,6 +27,11 @@ class Dpmpp2SAncestral(Sampler):
     noise: NoiseKind = Field("step", description="'step': fresh normals per step (k-diffusion's default); "
                                                  "'brownian': increments of a Brownian tree")
 
+    @property
+    def draws_noise(self) -> bool:
+        """eta = 0 or s_noise = 0 is the noise-free limit."""
+        return self.eta > 0 and self.s_noise > 0
+
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """A two-stage data-prediction step in lambda = -log sigma to sigma_down (midpoint r = 1/2),
         then noise sigma_up where sigma_next > 0; sigma_down = 0 takes the Euler step."""

@@ -27,6 +27,11 @@ class DpmppSde(Sampler):
     noise: NoiseKind = Field("brownian", description="'brownian': increments of a Brownian tree (k-diffusion's "
                                                      "default); 'step': fresh normals per stage")
 
+    @property
+    def draws_noise(self) -> bool:
+        """eta = 0 or s_noise = 0 is the noise-free limit."""
+        return self.eta > 0 and self.s_noise > 0
+
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """Stage 1: an ancestral first-order step to s = t + r h and a model call there; stage 2: an
         ancestral step to t_next with the blend of both estimates (t = -log sigma). To sigma = 0: Euler."""

@@ -25,6 +25,11 @@ class EulerAncestral(Sampler):
     noise: NoiseKind = Field("step", description="'step': fresh normals per step (k-diffusion's default); "
                                                  "'brownian': increments of a Brownian tree")
 
+    @property
+    def draws_noise(self) -> bool:
+        """eta = 0 or s_noise = 0 is the noise-free limit."""
+        return self.eta > 0 and self.s_noise > 0
+
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """One Euler step to sigma_down, then noise of std sigma_up (none on a step to sigma = 0)."""
         sigma, sigma_next = state.sigma, state.sigma_next  # (B,)

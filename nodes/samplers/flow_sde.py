@@ -38,7 +38,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from ..api import node
 from ..core.denoiser import Denoiser
@@ -46,6 +46,7 @@ from ..core.noise import NoiseSource
 from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
+from ..core.validators import greater_than
 from .common import NoiseKind, sde_noise
 
 Diffusion = Literal["square", "linear", "constant", "sin", "sigma", "forward"]
@@ -56,7 +57,7 @@ NODES, WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(8
 class FlowSde(Sampler):
     """Implements SDE-based generation for flow models with interpolant conversion of Kim et al. (2025)."""
 
-    order: ClassVar[int] = 1  # weak order
+    order: ClassVar[int] = 2  # of the default solver_order, as its noise-free limit (scale = 0)
     nfe_per_step: ClassVar[int] = 1
     stochastic: ClassVar[bool] = True
     frame: Literal["vp", "linear"] = Field(
@@ -71,14 +72,17 @@ class FlowSde(Sampler):
     solver_order: int = Field(2, ge=1, le=2, description="1: D frozen over a step; 2: D affine in log sigma (2M)")
     noise: NoiseKind = Field("step", description="'step': fresh normals per step; 'brownian': Brownian-tree increments")
 
-    @field_validator("beta_max")
-    @classmethod
-    def _above_min(cls, value: float, info: ValidationInfo) -> float:
-        """beta must increase over the VP frame's time."""
-        low = info.data.get("beta_min")
-        if low is not None and not value > low:
-            raise ValueError(f"must be greater than beta_min ({low})")
-        return value
+    @property
+    def step_order(self) -> int:
+        """solver_order: the order of the noise-free limit (scale = 0: DDIM or DPM-Solver++(2M))."""
+        return self.solver_order
+
+    @property
+    def draws_noise(self) -> bool:
+        """scale = 0 makes eta(sigma) = 0 everywhere: the probability-flow ODE."""
+        return self.scale > 0
+
+    _above_min = greater_than("beta_max", "beta_min")
 
     def eta(self, sigma: torch.Tensor) -> torch.Tensor:
         """eta(sigma) (B, ...) >= 0: the noise rate relative to the probability-flow drift (float64)."""

@@ -34,6 +34,11 @@ class Ipndm(Sampler):
     solver_order: int = Field(4, ge=1, le=4, description="Adams-Bashforth order once the history is full "
                                                           "(ComfyUI's max_order)")
 
+    @property
+    def step_order(self) -> int:
+        """2 on non-uniform grids for any solver_order >= 2 (module docstring); 1 is Euler."""
+        return min(self.solver_order, 2)
+
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History: the last solver_order - 1 derivatives, newest first (zeros until computed)."""
         state = super().init(x, sigmas, particle)

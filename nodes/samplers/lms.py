@@ -33,6 +33,11 @@ class Lms(Sampler):
     nfe_per_step: ClassVar[int] = 1
     solver_order: int = Field(4, ge=1, le=8, description="derivatives used per step (k-diffusion's 'order')")
 
+    @property
+    def step_order(self) -> int:
+        """solver_order (up to a few hundred steps; see the module docstring)."""
+        return self.solver_order
+
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History: the last solver_order - 1 derivatives, newest first (zeros until computed)."""
         state = super().init(x, sigmas, particle)

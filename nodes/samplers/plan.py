@@ -9,7 +9,6 @@ stay keyed by the global step, so segments never reuse a draw (Brownian draws ar
 sigma anyway). Particles in different segments share a step: one batched sub-step per segment."""
 from __future__ import annotations
 
-import functools
 import torch
 from pydantic import Field
 
@@ -42,8 +41,7 @@ class Plan(Node):
                 raise NodeError(f"sampler.plan cannot run {s.__node_kind__}: its init rewrites the schedule "
                                 f"(e.g. restart intervals); give it a schedule of its own instead")
         sizes = tuple(len(probe.history) for probe in probes)  # history arity is fixed by parameters
-        cls = planned_type(tuple(type(s) for s in samplers))
-        return cls(samplers=tuple(samplers), switch_at=tuple(self.switch_at), history_sizes=sizes)
+        return Planned(samplers=tuple(samplers), switch_at=tuple(self.switch_at), history_sizes=sizes)
 
 
 class Planned(Sampler):
@@ -52,6 +50,24 @@ class Planned(Sampler):
     samplers: tuple[Sampler, ...]
     switch_at: tuple[int, ...]
     history_sizes: tuple[int, ...]  # entries of State.history each sampler owns, in order
+
+    @property
+    def step_order(self) -> int:
+        """The lowest order of its samplers."""
+        return min(s.step_order for s in self.samplers)
+
+    @property
+    def step_nfe(self) -> int:
+        """The largest NFE per step of its samplers (a bound: each segment costs its own sampler's)."""
+        return max(s.step_nfe for s in self.samplers)
+
+    @property
+    def draws_noise(self) -> bool:
+        return any(s.draws_noise for s in self.samplers)
+
+    @property
+    def adapts_steps(self) -> bool:
+        return any(s.adapts_steps for s in self.samplers)
 
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """Every sampler's history layout, side by side (contents are replaced when its segment starts)."""
@@ -86,11 +102,6 @@ class Planned(Sampler):
         return result
 
 
-    def __reduce__(self) -> tuple:
-        """Pickle through the factory: the per-combination subclass is not a module attribute."""
-        return Plan(switch_at=list(self.switch_at)).run, (list(self.samplers),)
-
-
 class OffsetNoise(NoiseSource):
     """The run's normals at global step = a segment's local step + its first step."""
 
@@ -101,12 +112,3 @@ class OffsetNoise(NoiseSource):
     def normal(self, particle: torch.Tensor, step: torch.Tensor | int, shape: tuple[int, ...], slot: int = 0,
                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
         return super().normal(particle, step + self.offset, shape, slot, dtype, device)
-
-
-@functools.cache
-def planned_type(classes: tuple[type[Sampler], ...]) -> type[Planned]:
-    """A Planned subclass declaring the lowest order, the largest NFE per step, and any stochasticity."""
-    declared: dict[str, object] = {
-        "order": min(c.order for c in classes), "nfe_per_step": max(c.nfe_per_step for c in classes),
-        "stochastic": any(c.stochastic for c in classes), "__module__": __name__, "__doc__": Planned.__doc__}
-    return type("Planned" + "".join(c.__name__ for c in classes), (Planned,), declared)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...graph.errors import NodeError
 from ..api import node
@@ -28,6 +28,7 @@ from ..core.noise import NoiseSource
 from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
+from ..core.validators import greater_than
 from .heun import Heun
 
 HEUN = Heun()  # the ODE steps between (and inside) restarts
@@ -42,14 +43,7 @@ class RestartSegment(BaseModel):
     repeats: int = Field(1, ge=1, description="K: how many times the interval is re-run")
     steps: int = Field(2, ge=1, description="Heun steps from t_max back down to t_min")
 
-    @field_validator("t_max")
-    @classmethod
-    def _above_min(cls, value: float, info: ValidationInfo) -> float:
-        """A restart jumps up: t_max must exceed t_min."""
-        low = info.data.get("t_min")
-        if low is not None and not value > low:
-            raise ValueError(f"must be greater than t_min ({low})")
-        return value
+    _above_min = greater_than("t_max", "t_min")
 
 
 @node("sampler.restart", version=1)
@@ -63,6 +57,11 @@ class Restart(Sampler):
         default_factory=lambda: [RestartSegment(t_min=0.06, t_max=0.30, repeats=2, steps=2)],
         description="restart intervals, each {t_min, t_max, repeats, steps}")
     s_noise: float = Field(1.0, ge=0, description="scale of the restart noise")
+
+    @property
+    def draws_noise(self) -> bool:
+        """Restart jumps add noise only when there are segments and s_noise > 0."""
+        return self.s_noise > 0 and bool(self.segments)
 
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """Start at sigmas[0] on the schedule expanded with the restart intervals."""

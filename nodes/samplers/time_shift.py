@@ -19,7 +19,6 @@ shifted time, as in the paper), i.e. calls D(x * alpha(sigma) / alpha(sigma_s), 
 space 've' matches Var(x) to sigma_s^2 and calls D(x, sigma_s) (VE / EDM networks)."""
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
@@ -46,17 +45,33 @@ class TimeShift(Node):
 
     def run(self, sampler: Sampler) -> Sampler:
         """`sampler` with every model call at the variance-matched level."""
-        return shifted_type(type(sampler))(inner=sampler, window=self.window, cutoff_sigma=self.cutoff_sigma,
-                                           space=self.space)
+        return TimeShifted(inner=sampler, window=self.window, cutoff_sigma=self.cutoff_sigma, space=self.space)
 
 
 class TimeShifted(Sampler):
-    """A sampler whose denoiser calls see the time-shifted noise level (Li et al. 2023)."""
+    """A sampler whose denoiser calls see the time-shifted noise level (Li et al. 2023); order, cost and
+    noise are the inner sampler's."""
 
     inner: Sampler
     window: float
     cutoff_sigma: float
     space: Space
+
+    @property
+    def step_order(self) -> int:
+        return self.inner.step_order
+
+    @property
+    def step_nfe(self) -> int:
+        return self.inner.step_nfe
+
+    @property
+    def draws_noise(self) -> bool:
+        return self.inner.draws_noise
+
+    @property
+    def adapts_steps(self) -> bool:
+        return self.inner.adapts_steps
 
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """The inner sampler's state: the wrapper adds none."""
@@ -65,18 +80,6 @@ class TimeShifted(Sampler):
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """The inner sampler's step with the shifted denoiser."""
         return self.inner.step(ShiftedDenoiser(denoise, self), state, noise)
-
-    def __reduce__(self) -> tuple:
-        """Pickle through the factory: the per-inner-class subclass is not a module attribute."""
-        return TimeShift(window=self.window, cutoff_sigma=self.cutoff_sigma, space=self.space).run, (self.inner,)
-
-
-@functools.cache
-def shifted_type(inner: type[Sampler]) -> type[TimeShifted]:
-    """A TimeShifted subclass declaring the inner sampler's order, NFE per step and stochasticity."""
-    return type(f"TimeShifted{inner.__name__}", (TimeShifted,),
-                {"order": inner.order, "nfe_per_step": inner.nfe_per_step, "stochastic": inner.stochastic,
-                 "__module__": __name__, "__doc__": TimeShifted.__doc__})
 
 
 class ShiftedDenoiser(Denoiser):

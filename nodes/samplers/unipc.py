@@ -41,6 +41,11 @@ class UniPC(Sampler):
     prediction: Literal["data", "noise"] = Field("data", description="solve for x0 (diffusers predict_x0) or eps")
     lower_order_final: LowerOrderFinal = Field("always", description=LOWER_ORDER_FINAL_DOC)
 
+    @property
+    def step_order(self) -> int:
+        """UniP-p is order p; UniC raises it to p + 1."""
+        return self.solver_order + int(self.corrector)
+
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History (x_prev, m_1..m_p), zeros before the first step."""
         zeros = torch.zeros_like(x)  # (B, ...)

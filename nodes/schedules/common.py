@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from ...graph.errors import NodeError
 from ..api import Node
+from ..core.validators import greater_than
 from ..core.model import Model
 
 F64 = torch.float64
@@ -37,14 +38,7 @@ class SigmaRange(Node):
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0, validate_default=True)
 
-    @field_validator("sigma_max")
-    @classmethod
-    def _above_min(cls, value: float, info: ValidationInfo) -> float:
-        """sigma_max must exceed sigma_min so the schedule decreases."""
-        low = info.data.get("sigma_min")
-        if low is not None and not value > low:
-            raise ValueError(f"must be greater than sigma_min ({low})")
-        return value
+    _above_min = greater_than("sigma_max", "sigma_min")
 
 
 def discrete_table(model: Model, kind: str) -> torch.Tensor:

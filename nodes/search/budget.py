@@ -1,0 +1,76 @@
+"""Budget: denoiser NFE (batched calls, chunks, particle-evaluations per group), reward calls
+and wall time of a search strategy; `report()` is what the run report shows."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ...graph.errors import NodeError
+from ..core.denoiser import Denoiser
+
+
+@dataclass
+class Budget:
+    """Counters per group; `particle_nfe` is rows x denoiser calls (a CFG or Heun stage counts each call)."""
+
+    groups: int
+    max_particle_nfe: int | None = None  # per group; None: unlimited
+    calls: int = 0  # logical batched denoiser calls (what ctx.add_nfe counts)
+    chunks: int = 0  # physical calls after chunking to max_batch
+    reward_calls: int = 0
+    particle_nfe: torch.Tensor = field(default=None)  # type: ignore[assignment]  # (G,) int64
+    reward_evals: torch.Tensor = field(default=None)  # type: ignore[assignment]  # (G,) int64
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        if self.particle_nfe is None:
+            self.particle_nfe = torch.zeros(self.groups, dtype=torch.long)
+        if self.reward_evals is None:
+            self.reward_evals = torch.zeros(self.groups, dtype=torch.long)
+
+    def charge_denoiser(self, group: torch.Tensor, chunks: int) -> None:
+        self.calls += 1
+        self.chunks += chunks
+        self.particle_nfe += torch.bincount(group.cpu(), minlength=self.groups)
+
+    def charge_reward(self, group: torch.Tensor) -> None:
+        self.reward_calls += 1
+        self.reward_evals += torch.bincount(group.cpu(), minlength=self.groups)
+
+    def exhausted(self) -> torch.Tensor:
+        """(G,) bool: groups whose particle-NFE reached max_particle_nfe."""
+        if self.max_particle_nfe is None:
+            return torch.zeros(self.groups, dtype=torch.bool)
+        return self.particle_nfe >= self.max_particle_nfe
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable totals (per-group lists included) for ctx.record."""
+        return {"denoiser_calls": self.calls, "denoiser_chunks": self.chunks,
+                "particle_nfe": int(self.particle_nfe.sum()), "particle_nfe_per_group": self.particle_nfe.tolist(),
+                "reward_calls": self.reward_calls, "reward_evals": int(self.reward_evals.sum()),
+                "wall_s": round(self.wall_s, 6)}
+
+
+class BudgetDenoiser(Denoiser):
+    """Wraps a denoiser: splits each batched call into chunks of at most max_batch rows, charges the budget.
+
+    Set `group` (B,) to the group ids of the rows the next calls will see."""
+
+    def __init__(self, inner: Denoiser, budget: Budget, group: torch.Tensor, max_batch: int | None = None):
+        self.inner, self.budget, self.group, self.max_batch = inner, budget, group, max_batch
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.group.shape[0]:
+            raise NodeError(f"search: the sampler called the denoiser on {x.shape[0]} rows but the strategy holds "
+                            f"{self.group.shape[0]} particles; use a sampler that steps the whole batch")
+        size = x.shape[0] if not self.max_batch else self.max_batch
+        parts = [self.inner(xc, sc) for xc, sc in zip(x.split(size), sigma.split(size))]  # (b, ...) each
+        self.budget.charge_denoiser(self.group, len(parts))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, ...)
