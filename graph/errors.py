@@ -3,6 +3,7 @@ expected and what was found, so a user can fix a workflow without reading a trac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class SamplegraphError(Exception):
@@ -31,9 +32,10 @@ class Problem:
 class WorkflowError(SamplegraphError):
     """A workflow that cannot run, with every problem found (not only the first)."""
 
-    def __init__(self, problems: list[Problem], source: str | None = None):
+    def __init__(self, problems: list[Problem], source: str | None = None, partial: Any = None):
         self.problems = list(problems)
         self.source = source
+        self.partial = partial  # a PartialWorkflow when some node declarations still parsed
         super().__init__(self.render())
 
     def render(self) -> str:

@@ -47,15 +47,19 @@ class ValidGraph:
     dag: nx.DiGraph
 
 
-def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = None) -> ValidGraph:
-    """Validate `wf` against the registered `specs`; raise WorkflowError with all problems."""
+def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = None,
+             broken: frozenset[str] = frozenset()) -> ValidGraph:
+    """Validate `wf` against the registered `specs`; raise WorkflowError with all problems.
+
+    `broken`: ids of nodes whose declarations did not parse (already reported): links and
+    outputs naming them are not reported again."""
     problems: list[Problem] = []
     nodes: dict[str, ResolvedNode] = {}
     for node_id, decl in wf.nodes.items():
-        resolved = check_node(node_id, decl, wf, specs, problems)
+        resolved = check_node(node_id, decl, wf, specs, problems, broken)
         if resolved is not None:
             nodes[node_id] = resolved
-    outputs = check_outputs(wf, specs, problems)
+    outputs = check_outputs(wf, specs, problems, broken)
     dag = build_dag(wf)
     problems.extend(cycle_problems(dag))
     if problems:
@@ -63,12 +67,26 @@ def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = N
     return ValidGraph(wf, nodes, outputs, dag)
 
 
-def check_outputs(wf: Workflow, specs: Mapping[str, NodeSpec], problems: list[Problem]) -> list[Link]:
+def validate_document(error: WorkflowError, specs: Mapping[str, NodeSpec]) -> WorkflowError:
+    """A structural WorkflowError extended with the problems of the parts that still parsed."""
+    if error.partial is None:
+        return error
+    try:
+        validate(error.partial.workflow, specs, error.source, error.partial.broken)
+    except WorkflowError as more:
+        return WorkflowError(error.problems + more.problems, error.source)
+    return error
+
+
+def check_outputs(wf: Workflow, specs: Mapping[str, NodeSpec], problems: list[Problem],
+                  broken: frozenset[str]) -> list[Link]:
     if not wf.outputs:
         problems.append(Problem("'outputs' is empty: name the node(s) whose results you want"))
     links = []
     for name in wf.outputs:
         node_id, port = parse_link(name)
+        if node_id in broken:
+            continue
         if node_id not in wf.nodes:
             problems.append(Problem(f"output '{name}' names no node", where="outputs",
                                     hint=suggest(node_id, wf.nodes)))
@@ -83,7 +101,7 @@ def check_outputs(wf: Workflow, specs: Mapping[str, NodeSpec], problems: list[Pr
 
 
 def check_node(node_id: str, decl: NodeDecl, wf: Workflow, specs: Mapping[str, NodeSpec],
-               problems: list[Problem]) -> ResolvedNode | None:
+               problems: list[Problem], broken: frozenset[str] = frozenset()) -> ResolvedNode | None:
     if not NODE_ID.match(node_id):
         problems.append(Problem("invalid node id: use letters, digits, '_' or '-', starting with a letter "
                                 "or '_' (no dots: 'node.port' names an output)", node_id))
@@ -93,7 +111,7 @@ def check_node(node_id: str, decl: NodeDecl, wf: Workflow, specs: Mapping[str, N
         problems.append(Problem(f"unknown node kind '{decl.kind}'", node_id, "kind", hint))
         return None
     params = check_params(node_id, decl.params, spec, problems)
-    inputs = check_inputs(node_id, decl, spec, wf, specs, problems)
+    inputs = check_inputs(node_id, decl, spec, wf, specs, problems, broken)
     if params is None or inputs is None:
         return None
     return ResolvedNode(node_id, spec, params, inputs)
@@ -134,7 +152,7 @@ def describe_field(spec: NodeSpec, name: str) -> str | None:
 
 
 def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
-                 specs: Mapping[str, NodeSpec], problems: list[Problem]) -> dict | None:
+                 specs: Mapping[str, NodeSpec], problems: list[Problem], broken: frozenset[str]) -> dict | None:
     ok = True
     resolved: dict[str, Link | list[Link]] = {}
     for port_name, value in decl.inputs.items():
@@ -150,7 +168,7 @@ def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
             problems.append(Problem(f"takes one link, got a list of {len(value)}", node_id, f"input '{port_name}'"))
             ok = False
             continue
-        got = [check_link(node_id, port, link, wf, specs, problems) for link in links]
+        got = [check_link(node_id, port, link, wf, specs, problems, broken) for link in links]
         if any(g is None for g in got):
             ok = False
             continue
@@ -164,12 +182,14 @@ def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
 
 
 def check_link(node_id: str, port: PortSpec, link: Any, wf: Workflow, specs: Mapping[str, NodeSpec],
-               problems: list[Problem]) -> Link | None:
+               problems: list[Problem], broken: frozenset[str]) -> Link | None:
     where = f"input '{port.name}'"
     if not isinstance(link, str):
         problems.append(Problem(f"a link must be a string 'node' or 'node.port', got {link!r}", node_id, where))
         return None
     src, src_port = parse_link(link)
+    if src in broken:
+        return None  # its declaration's problem is reported already
     if src not in wf.nodes:
         problems.append(Problem(f"links to '{link}', but there is no node '{src}'", node_id, where,
                                 suggest(src, wf.nodes)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +61,7 @@ class Workflow(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise WorkflowError([structure_problem(err) for err in e.errors()], source) from None
+            raise WorkflowError([structure_problem(err) for err in e.errors()], source, salvage(data)) from None
 
     def add(self, node_id: str, kind: str, inputs: dict[str, str | list[str]] | None = None,
             **params: Any) -> str:
@@ -86,6 +87,33 @@ class Workflow(BaseModel):
         if problems:
             raise WorkflowError(problems)
         return copy
+
+
+@dataclass(frozen=True)
+class PartialWorkflow:
+    """What still parses of a structurally broken document: its well-formed nodes, and the ids
+    of the broken ones (links to those are not reported again)."""
+
+    workflow: Workflow
+    broken: frozenset[str]
+
+
+def salvage(data: dict) -> PartialWorkflow | None:
+    """The well-formed node declarations of a document whose other fields are well-formed."""
+    nodes = data.get("nodes")
+    if not isinstance(nodes, dict):
+        return None
+    try:
+        wf = Workflow.model_validate({**data, "nodes": {}})
+    except ValidationError:
+        return None
+    broken = set()
+    for node_id, decl in nodes.items():
+        try:
+            wf.nodes[node_id] = NodeDecl.model_validate(decl)
+        except ValidationError:
+            broken.add(node_id)
+    return PartialWorkflow(wf, frozenset(broken))
 
 
 def parse_link(link: str) -> tuple[str, str | None]:

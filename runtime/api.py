@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..graph.errors import Problem, RunCancelled, SamplegraphError, WorkflowError
-from ..graph.validate import Link, ValidGraph, execution_order, resolve_port, validate
+from ..graph.validate import Link, ValidGraph, execution_order, resolve_port, validate, validate_document
 from ..graph.workflow import Workflow, parse_link
 from ..nodes.api import Node, Registry
 from .cache import DiskCache, MemoryCache
@@ -63,6 +63,14 @@ class Runtime:
         self.memory = MemoryCache(memory_cache_bytes) if cache else None
         self.disk = DiskCache(cache_dir, disk_cache_bytes) if (cache and cache_dir is not None) else None
 
+    def load(self, wf: Workflow | str | Path | dict) -> tuple[Workflow, str | None]:
+        """The workflow and its source path; a structurally broken document is reported together
+        with the problems of its well-formed nodes (all at once)."""
+        try:
+            return as_workflow(wf)
+        except WorkflowError as e:
+            raise validate_document(e, self.registry.specs) from None
+
     def validate(self, wf: Workflow, source: str | None = None) -> ValidGraph:
         """All problems at once as a WorkflowError, or the validated graph."""
         return validate(wf, self.registry.specs, source)
@@ -74,7 +82,7 @@ class Runtime:
         """Validate, prune to `outputs` (default: the workflow's), run, and report.
 
         The report is saved as `report.json` in `out_dir` when one is given."""
-        wf, source = as_workflow(wf)
+        wf, source = self.load(wf)
         if overrides:
             wf = wf.with_overrides(overrides)
         if seed is not None:

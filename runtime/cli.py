@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def load(args: argparse.Namespace) -> Workflow:
-    wf = Workflow.load(args.workflow)
+def load(args: argparse.Namespace, runtime: Any) -> Workflow:
+    wf, _ = runtime.load(args.workflow)
     overrides = dict(parse_override(s) for s in args.set)
     return wf.with_overrides(overrides) if overrides else wf
 
@@ -98,7 +98,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .api import CancelToken, Runtime
     from .progress import ProgressPrinter
 
-    wf = load(args)
     if args.threads is not None:
         import torch
 
@@ -106,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("out") / args.workflow.stem
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache)
+    wf = load(args, runtime)
     printer = None if args.quiet else ProgressPrinter()
     token = CancelToken()
     try:
@@ -137,8 +137,9 @@ def show_output(value: Any) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .api import Runtime
 
-    wf = load(args)
-    Runtime(device="cpu", cache=False).validate(wf, str(args.workflow))
+    runtime = Runtime(device="cpu", cache=False)
+    wf = load(args, runtime)
+    runtime.validate(wf, str(args.workflow))
     print(f"ok: {args.workflow} ({len(wf.nodes)} nodes; outputs: {', '.join(wf.outputs)})")
     return 0
 

@@ -170,3 +170,21 @@ def test_quickstart_runs_on_cuda_and_reports_the_device(tmp_path):
     report = json.loads((tmp_path / "out/report.json").read_text())
     sample = next(n for n in report["nodes"] if n["node"] == "sample")
     assert sample["device"].startswith("cuda") and sample["peak_cuda_bytes"] > 0
+
+
+def test_a_structural_error_is_reported_together_with_the_other_nodes_problems(tmp_path):
+    """'param' for 'params' in one node must not hide an unknown kind, a misspelled parameter
+    or a bad output elsewhere; links to the broken node are not reported twice."""
+    wf = json.loads((ROOT / "workflows/quickstart.json").read_text())
+    wf["nodes"]["model"]["param"] = wf["nodes"]["model"].pop("params")
+    wf["nodes"]["sigmas"]["kind"] = "schedule.karas"
+    wf["nodes"]["solver"]["params"] = {"ordr": 2}
+    wf["outputs"].append("nope")
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(wf))
+    for proc in (cli("validate", str(path)), run_wf(path, tmp_path)):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        for needle in ["node 'model': unknown field 'param' (did you mean 'params'?)",
+                       "did you mean 'schedule.karras'", "node 'solver', param 'ordr'", "output 'nope' names no node"]:
+            assert needle in proc.stderr, needle
+        assert "4 problem(s)" in proc.stderr  # nothing about links to 'model' or 'sigmas'
