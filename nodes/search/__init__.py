@@ -2,9 +2,13 @@
 
 
 def nodes() -> list[type]:
+    from .beam import Beam
     from .best_of_n import BestOfN
+    from .dts import Dts
+    from .paths import Paths
     from .rejection import Rejection
     from .smc import Smc
     from .svdd import Svdd
+    from .zero_order import ZeroOrder
 
-    return [BestOfN, Rejection, Smc, Svdd]
+    return [BestOfN, Rejection, Smc, Svdd, Beam, ZeroOrder, Paths, Dts]

@@ -52,3 +52,20 @@ def first_of_groups(group: torch.Tensor, groups: int) -> torch.Tensor:
     b = group.shape[0]
     pos = torch.arange(b, device=group.device)
     return torch.full((groups,), b, dtype=torch.long, device=group.device).scatter_reduce(0, group, pos, "amin")
+
+
+def tweedie_reward(den: BudgetDenoiser, state: State, reward: Reward, group: torch.Tensor,
+                   budget: Budget) -> torch.Tensor:
+    """r(E[x0 | x_t]) (B,) float64 at each particle's current level; at sigma 0 the reward of x itself."""
+    sigma = state.sigma  # (B,)
+    if float(sigma.max()) == 0.0:
+        return scored(reward, state.x, group, budget)
+    den.group = group
+    return scored(reward, den(state.x, sigma), group, budget)  # (B,) one batched call for the x0 estimates
+
+
+def top_per_group(v: torch.Tensor, groups: int, k: int) -> torch.Tensor:
+    """Flat indices (G*k,) of the k largest of v (G*m,) within each consecutive block of m, best first."""
+    m = v.numel() // groups
+    top = v.reshape(groups, m).topk(k, 1).indices  # (G, k)
+    return (top + torch.arange(groups, device=v.device)[:, None] * m).flatten()  # (G*k,)

@@ -15,7 +15,7 @@ from ..core.sigmas import Sigmas
 from ..core.state import State
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
-from .common import layout, scored
+from .common import layout, tweedie_reward
 from .particles import Particles
 from .resample import resample_generator
 
@@ -60,9 +60,7 @@ class Svdd(Node):
     @staticmethod
     def value(den: BudgetDenoiser, kids: State, reward: Reward, budget: Budget) -> torch.Tensor:
         """v = r(E[x0 | x_{t-1}]) (B*M,): the posterior-mean value; at sigma 0 the reward of x itself."""
-        sigma = kids.sigma  # (B*M,) the level just reached (0 after the last step)
-        x0 = kids.x if float(sigma.max()) == 0.0 else den(kids.x, sigma)  # (B*M, ...)
-        return scored(reward, x0, torch.zeros(kids.batch, dtype=torch.long), budget)
+        return tweedie_reward(den, kids, reward, torch.zeros(kids.batch, dtype=torch.long), budget)
 
     def choose(self, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Index (B,) of the kept candidate per row of v (B, M): categorical exp(v/alpha), or argmax for alpha 0."""
