@@ -16,9 +16,12 @@ def canonical_json(value: Any) -> bytes:
 
 
 def node_key(kind: str, version: int, params: dict[str, Any], inputs: dict[str, Any],
-             seed: int | None) -> str:
-    """The cache key of a node's outputs; `inputs` maps port -> key (or list of keys)."""
+             seed: int | None, external: Any = None) -> str:
+    """The cache key of a node's outputs; `inputs` maps port -> key (or list of keys);
+    `external`: state outside the graph the node reads (a file's size and mtime)."""
     doc = {"kind": kind, "version": version, "params": params, "inputs": inputs}
     if seed is not None:
         doc["seed"] = seed
+    if external is not None:
+        doc["external"] = external
     return hashlib.sha256(canonical_json(doc)).hexdigest()

@@ -37,6 +37,12 @@ class Node(BaseModel):
     cacheable: ClassVar[bool] = True  # False for nodes with side effects (writing files)
     uses_seed: ClassVar[bool] = False  # True when outputs depend on the workflow seed
 
+    def external_state(self) -> Any:
+        """What this node reads from outside the graph (e.g. a file's size and mtime), as JSON
+        data; it enters the node's cache key, so changing it invalidates the node and its
+        descendants. None (the default) for nodes that read nothing outside their inputs."""
+        return None
+
 
 def node(kind: str, version: int = 1) -> typing.Callable[[N], N]:
     """Stamp a Node subclass with its kind and version and check its ports now, not at run time."""

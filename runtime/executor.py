@@ -56,7 +56,7 @@ def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, st
             continue
         inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()}
         keys[node_id] = node_key(rn.spec.kind, rn.spec.version, rn.params.model_dump(mode="json"),
-                                 inputs, seed if rn.spec.uses_seed else None)
+                                 inputs, seed if rn.spec.uses_seed else None, rn.params.external_state())
     return keys
 
 

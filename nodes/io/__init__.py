@@ -2,7 +2,8 @@
 
 
 def nodes() -> list[type]:
+    from .image_grid import ImageGrid
     from .plot_samples import PlotSamples
     from .save_tensor import SaveTensor
 
-    return [SaveTensor, PlotSamples]
+    return [SaveTensor, PlotSamples, ImageGrid]

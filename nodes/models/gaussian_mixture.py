@@ -18,14 +18,15 @@ import torch
 
 from ...graph.errors import NodeError
 from ..core.denoiser import Distribution
-from ..core.model import Model, ModelSampling
+from ..core.model import ModelSampling
 from .exact_network import ExactNetwork
+from .labelled import Labelled
 from .parametrisation import Parametrisation
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-class GaussianMixture(Model, Distribution):
+class GaussianMixture(Labelled, Distribution):
     """K Gaussians with diagonal covariance: the exact denoiser of Karras et al. (2022), eq. 3."""
 
     def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor,

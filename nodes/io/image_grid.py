@@ -1,0 +1,65 @@
+"""io.image_grid: a PNG grid of image samples (grey or RGB), one row per `columns` samples (Pillow only)."""
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from PIL import Image
+from pydantic import Field
+
+from ...graph.errors import NodeError
+from ..api import Node, node
+from ..core.context import NodeContext
+from .common import atomic_write, path_with_suffix, resolve_output
+
+PngPath = path_with_suffix(".png")
+
+
+@node("io.image_grid")
+class ImageGrid(Node):
+    """Tile images (B, H, W) or (B, C, H, W), C in {1, 3}, with values in [low, high] into one PNG."""
+
+    cacheable: ClassVar[bool] = False  # writing the file is the point
+
+    path: PngPath = Field(description="output file; relative paths resolve against the run's out_dir")
+    columns: int = Field(8, ge=1, description="images per row (e.g. the batch per class of a class sweep)")
+    scale: int = Field(4, ge=1, le=64, description="pixels per image pixel (nearest-neighbour upscaling)")
+    low: float = Field(-1.0, description="value drawn black")
+    high: float = Field(1.0, description="value drawn white")
+    pad: int = Field(1, ge=0, le=16, description="grey gap between images, in image pixels")
+
+    def run(self, images: torch.Tensor, ctx: NodeContext) -> str:
+        """Write the grid; returns its absolute path."""
+        if not self.high > self.low:
+            raise NodeError(f"'high' ({self.high}) must be greater than 'low' ({self.low})")
+        mid = (self.low + self.high) / 2  # the gaps are mid-grey
+        grid = tile(to_channels_last(images), self.columns, self.pad, mid)  # (rows*(H+pad)+pad, cols*(W+pad)+pad, C)
+        level = ((grid - self.low) / (self.high - self.low)).clamp(0, 1).mul(255).round().to(torch.uint8)
+        array = level.repeat_interleave(self.scale, 0).repeat_interleave(self.scale, 1).numpy()
+        grey = array.shape[2] == 1
+        image = Image.fromarray(array[..., 0] if grey else array, "L" if grey else "RGB")
+        return str(atomic_write(resolve_output(self.path, ctx.out_dir), lambda f: image.save(f, format="PNG")))
+
+
+def to_channels_last(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) float64 on CPU from (B, H, W) or (B, C, H, W) with C in {1, 3}."""
+    x = images.detach().to("cpu", torch.float64)
+    if x.ndim == 3:
+        return x[..., None]  # (B, H, W, 1)
+    if x.ndim == 4 and x.shape[1] in (1, 3):
+        return x.permute(0, 2, 3, 1)  # (B, H, W, C)
+    raise NodeError(f"input 'images' must have shape (B, H, W) or (B, C, H, W) with C 1 or 3; "
+                    f"got {tuple(images.shape)}")
+
+
+def tile(x: torch.Tensor, columns: int, pad: int, fill: float) -> torch.Tensor:
+    """Images (B, H, W, C) laid out row-major on a canvas of value `fill`."""
+    b, h, w, c = x.shape
+    cols = min(columns, b)
+    rows = math.ceil(b / cols)
+    canvas = torch.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), fill, dtype=x.dtype)
+    for i in range(b):
+        r, k = divmod(i, cols)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = x[i]
+    return canvas

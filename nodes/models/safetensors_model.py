@@ -1,0 +1,46 @@
+"""model.safetensors: a user's class-conditional MLP denoiser from a local safetensors state dict
+(never pickle) with its architecture config, under EDM preconditioning (Karras et al. 2022)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from ..api import Node, node
+from .labelled import Labelled
+from .networks.conditional import ConditionalNetwork
+from .networks.mlp_denoiser import MLPDenoiser, load_mlp
+from .sampling import EDMSampling
+
+
+def file_state(path: Path) -> list[int] | None:
+    """[size, mtime_ns] of a file, or None when it is missing (run() then reports it)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def edm_model(net: MLPDenoiser) -> ConditionalNetwork:
+    """The network as an EDM Model bound to the null class (model.condition binds a class)."""
+    cfg = net.config
+    return ConditionalNetwork(net, EDMSampling(cfg.sigma_data, cfg.sigma_min, cfg.sigma_max), cfg.classes, "edm")
+
+
+@node("model.safetensors")
+class ModelSafetensors(Node):
+    """An EDM-preconditioned MLP denoiser (Karras et al. 2022, eq. 7) loaded from a safetensors file."""
+
+    path: str = Field(min_length=1, description="local .safetensors state dict (see networks/mlp_denoiser.py)")
+    config: dict[str, Any] | None = Field(None, description="architecture config (shape, hidden, layers, classes, "
+                                          "embedding, sigma_data, ...); None = the file's metadata 'config'")
+
+    def external_state(self) -> Any:
+        """The file's size and modification time: a rewritten checkpoint invalidates the cache."""
+        return file_state(Path(self.path))
+
+    def run(self) -> Labelled:
+        """The model bound to the null class; errors name the file and what mismatched."""
+        return edm_model(load_mlp(Path(self.path), self.config))
