@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -98,6 +98,21 @@ def dpm_solver_stages(denoise: Denoiser, x: torch.Tensor, t: torch.Tensor, t_nex
 
 
 NoiseKind = Literal["step", "brownian"]  # fresh normals keyed by (particle, step), or Brownian-tree increments
+
+
+class NoisySampler(Sampler):
+    """Base of the ancestral and SDE solvers: how much noise (eta, s_noise) and where it comes from."""
+
+    stochastic: ClassVar[bool] = True
+    eta: float = Field(1.0, ge=0, description="noise share: 1 ancestral / the reverse SDE, 0 the ODE step")
+    s_noise: float = Field(1.0, ge=0, description="scale of the added noise")
+    noise: NoiseKind = Field("step", description="'step': fresh normals per step (k-diffusion's default for "
+                                                 "ancestral samplers); 'brownian': increments of a Brownian tree")
+
+    @property
+    def draws_noise(self) -> bool:
+        """eta = 0 or s_noise = 0 is the noise-free limit."""
+        return self.eta > 0 and self.s_noise > 0
 
 
 def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:

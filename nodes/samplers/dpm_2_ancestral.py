@@ -4,32 +4,20 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
 
 from ..api import node
 from ..core.denoiser import Denoiser
 from ..core.noise import NoiseSource
-from ..core.sampler import Sampler
 from ..core.state import State, bcast
-from .common import NoiseKind, ancestral_step, sde_noise, to_d
+from .common import NoisySampler, ancestral_step, sde_noise, to_d
 
 
 @node("sampler.dpm_2_ancestral", version=1)
-class Dpm2Ancestral(Sampler):
+class Dpm2Ancestral(NoisySampler):
     """Implements ancestral sampling (Ho et al. 2020) with DPM-Solver-2 steps (Lu et al. 2022, Alg. 1) in sigma."""
 
     order: ClassVar[int] = 2  # eta = 0 is DPM-Solver-2 (k-diffusion sample_dpm_2)
     nfe_per_step: ClassVar[int] = 2  # a step with sigma_down = 0 is an Euler step: 1 evaluation
-    stochastic: ClassVar[bool] = True
-    eta: float = Field(1.0, ge=0, description="noise share: 1 ancestral, 0 the ODE step")
-    s_noise: float = Field(1.0, ge=0, description="scale of the added noise")
-    noise: NoiseKind = Field("step", description="'step': fresh normals per step (k-diffusion's default); "
-                                                 "'brownian': increments of a Brownian tree")
-
-    @property
-    def draws_noise(self) -> bool:
-        """eta = 0 or s_noise = 0 is the noise-free limit."""
-        return self.eta > 0 and self.s_noise > 0
 
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """Midpoint step (in log sigma) to sigma_down plus noise; particles with sigma_down = 0 take the

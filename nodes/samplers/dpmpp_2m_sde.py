@@ -9,29 +9,21 @@ from pydantic import Field
 from ..api import node
 from ..core.denoiser import Denoiser
 from ..core.noise import NoiseSource
-from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
-from .common import NoiseKind, sde_noise
+from .common import NoiseKind, NoisySampler, sde_noise
 
 
 @node("sampler.dpmpp_2m_sde", version=1)
-class Dpmpp2MSde(Sampler):
+class Dpmpp2MSde(NoisySampler):
     """Implements SDE-DPM-Solver++(2M) (Lu et al. 2022b, Appendix) with k-diffusion's eta and solver types."""
 
     order: ClassVar[int] = 2  # eta = 0 is DPM-Solver++(2M)
     nfe_per_step: ClassVar[int] = 1
-    stochastic: ClassVar[bool] = True
     eta: float = Field(1.0, ge=0, description="1: the reverse SDE; 0: the ODE (DPM-Solver++(2M))")
-    s_noise: float = Field(1.0, ge=0, description="scale of the added noise")
     solver_type: Literal["midpoint", "heun"] = Field("midpoint", description="the second-order correction's form")
     noise: NoiseKind = Field("brownian", description="'brownian': increments of a Brownian tree (k-diffusion's "
                                                      "default); 'step': fresh normals per step")
-
-    @property
-    def draws_noise(self) -> bool:
-        """eta = 0 or s_noise = 0 is the noise-free limit."""
-        return self.eta > 0 and self.s_noise > 0
 
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """history = (x0 estimate of the previous step,), zeros until the first step."""

@@ -9,28 +9,19 @@ from pydantic import Field
 from ..api import node
 from ..core.denoiser import Denoiser
 from ..core.noise import NoiseSource
-from ..core.sampler import Sampler
 from ..core.state import State, bcast
-from .common import NoiseKind, ancestral_step, sde_noise, to_d
+from .common import NoiseKind, NoisySampler, ancestral_step, sde_noise, to_d
 
 
 @node("sampler.dpmpp_sde", version=1)
-class DpmppSde(Sampler):
+class DpmppSde(NoisySampler):
     """Implements stochastic DPM-Solver++ (Lu et al. 2022b) with ancestral noise at both stages, as k-diffusion."""
 
     order: ClassVar[int] = 2  # eta = 0 is singlestep DPM-Solver++(2S) with stage at r
     nfe_per_step: ClassVar[int] = 2  # a step to sigma = 0 is an Euler step: 1 evaluation
-    stochastic: ClassVar[bool] = True
-    eta: float = Field(1.0, ge=0, description="noise share: 1 ancestral, 0 the ODE step")
-    s_noise: float = Field(1.0, ge=0, description="scale of the added noise")
     r: float = Field(0.5, gt=0, le=1, description="where the inner stage sits, as a fraction of the step in log sigma")
     noise: NoiseKind = Field("brownian", description="'brownian': increments of a Brownian tree (k-diffusion's "
                                                      "default); 'step': fresh normals per stage")
-
-    @property
-    def draws_noise(self) -> bool:
-        """eta = 0 or s_noise = 0 is the noise-free limit."""
-        return self.eta > 0 and self.s_noise > 0
 
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """Stage 1: an ancestral first-order step to s = t + r h and a model call there; stage 2: an

@@ -3,32 +3,19 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
-
 from ..api import node
 from ..core.denoiser import Denoiser
 from ..core.noise import NoiseSource
-from ..core.sampler import Sampler
 from ..core.state import State, bcast
-from .common import NoiseKind, ancestral_step, sde_noise, to_d
+from .common import NoisySampler, ancestral_step, sde_noise, to_d
 
 
 @node("sampler.euler_ancestral", version=1)
-class EulerAncestral(Sampler):
+class EulerAncestral(NoisySampler):
     """Implements ancestral sampling (Ho et al. 2020) with Euler steps of Karras et al. (2022), Alg. 2."""
 
     order: ClassVar[int] = 1  # eta = 0 is the Euler ODE solver
     nfe_per_step: ClassVar[int] = 1
-    stochastic: ClassVar[bool] = True
-    eta: float = Field(1.0, ge=0, description="noise share: 1 ancestral, 0 the Euler ODE step")
-    s_noise: float = Field(1.0, ge=0, description="scale of the added noise")
-    noise: NoiseKind = Field("step", description="'step': fresh normals per step (k-diffusion's default); "
-                                                 "'brownian': increments of a Brownian tree")
-
-    @property
-    def draws_noise(self) -> bool:
-        """eta = 0 or s_noise = 0 is the noise-free limit."""
-        return self.eta > 0 and self.s_noise > 0
 
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """One Euler step to sigma_down, then noise of std sigma_up (none on a step to sigma = 0)."""
