@@ -90,7 +90,7 @@ class DiskCache:
     """Process-shared on-disk store of encodable node outputs, bounded in bytes."""
 
     def __init__(self, root: str | Path, max_bytes: int = 10 << 30):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
         self._bytes: int | None = None  # running estimate; rescanned when it passes the bound

@@ -371,3 +371,8 @@ def test_runtime_disk_cache_stays_within_its_byte_bound(tmp_path):
                 "outputs": ["t"]})  # 800 B of data per entry
         assert rt.disk.total_bytes() <= 4000
     assert 0 < len(rt.disk.entries()) < 12
+
+
+def test_disk_cache_root_expands_the_home_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert DiskCache("~/.cache/samplegraph").root == tmp_path / ".cache" / "samplegraph"
