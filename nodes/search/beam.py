@@ -6,7 +6,6 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
@@ -14,7 +13,7 @@ from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
-from .common import layout, scored, top_per_group, tweedie_reward
+from .common import layout, require_noise, scored, top_per_group, tweedie_reward
 from .particles import Particles
 
 
@@ -30,9 +29,7 @@ class Beam(Node):
     def run(self, denoise: Denoiser, sigmas: Sigmas, sampler: Sampler, latent: torch.Tensor, reward: Reward,
             ctx: NodeContext) -> torch.Tensor:
         """The highest-reward final beam of each group (G, ...)."""
-        if not sampler.draws_noise and self.children > 1:
-            raise NodeError(f"search.beam needs a sampler that draws noise (children of a deterministic solver "
-                            f"are identical); got {type(sampler).__name__}, use e.g. sampler.euler_ancestral")
+        require_noise("search.beam", sampler, self.children, "children")
         group, groups = layout(latent, self.beams, "beams")
         k, m, dev = self.beams, self.children, latent.device
         budget = Budget(groups)

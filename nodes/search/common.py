@@ -12,6 +12,14 @@ from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
 
 
+def require_noise(kind: str, sampler: Sampler, copies: int, why: str) -> None:
+    """Reject a noise-free sampler where a strategy's copies must differ (`copies` > 1)."""
+    if copies > 1 and not sampler.draws_noise:
+        raise NodeError(f"{kind} needs a sampler that draws noise ({why} of a deterministic solver are identical); "
+                        f"got {type(sampler).__name__} with these parameters, use e.g. sampler.euler_ancestral "
+                        f"(eta > 0)")
+
+
 def layout(latent: torch.Tensor, n: int, what: str = "particles") -> tuple[torch.Tensor, int]:
     """Group ids (B,) for a latent (B, ...) cut into consecutive groups of n, and the number of groups."""
     if latent.ndim < 2 or not latent.is_floating_point():

@@ -16,7 +16,7 @@ from ..core.sigmas import Sigmas
 from ..core.state import State
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
-from .common import layout, scored
+from .common import layout, require_noise, scored
 from .particles import child_ids
 from .resample import resample_generator
 
@@ -42,9 +42,7 @@ class Dts(Node):
     def run(self, denoise: Denoiser, sigmas: Sigmas, sampler: Sampler, latent: torch.Tensor, reward: Reward,
             ctx: NodeContext) -> torch.Tensor:
         """One sample per latent row (G, ...): each row is the root x_T of its own tree."""
-        if not sampler.draws_noise and self.children > 1:
-            raise NodeError(f"search.dts needs a sampler that draws noise (children of a deterministic solver "
-                            f"are identical); got {type(sampler).__name__}, use e.g. sampler.euler_ancestral")
+        require_noise("search.dts", sampler, self.children, "children")
         tree, budget, done = self.grow(denoise, sigmas, sampler, latent, reward, ctx)
         out = tree.best_x0 if self.greedy else tree.descend(resample_generator(ctx.noise.seed, -1))  # (G, ...)
         ctx.add_nfe(budget.calls)

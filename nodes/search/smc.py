@@ -15,7 +15,7 @@ from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
-from .common import first_of_groups, layout, scored
+from .common import first_of_groups, layout, require_noise, scored
 from .particles import Particles
 from .resample import Method, Trigger, resample, resample_generator, resample_indices
 
@@ -50,10 +50,7 @@ class Smc(Node):
     def steer(self, denoise: Denoiser, sigmas: Sigmas, sampler: Sampler, latent: torch.Tensor, reward: Reward,
               ctx: NodeContext) -> tuple[torch.Tensor, Particles]:
         """The selected samples and the final weighted particles (before the final draw)."""
-        if not sampler.draws_noise and self.particles > 1:
-            raise NodeError(f"search.smc needs a sampler that draws noise (resampled copies of a deterministic solver "
-                            f"stay identical); got {type(sampler).__name__} with these parameters, use e.g. "
-                            f"sampler.euler_ancestral (eta > 0)")
+        require_noise("search.smc", sampler, self.particles, "resampled copies")
         group, groups = layout(latent, self.particles)
         noise, seed = ctx.noise, ctx.noise.seed
         budget = Budget(groups)

@@ -6,7 +6,6 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
@@ -15,7 +14,7 @@ from ..core.sigmas import Sigmas
 from ..core.state import State
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
-from .common import layout, tweedie_reward
+from .common import layout, require_noise, tweedie_reward
 from .particles import Particles
 from .resample import resample_generator
 
@@ -32,9 +31,7 @@ class Svdd(Node):
     def run(self, denoise: Denoiser, sigmas: Sigmas, sampler: Sampler, latent: torch.Tensor, reward: Reward,
             ctx: NodeContext) -> torch.Tensor:
         """One steered sample per latent row (B, ...)."""
-        if not sampler.draws_noise and self.candidates > 1:
-            raise NodeError(f"search.svdd needs a sampler that draws noise (candidates of a deterministic solver "
-                            f"are identical); got {type(sampler).__name__}, use e.g. sampler.euler_ancestral")
+        require_noise("search.svdd", sampler, self.candidates, "candidates")
         layout(latent, 1)
         b, m, noise, seed = latent.shape[0], self.candidates, ctx.noise, ctx.noise.seed
         budget = Budget(1)
