@@ -22,7 +22,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def run_wf(path: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return cli("run", str(path), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
-               "--device", "cpu", "--quiet", *extra)
+               "--device", "cpu", "--threads", "1", "--quiet", *extra)  # tiny batches: 1 thread is fastest
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])

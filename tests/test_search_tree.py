@@ -111,3 +111,15 @@ def test_tree_values_are_the_soft_bellman_backup_of_the_rewards():
                         dtype=torch.float64))) / LAM
                 assert float(tree.value[g, i]) == pytest.approx(float(soft), abs=1e-12)
         assert int(tree.nkids[g, 0]) == 3  # the root is fully expanded
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_an_exhausted_tree_stops_instead_of_reselecting_finished_leaves(greedy):
+    """2 steps, 2 children: a tree holds exactly 4 root-to-x0 paths. Once all exist the root is closed, so
+    the tree stops (4 rollouts, 6 steps of NFE per tree) instead of reselecting a finished leaf forever."""
+    sigmas = Karras(steps=2, sigma_min=0.01, sigma_max=20.0).run()
+    ctx = NodeContext.detached(seed=3)
+    Dts(rollouts=10, children=2, lam=LAM, greedy=greedy).run(GMM, sigmas, EulerAncestral(), latent(5, 3), REWARD, ctx)
+    assert ctx.metrics["rollouts_per_tree"] == [4] * 5
+    assert ctx.metrics["particle_nfe_per_group"] == [2 + 1 + 2 + 1] * 5  # each path adds its new steps only
+    assert ctx.metrics["tree_nodes"] == 5 * 7  # root, 2 children, 4 leaves

@@ -23,6 +23,18 @@ class Denoiser(ABC):
         (CFG inside its interval costs 2), so reported NFE is the true cost."""
         return 1
 
+    @property
+    def separate_renoise(self) -> bool:
+        """True when `estimates` returns a re-noise estimate that differs from the x0 estimate (CFG++);
+        only samplers with `supports_renoise` may then step it."""
+        return False
+
+    def estimates(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, x0_renoise), each (B, ...): the estimate a step moves towards and the one whose noise
+        (x - x0_renoise) / sigma it re-noises with (Chung et al. 2024); the same tensor by default."""
+        x0 = self(x, sigma)  # (B, ...)
+        return x0, x0
+
 
 class FunctionDenoiser(Denoiser):
     """Wrap a plain function `(x, sigma) -> x0` (e.g. a k-diffusion style model) as a Denoiser."""
@@ -44,6 +56,14 @@ class CountingDenoiser(Denoiser):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         self.calls += self.inner.evaluations(sigma)
         return self.inner(x, sigma)
+
+    @property
+    def separate_renoise(self) -> bool:
+        return self.inner.separate_renoise
+
+    def estimates(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += self.inner.evaluations(sigma)
+        return self.inner.estimates(x, sigma)
 
 
 class Distribution(ABC):

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import torch
 
+from ...graph.errors import NodeError
 from .context import NodeContext
 from .denoiser import CountingDenoiser, Denoiser
 from .noise import NoiseSource
@@ -30,6 +31,7 @@ class Sampler(Node):
     nfe_per_step: ClassVar[int] = 1  # denoiser calls per step (a final step to sigma 0 may use fewer)
     stochastic: ClassVar[bool] = False  # True when results depend on the noise (the seed)
     adaptive: ClassVar[bool] = False  # True when a step may take several attempts (error control)
+    supports_renoise: ClassVar[bool] = False  # True when steps take Denoiser.estimates (CFG++'s re-noise estimate)
 
     @property
     def step_order(self) -> int:
@@ -74,6 +76,7 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
 
     Particles may be at different steps; finished ones are left alone. Cancellation is
     checked and progress reported between steps; NFE is accounted to ctx."""
+    check_renoise(sampler, denoise)
     counted = CountingDenoiser(denoise)
     total = state.sigmas.numel() - 1
     lo, hi = int(state.step.min()), int(state.step.max())
@@ -95,3 +98,11 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
     if ctx is not None:
         ctx.add_nfe(counted.calls)
     return state
+
+
+def check_renoise(sampler: Sampler, denoise: Denoiser) -> None:
+    """Reject a denoiser with a separate re-noise estimate (CFG++) on a sampler that would ignore it."""
+    if denoise.separate_renoise and not sampler.supports_renoise:
+        raise NodeError(f"the denoiser has a separate re-noise estimate (guidance.cfg_pp), which "
+                        f"{type(sampler).__name__} would ignore; use sampler.euler, sampler.euler_ancestral, "
+                        f"sampler.ddim or sampler.dpmpp_2m, or guidance.cfg for other samplers")

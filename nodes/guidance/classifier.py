@@ -14,7 +14,7 @@ from ...graph.errors import NodeError
 from ..api import node
 from ..core.denoiser import Denoiser
 from ..core.state import bcast
-from ..models.gmm_classifier import NoisyClassifier
+from ..models.classifier import NoisyClassifier
 from .common import Guidance, evaluations_of
 
 

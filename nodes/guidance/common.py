@@ -8,10 +8,14 @@ for those rows (they are gathered out, so the saved evaluations are real).
 
 NFE accounting: one call of a Guided denoiser makes several batched inner calls. `evaluations`
 says how many, as a pure function of sigma (nested guidance recurses), so a counting wrapper
-can add the true number instead of 1 (see `evaluations_of`)."""
+can add the true number instead of 1 (see `evaluations_of`).
+
+Guidance by a differentiable function of the x0 estimate (reward gradient, coarse h-transform)
+shares `X0GradientGuided`: x0 + scale sigma^2 grad_x f(D(x, sigma), sigma), with the same interval."""
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -19,6 +23,9 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..api import Node
 from ..core.denoiser import Denoiser
 from ..core.state import bcast
+
+
+RowRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
 def evaluations_of(denoise: Denoiser, sigma: torch.Tensor) -> int:
@@ -31,8 +38,8 @@ def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(1)
 
 
-class Guidance(Node):
-    """Base of the guidance nodes: the sigma interval and the combination rule."""
+class GuidanceInterval(Node):
+    """Base of the guidance nodes: the sigma interval where they guide."""
 
     sigma_lo: float = Field(0.0, ge=0.0, description="guide only where sigma > sigma_lo (Kynkaanniemi et al. 2024)")
     sigma_hi: float | None = Field(None, gt=0.0, description="guide only where sigma <= sigma_hi; None = no bound")
@@ -50,6 +57,10 @@ class Guidance(Node):
         """(B,) bool: rows whose sigma lies in the guidance interval."""
         on = sigma > self.sigma_lo
         return on if self.sigma_hi is None else on & (sigma <= self.sigma_hi)
+
+
+class Guidance(GuidanceInterval):
+    """Base of the guidance nodes that combine two estimates: the sigma interval and the combination rule."""
 
     @abstractmethod
     def combine(self, x: torch.Tensor, sigma: torch.Tensor, x0_c: torch.Tensor, x0_o: torch.Tensor) -> torch.Tensor:
@@ -69,16 +80,23 @@ class Guided(Denoiser):
         return Guided(self.rule, self.cond.to(device), self.other.to(device))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.rowwise(x, sigma, lambda *rows: (self.rule.combine(*rows),), 1)[0]  # (B, ...)
+
+    def rowwise(self, x: torch.Tensor, sigma: torch.Tensor, fn: RowRule, outputs: int) -> tuple[torch.Tensor, ...]:
+        """fn(x, sigma, x0_c, x0_o)'s `outputs` tensors on the rows inside the interval, x0_c (B, ...) on the
+        others; the other Denoiser is called only on the inside rows, and not at all when there are none."""
         x0_c = self.cond(x, sigma)  # (B, ...)
         on = self.rule.active(sigma)  # (B,)
         if bool(on.all()):
-            return self.rule.combine(x, sigma, x0_c, self.other(x, sigma))
+            return fn(x, sigma, x0_c, self.other(x, sigma))
         if not bool(on.any()):
-            return x0_c
+            return (x0_c,) * outputs
         idx = on.nonzero().squeeze(1)  # (A,)
-        out = x0_c.clone()
-        out[idx] = self.rule.combine(x[idx], sigma[idx], x0_c[idx], self.other(x[idx], sigma[idx]))
-        return out
+        inside = fn(x[idx], sigma[idx], x0_c[idx], self.other(x[idx], sigma[idx]))  # (A, ...) each
+        outs = tuple(x0_c.clone() for _ in inside)  # (B, ...) each
+        for out, rows in zip(outs, inside):
+            out[idx] = rows
+        return outs
 
     def evaluations(self, sigma: torch.Tensor) -> int:
         """The conditional's evaluations, plus the other's when any row is in the interval."""
@@ -100,3 +118,37 @@ def x0_of_velocity(x: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> tor
     """The x0 (B, ...) whose flow velocity at x is v: x_t - t v with x_t = x / (1 + sigma), t = sigma / (1 + sigma)."""
     s = bcast(sigma, x)
     return (x - s * v) / (1 + s)
+
+
+X0Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x0 (B, ...), sigma (B,)) -> (B,)
+
+
+class X0GradientGuided(Denoiser):
+    """x0 + scale sigma^2 grad_x f(D(x, sigma), sigma) inside the rule's interval: guidance by a differentiable
+    function f of the x0 estimate, its gradient taken through the denoiser (Chung et al. 2023, DPS).
+
+    By Tweedie, adding grad_x log h(x) to the score adds sigma^2 grad_x log h to the x0 estimate. One
+    forward with gradients over the whole batch serves both the estimate and the gradient (rows are
+    independent, so the gradient of the sum is per row); the backward pass counts as one more evaluation."""
+
+    def __init__(self, rule: GuidanceInterval, denoise: Denoiser, objective: X0Objective, scale: float):
+        self.rule, self.denoise, self.objective, self.scale = rule, denoise, objective, scale
+
+    def to(self, device: torch.device) -> X0GradientGuided:
+        return X0GradientGuided(self.rule, self.denoise.to(device), self.objective, self.scale)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        on = self.rule.active(sigma)  # (B,)
+        if not bool(on.any()):
+            return self.denoise(x, sigma)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            x0 = self.denoise(xg, sigma)  # (B, ...)
+            value = self.objective(x0, sigma)  # (B,)
+            (grad,) = torch.autograd.grad(value[on].sum(), xg)  # (B, ...)
+        x0 = x0.detach()
+        guided = x0 + self.scale * bcast(sigma ** 2, x0) * grad.to(x0.dtype)  # (B, ...)
+        return torch.where(bcast(on, x0), guided, x0)
+
+    def evaluations(self, sigma: torch.Tensor) -> int:
+        return evaluations_of(self.denoise, sigma) + int(bool(self.rule.active(sigma).any()))

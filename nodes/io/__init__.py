@@ -2,8 +2,9 @@
 
 
 def nodes() -> list[type]:
+    from .class_grid import ClassGrid
     from .image_grid import ImageGrid
     from .plot_samples import PlotSamples
     from .save_tensor import SaveTensor
 
-    return [SaveTensor, PlotSamples, ImageGrid]
+    return [SaveTensor, PlotSamples, ImageGrid, ClassGrid]

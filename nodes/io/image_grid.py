@@ -35,21 +35,26 @@ class ImageGrid(Node):
             raise NodeError(f"'high' ({self.high}) must be greater than 'low' ({self.low})")
         mid = (self.low + self.high) / 2  # the gaps are mid-grey
         grid = tile(to_channels_last(images), self.columns, self.pad, mid)  # (rows*(H+pad)+pad, cols*(W+pad)+pad, C)
-        level = ((grid - self.low) / (self.high - self.low)).clamp(0, 1).mul(255).round().to(torch.uint8)
-        array = level.repeat_interleave(self.scale, 0).repeat_interleave(self.scale, 1).numpy()
-        grey = array.shape[2] == 1
-        image = Image.fromarray(array[..., 0] if grey else array, "L" if grey else "RGB")
+        image = to_picture(grid, self.low, self.high, self.scale)
         return str(atomic_write(resolve_output(self.path, ctx.out_dir), lambda f: image.save(f, format="PNG")))
 
 
-def to_channels_last(images: torch.Tensor) -> torch.Tensor:
+def to_picture(grid: torch.Tensor, low: float, high: float, scale: int) -> Image.Image:
+    """A canvas (H, W, C) of values in [low, high] -> a greyscale or RGB image, upscaled `scale` times."""
+    level = ((grid - low) / (high - low)).clamp(0, 1).mul(255).round().to(torch.uint8)  # (H, W, C)
+    array = level.repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy()  # (H*s, W*s, C)
+    grey = array.shape[2] == 1
+    return Image.fromarray(array[..., 0] if grey else array, "L" if grey else "RGB")
+
+
+def to_channels_last(images: torch.Tensor, port: str = "images") -> torch.Tensor:
     """(B, H, W, C) float64 on CPU from (B, H, W) or (B, C, H, W) with C in {1, 3}."""
     x = images.detach().to("cpu", torch.float64)
     if x.ndim == 3:
         return x[..., None]  # (B, H, W, 1)
     if x.ndim == 4 and x.shape[1] in (1, 3):
         return x.permute(0, 2, 3, 1)  # (B, H, W, C)
-    raise NodeError(f"input 'images' must have shape (B, H, W) or (B, C, H, W) with C 1 or 3; "
+    raise NodeError(f"input '{port}' must have shape (B, H, W) or (B, C, H, W) with C 1 or 3; "
                     f"got {tuple(images.shape)}")
 
 

@@ -8,7 +8,7 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Distribution
-from .common import sliced_wasserstein
+from .common import flat_points, sliced_wasserstein
 
 REFERENCE_SEED_OFFSET = 1  # reference draws use seed + 1, so directions do not depend on their count
 
@@ -33,15 +33,3 @@ class SlicedWasserstein(Node):
         value = sliced_wasserstein(x, ref, self.projections, torch.Generator().manual_seed(self.seed))
         ctx.record(sliced_wasserstein=value)
         return value
-
-
-def flat_points(t: torch.Tensor, port: str) -> torch.Tensor:
-    """(N, ...) -> (N, D) float64, rejecting empty and non-finite inputs with a located message."""
-    if t.ndim == 0 or t.shape[0] == 0:
-        raise NodeError(f"input '{port}' must hold a batch of points (N, ...) with N >= 1, got shape {tuple(t.shape)}")
-    x = t.detach().reshape(t.shape[0], -1).to(torch.float64)  # (N, D)
-    bad = int((~torch.isfinite(x).all(dim=1)).sum())
-    if bad:
-        raise NodeError(f"input '{port}' must be finite, but {bad} of {x.shape[0]} points have NaN/inf values "
-                        f"(for generated samples this usually means the sampler diverged: try more steps)")
-    return x

@@ -3,10 +3,15 @@
 
 def nodes() -> list[type]:
     from .condition import ModelCondition
+    from .diffusers_model import ModelDiffusers
     from .digits import ModelDigits
+    from .digits_classifier import ModelDigitsClassifier
+    from .digits_noisy_classifier import ModelDigitsNoisyClassifier
     from .gmm import ModelGMM
     from .gmm_classifier import ModelGMMClassifier
     from .gmm_condition import ModelGMMCondition
     from .safetensors_model import ModelSafetensors
+    from .skip_blocks import ModelSkipBlocks
 
-    return [ModelGMM, ModelCondition, ModelGMMCondition, ModelGMMClassifier, ModelSafetensors, ModelDigits]
+    return [ModelGMM, ModelCondition, ModelGMMCondition, ModelGMMClassifier, ModelSafetensors, ModelDigits,
+            ModelDiffusers, ModelDigitsClassifier, ModelDigitsNoisyClassifier, ModelSkipBlocks]

@@ -2,26 +2,11 @@
 labelled mixture, the classifier that classifier guidance assumes (Dhariwal & Nichol 2021)."""
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import torch
 
 from ..api import Node, node
+from .classifier import NoisyClassifier
 from .gaussian_mixture import GaussianMixture
-
-
-class NoisyClassifier(ABC):
-    """log p(class | x_sigma): (x (B, ...), sigma (B,)) -> (B, C) log-probabilities, differentiable in x."""
-
-    @abstractmethod
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
-
-    def to(self, device: torch.device) -> NoisyClassifier:
-        return self
-
-    def evaluations(self, sigma: torch.Tensor) -> int:
-        """Batched model evaluations per call (a classifier gradient counts as one)."""
-        return 1
 
 
 class MixtureClassifier(NoisyClassifier):

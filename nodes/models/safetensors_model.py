@@ -1,5 +1,6 @@
 """model.safetensors: a user's class-conditional MLP denoiser from a local safetensors state dict
-(never pickle) with its architecture config, under EDM preconditioning (Karras et al. 2022)."""
+(never pickle) with its architecture config, under EDM preconditioning (Karras et al. 2022) or as
+a rectified-flow velocity network (config "prediction": "flow")."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from ..api import Node, node
 from .labelled import Labelled
 from .networks.conditional import ConditionalNetwork
 from .networks.mlp_denoiser import MLPDenoiser, load_mlp
-from .sampling import EDMSampling
+from .sampling import EDMSampling, RectifiedFlowSampling
 
 
 def file_state(path: Path) -> list[int] | None:
@@ -23,15 +24,18 @@ def file_state(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def edm_model(net: MLPDenoiser) -> ConditionalNetwork:
-    """The network as an EDM Model bound to the null class (model.condition binds a class)."""
+def mlp_model(net: MLPDenoiser) -> ConditionalNetwork:
+    """The network as a Model (EDM or rectified flow, as its config says) bound to the null class
+    (model.condition binds a class)."""
     cfg = net.config
+    if cfg.prediction == "flow":  # network time = flow time t in [0, 1]
+        return ConditionalNetwork(net, RectifiedFlowSampling(), cfg.classes, "flow")
     return ConditionalNetwork(net, EDMSampling(cfg.sigma_data, cfg.sigma_min, cfg.sigma_max), cfg.classes, "edm")
 
 
 @node("model.safetensors")
 class ModelSafetensors(Node):
-    """An EDM-preconditioned MLP denoiser (Karras et al. 2022, eq. 7) loaded from a safetensors file."""
+    """An EDM-preconditioned (Karras et al. 2022, eq. 7) or flow MLP denoiser loaded from a safetensors file."""
 
     path: str = Field(min_length=1, description="local .safetensors state dict (see networks/mlp_denoiser.py)")
     config: dict[str, Any] | None = Field(None, description="architecture config (shape, hidden, layers, classes, "
@@ -43,4 +47,4 @@ class ModelSafetensors(Node):
 
     def run(self) -> Labelled:
         """The model bound to the null class; errors name the file and what mismatched."""
-        return edm_model(load_mlp(Path(self.path), self.config))
+        return mlp_model(load_mlp(Path(self.path), self.config))

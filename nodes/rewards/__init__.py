@@ -2,8 +2,9 @@
 
 
 def nodes() -> list[type]:
+    from .classifier import RewardClassifier
     from .linear import RewardLinear
     from .quadratic import RewardQuadratic
     from .tilted_gmm import RewardTiltedGMM
 
-    return [RewardLinear, RewardQuadratic, RewardTiltedGMM]
+    return [RewardLinear, RewardQuadratic, RewardTiltedGMM, RewardClassifier]

@@ -18,6 +18,16 @@ def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.
     return (x - denoised) / bcast(sigma, x)  # (B, ...)
 
 
+def renoised(x: torch.Tensor, x0: torch.Tensor, x0_r: torch.Tensor, sigma: torch.Tensor,
+             sigma_to: torch.Tensor) -> torch.Tensor:
+    """A step's result x (B, ...) at sigma_to (B,) that re-noised with x0's noise, moved to re-noise with
+    the noise (x_t - x0_r) / sigma of the re-noise estimate instead: x + (sigma_to / sigma) (x0 - x0_r)
+    (CFG++, Chung et al. 2024). x itself when x0_r is x0, so plain denoisers step bit for bit as before."""
+    if x0_r is x0:
+        return x
+    return x + bcast(sigma_to / sigma, x) * (x0 - x0_r)  # (B, ...)
+
+
 class ChurnSampler(Sampler):
     """Base of the solvers with EDM churn (Karras et al. 2022, Alg. 2): deterministic unless s_churn > 0.
 

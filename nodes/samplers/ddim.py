@@ -15,7 +15,7 @@ from ..core.denoiser import Denoiser
 from ..core.noise import NoiseSource
 from ..core.sampler import Sampler
 from ..core.state import State, bcast
-from .common import NoiseKind, ancestral_step, sde_noise
+from .common import NoiseKind, ancestral_step, renoised, sde_noise
 
 
 @node("sampler.ddim", version=1)
@@ -25,6 +25,7 @@ class Ddim(Sampler):
     order: ClassVar[int] = 1
     nfe_per_step: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False  # the default eta = 0; eta > 0 draws noise keyed by (particle, step)
+    supports_renoise: ClassVar[bool] = True
     eta: float = Field(0.0, ge=0, le=1, description="0: deterministic DDIM (= Euler); 1: DDPM posterior noise")
     noise: NoiseKind = Field("step", description="'step': fresh normals per step (diffusers' variance_noise); "
                                                  "'brownian': increments of a Brownian tree")
@@ -37,10 +38,10 @@ class Ddim(Sampler):
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """x' = x0 + sigma_down * eps + sigma_up * z; no noise on a step to sigma = 0."""
         sigma, sigma_next = state.sigma, state.sigma_next  # (B,)
-        x0 = denoise(state.x, sigma)  # (B, ...)
+        x0, x0_r = denoise.estimates(state.x, sigma)  # (B, ...) each
         eps = (state.x - x0) / bcast(sigma, x0)  # (B, ...)
         down, up = ancestral_step(sigma, sigma_next, self.eta)  # (B,)
-        x = x0 + eps * bcast(down, x0)  # (B, ...)
+        x = renoised(x0 + eps * bcast(down, x0), x0, x0_r, sigma, down)  # (B, ...) CFG++: eps of x0_r
         if self.eta > 0 and bool((sigma_next > 0).any()):
             z = sde_noise(noise, self.noise, state.particle, state.step, x, sigma, sigma_next)  # (B, ...)
             x = x + z * bcast(up, x)

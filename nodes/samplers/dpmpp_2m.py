@@ -11,6 +11,7 @@ from ..core.noise import NoiseSource
 from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
+from .common import renoised
 
 
 @node("sampler.dpmpp_2m", version=1)
@@ -19,6 +20,7 @@ class Dpmpp2M(Sampler):
 
     order: ClassVar[int] = 2
     nfe_per_step: ClassVar[int] = 1
+    supports_renoise: ClassVar[bool] = True  # CFG++ as ComfyUI's sample_dpmpp_2m_cfg_pp: history holds x0_r
 
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History: the previous step's x0 estimate (zeros before the first step)."""
@@ -27,7 +29,7 @@ class Dpmpp2M(Sampler):
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """First step and steps to sigma = 0 are first order (DPM-Solver++(1)), as in k-diffusion."""
         sigma, sigma_next, sigma_prev = state.sigma, state.sigma_next, state.sigma_prev  # (B,)
-        x0 = denoise(state.x, sigma)  # (B, ...)
+        x0, x0_r = denoise.estimates(state.x, sigma)  # (B, ...) each
         t, t_next = -sigma.log(), -sigma_next.log()  # (B,) lambda; t_next = inf at sigma 0
         h = t_next - t  # (B,)
         second = (state.step > 0) & (sigma_next > 0)  # (B,)
@@ -35,4 +37,5 @@ class Dpmpp2M(Sampler):
         k = torch.where(second, h / (2 * h_last), 0.0)  # (B,) 1 / (2 r) with r = h_last / h
         x0_d = bcast(1 + k, x0) * x0 - bcast(k, x0) * state.history[0]  # (B, ...)
         x = bcast(sigma_next / sigma, x0) * state.x - bcast((-h).expm1(), x0) * x0_d  # (B, ...)
-        return state.advance(x=x, denoised=x0, history=(x0,))
+        x = renoised(x, x0, x0_r, sigma, sigma_next)  # (B, ...)
+        return state.advance(x=x, denoised=x0, history=(x0_r,))

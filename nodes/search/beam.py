@@ -9,7 +9,7 @@ from pydantic import Field
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
@@ -33,6 +33,7 @@ class Beam(Node):
         group, groups = layout(latent, self.beams, "beams")
         k, m, dev = self.beams, self.children, latent.device
         budget = Budget(groups)
+        check_renoise(sampler, denoise)
         den = BudgetDenoiser(denoise, budget, group, self.max_batch)
         p = Particles.start(sampler.init(latent, sigmas), group, groups)
         parents = torch.arange(groups * k, device=dev).repeat_interleave(m)  # (G*K*M,) beam of each child

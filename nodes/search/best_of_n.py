@@ -9,7 +9,7 @@ from pydantic import Field
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
@@ -35,6 +35,7 @@ class BestOfN(Node):
         dev, n = latent.device, self.n
         k = min(n, self.per_round or n)
         budget = Budget(groups, max_particle_nfe=self.max_nfe)
+        check_renoise(sampler, denoise)
         den = BudgetDenoiser(denoise, budget, group, self.max_batch)
         xs, rs, done = [], [], 0
         while done < n:

@@ -3,6 +3,7 @@ and wall time of a search strategy; `report()` is what the run report shows."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +68,29 @@ class BudgetDenoiser(Denoiser):
         self.inner, self.budget, self.group, self.max_batch = inner, budget, group, max_batch
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.chunked(lambda xc, sc: (self.inner(xc, sc),), x, sigma)[0]  # (B, ...)
+
+    @property
+    def separate_renoise(self) -> bool:
+        return self.inner.separate_renoise
+
+    def estimates(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inner (x0, x0_renoise), chunked and charged as one call; one tensor twice for plain denoisers."""
+        if not self.separate_renoise:
+            x0 = self(x, sigma)  # (B, ...)
+            return x0, x0
+        x0, x0_r = self.chunked(self.inner.estimates, x, sigma)
+        return x0, x0_r
+
+    def chunked(self, fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]], x: torch.Tensor,
+                sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """fn's outputs (each (B, ...)) over chunks of at most max_batch rows, charged to the budget once."""
         if x.shape[0] != self.group.shape[0]:
             raise NodeError(f"search: the sampler called the denoiser on {x.shape[0]} rows but the strategy holds "
                             f"{self.group.shape[0]} particles; use a sampler that steps the whole batch")
         size = x.shape[0] if not self.max_batch else self.max_batch
-        parts = [self.inner(xc, sc) for xc, sc in zip(x.split(size), sigma.split(size))]  # (b, ...) each
+        parts = [fn(xc, sc) for xc, sc in zip(x.split(size), sigma.split(size))]  # tuples of (b, ...)
         self.budget.charge_denoiser(self.group, len(parts))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, ...)
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(torch.cat(col) for col in zip(*parts))  # (B, ...) each

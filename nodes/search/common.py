@@ -5,6 +5,7 @@ import torch
 
 from ...graph.errors import NodeError
 from ..core.context import NodeContext
+from ..core.denoiser import Denoiser
 from ..core.noise import NoiseSource
 from ..core.sampler import Sampler
 from ..core.state import State
@@ -18,6 +19,13 @@ def require_noise(kind: str, sampler: Sampler, copies: int, why: str) -> None:
         raise NodeError(f"{kind} needs a sampler that draws noise ({why} of a deterministic solver are identical); "
                         f"got {type(sampler).__name__} with these parameters, use e.g. sampler.euler_ancestral "
                         f"(eta > 0)")
+
+
+def require_plain(kind: str, *denoisers: Denoiser) -> None:
+    """Reject a denoiser with a separate re-noise estimate (CFG++) where the strategy's own kernel ignores it."""
+    if any(d.separate_renoise for d in denoisers):
+        raise NodeError(f"{kind} steps with its own kernel, which would ignore guidance.cfg_pp's re-noise estimate; "
+                        f"use guidance.cfg (or a strategy that takes a sampler, with sampler.euler / dpmpp_2m)")
 
 
 def layout(latent: torch.Tensor, n: int, what: str = "particles") -> tuple[torch.Tensor, int]:

@@ -11,7 +11,7 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..core.state import State
 from ..rewards.reward import Reward
@@ -56,11 +56,12 @@ class Dts(Node):
         _, g = layout(latent, 1)
         tree = Tree(self, sampler, sigmas, latent, ctx)
         budget = Budget(g, max_particle_nfe=self.max_nfe)
+        check_renoise(sampler, denoise)
         tree.den = BudgetDenoiser(denoise, budget, torch.zeros(0, dtype=torch.long), self.max_batch)
         done = torch.zeros(g, dtype=torch.long)  # (G,) rollouts per tree
         for it in range(self.rollouts):
             ctx.check_cancelled()
-            active = ~budget.exhausted()  # (G,)
+            active = ~budget.exhausted() & tree.open[:, 0]  # (G,) a closed root: every leaf reached x0
             if not bool(active.any()):
                 break
             leaf = tree.select(resample_generator(ctx.noise.seed, it))  # (G,)
@@ -92,6 +93,8 @@ class Tree:
         self.value = torch.zeros((g, cap), dtype=torch.float64)
         self.kids = torch.full((g, cap, cfg.children), -1, dtype=torch.long)
         self.nkids = torch.zeros((g, cap), dtype=torch.long)
+        self.open = torch.zeros((g, cap), dtype=torch.bool)  # a fresh rollout can still start below the node
+        self.open[:, 0] = self.steps > 0
         self.count = torch.ones(g, dtype=torch.long)  # nodes per tree
         self.slot = torch.full((g, cap), -1, dtype=torch.long)  # cache slot of a node's state, -1: evicted
         self.slot[:, 0] = 0
@@ -125,6 +128,7 @@ class Tree:
                 break
             kids = self.kids[self.rows, cur]  # (G, B)
             v = self.value.gather(1, kids.clamp_min(0))  # (G, B)
+            v = torch.where(self.open.gather(1, kids.clamp_min(0)), v, -math.inf)  # closed subtrees: never
             if self.cfg.greedy:
                 pick = v.argmax(1)  # (G,)
             else:
@@ -154,6 +158,7 @@ class Tree:
         self.count[trees] += 1
         self.parent[trees, new], self.pid[trees, new] = par, key
         self.depth[trees, new] = self.depth[trees, par] + 1
+        self.open[trees, new] = self.depth[trees, new] < self.steps
         self.kids[trees, par, self.nkids[trees, par]] = new
         self.nkids[trees, par] += 1
         keep = (self.depth[trees, new] % self.cfg.checkpoint_every == 0).nonzero().squeeze(1)  # (G'',)
@@ -191,7 +196,10 @@ class Tree:
         self.best_x0[trees[better]] = x0[better]
         cur = leaf.clone()  # (G',)
         live = torch.ones_like(cur, dtype=torch.bool)
+        for j in range(self.steps - 1, -1, -1):  # the new nodes bottom up, then the leaf and its ancestors
+            self.refresh_open(trees[new[:, j]], path[new[:, j], j])
         for _ in range(self.steps + 1):
+            self.refresh_open(trees[live], cur[live])
             kids = self.kids[trees, cur]  # (G', B)
             has = kids >= 0  # (G', B)
             v = torch.where(has, self.value[trees[:, None], kids.clamp_min(0)] * lam, -math.inf)  # (G', B)
@@ -202,6 +210,13 @@ class Tree:
             if not bool(live.any()):
                 break
             cur = up.clamp_min(0)
+
+    def refresh_open(self, trees: torch.Tensor, node: torch.Tensor) -> None:
+        """Nodes (G',) stay open while above x0 and not fully expanded, or with an open child."""
+        kids = self.kids[trees, node]  # (G', B)
+        open_kid = ((kids >= 0) & self.open[trees[:, None], kids.clamp_min(0)]).any(1)  # (G',)
+        full = self.nkids[trees, node] == self.cfg.children  # (G',)
+        self.open[trees, node] = (self.depth[trees, node] < self.steps) & (~full | open_kid)
 
     def descend(self, gen: torch.Generator) -> torch.Tensor:
         """DTS's sample: from each root, pick children w.p. ~ exp(lam V) down to a leaf at x0; its x (G, ...)."""

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
 from ..rewards.reward import Reward
@@ -42,6 +42,7 @@ class Paths(Node):
         group, groups = layout(latent, self.n, "n")
         dev, m, total = latent.device, self.branches, sigmas.values.numel() - 1
         budget = Budget(groups)
+        check_renoise(sampler, denoise)
         den = BudgetDenoiser(denoise, budget, group, self.max_batch)
         p = Particles.start(sampler.init(latent, sigmas), group, groups)
         p = p.with_state(self.walk(sampler, den, p.state, min(self.start, total), ctx))

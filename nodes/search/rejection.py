@@ -10,7 +10,7 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
@@ -36,6 +36,7 @@ class Rejection(Node):
                             "reward.linear is unbounded")
         group, _ = layout(latent, 1)
         budget = Budget(1)
+        check_renoise(sampler, denoise)
         den = BudgetDenoiser(denoise, budget, group * 0, self.max_batch)
         x = run_to_end(sampler, den, sampler.init(latent, sigmas), ctx.noise, ctx).x  # (B, ...)
         r = scored(reward, x, group * 0, budget)  # (B,)

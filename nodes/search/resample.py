@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 
+from ..api import Node
 from ..core.noise import GOLDEN, STEP_MUL, mix64
 from .particles import Particles, group_logsumexp
 
@@ -119,3 +121,23 @@ def resample(particles: Particles, method: Method, generator: torch.Generator, s
 
 
 __all__ = ["METHODS", "Method", "Trigger", "ess_from_log_w", "resample", "resample_generator", "resample_indices"]
+
+
+class ResamplingSearch(Node):
+    """Parameters shared by the SMC-family strategies (smc, tds, fkc): particles per group and resampling."""
+
+    uses_seed: ClassVar[bool] = True
+    particles: int = Field(8, ge=1, description="particles per group; latent batch = particles x groups")
+    resampler: Method = Field("systematic", description="resampling scheme (within groups)")
+    ess_threshold: float | None = Field(0.5, ge=0, le=1, description="resample a group when ESS < this x N; "
+                                                                       "None: whenever the other conditions hold")
+    every: int = Field(1, ge=1, description="consider resampling every k steps")
+    sigma_min: float = Field(0.0, ge=0, description="resample only at noise levels >= sigma_min")
+    sigma_max: float = Field(math.inf, gt=0, description="resample only at noise levels <= sigma_max")
+    keep: Literal["all", "one"] = Field("all", description="'all': every particle after a final resampling; "
+                                                           "'one': one weighted draw per group")
+    max_batch: int | None = Field(None, ge=1, description="largest denoiser batch (calls are chunked)")
+
+    def trigger(self) -> Trigger:
+        """When to resample, from the parameters."""
+        return Trigger(self.ess_threshold, self.every, self.sigma_min, self.sigma_max)

@@ -2,44 +2,33 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from ...graph.errors import NodeError
-from ..api import Node, node
+from ..api import node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
 from .common import first_of_groups, layout, require_noise, scored
 from .particles import Particles
-from .resample import Method, Trigger, resample, resample_generator, resample_indices
+from .resample import ResamplingSearch, resample, resample_generator, resample_indices
 
 FINAL_STEP = -3  # generator key of the final draw, distinct from every solver step
 
 
 @node("search.smc", version=1)
-class Smc(Node):
+class Smc(ResamplingSearch):
     """Implements FK steering (Singhal et al. 2025, Alg. 1): SMC with reward potentials and a final correction."""
 
-    uses_seed: ClassVar[bool] = True
-    particles: int = Field(8, ge=1, description="particles per group; latent batch = particles x groups")
     lam: float = Field(1.0, description="lambda: the target is p(x) exp(lambda r(x))")
     potential: Literal["difference", "max", "sum", "current"] = Field(
         "difference", description="G_t: exp(lam (r_t - r_{t+1})), exp(lam max_s r_s), exp(lam sum_s r_s), exp(lam r_t)")
-    resampler: Method = Field("systematic", description="resampling scheme (within groups)")
-    ess_threshold: float | None = Field(0.5, ge=0, le=1, description="resample a group when ESS < this x N; "
-                                                                       "None: whenever the other conditions hold")
-    every: int = Field(1, ge=1, description="consider resampling every k steps")
-    sigma_min: float = Field(0.0, ge=0, description="resample only at noise levels >= sigma_min")
-    sigma_max: float = Field(math.inf, gt=0, description="resample only at noise levels <= sigma_max")
-    keep: Literal["all", "one"] = Field("all", description="'all': every particle after a final resampling; "
-                                                           "'one': one weighted draw per group")
-    max_batch: int | None = Field(None, ge=1, description="largest denoiser batch (calls are chunked)")
 
     def run(self, denoise: Denoiser, sigmas: Sigmas, sampler: Sampler, latent: torch.Tensor, reward: Reward,
             ctx: NodeContext) -> torch.Tensor:
@@ -54,9 +43,10 @@ class Smc(Node):
         group, groups = layout(latent, self.particles)
         noise, seed = ctx.noise, ctx.noise.seed
         budget = Budget(groups)
+        check_renoise(sampler, denoise)
         den = BudgetDenoiser(denoise, budget, group, self.max_batch)
         p = Particles.start(sampler.init(latent, sigmas), group, groups)
-        trigger = Trigger(self.ess_threshold, self.every, self.sigma_min, self.sigma_max)
+        trigger = self.trigger()
         zeros = torch.zeros(p.batch, dtype=torch.float64, device=latent.device)
         acc, prev, run_max, run_sum = zeros, zeros, torch.full_like(zeros, -math.inf), zeros  # (B,) each
         total, resamplings = sigmas.values.numel() - 1, 0

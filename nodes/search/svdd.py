@@ -9,7 +9,7 @@ from pydantic import Field
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..core.state import State
 from ..rewards.reward import Reward
@@ -35,6 +35,7 @@ class Svdd(Node):
         layout(latent, 1)
         b, m, noise, seed = latent.shape[0], self.candidates, ctx.noise, ctx.noise.seed
         budget = Budget(1)
+        check_renoise(sampler, denoise)
         den = BudgetDenoiser(denoise, budget, torch.zeros(b * m, dtype=torch.long, device=latent.device),
                              self.max_batch)
         parents = torch.arange(b, device=latent.device).repeat_interleave(m)  # (B*M,)

@@ -10,7 +10,7 @@ from pydantic import Field
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler
+from ..core.sampler import Sampler, check_renoise
 from ..core.sigmas import Sigmas
 from ..rewards.reward import Reward
 from .budget import Budget, BudgetDenoiser
@@ -38,6 +38,7 @@ class ZeroOrder(Node):
         dev, n = latent.device, self.candidates
         budget = Budget(groups, max_particle_nfe=self.max_nfe)
         group = torch.arange(groups, device=dev)  # (G,)
+        check_renoise(sampler, denoise)
         den = BudgetDenoiser(denoise, budget, group, self.max_batch)
         pivot, pid = latent, group.clone()  # (G, ...) noise (scaled by sigma_max) and its particle ids (G,)
         x = run_to_end(sampler, den, sampler.init(pivot, sigmas, particle=pid), ctx.noise, ctx).x  # (G, ...)

@@ -1,21 +1,20 @@
 """A small class-conditional MLP denoiser for flattened images (EDM's F network, Karras et al. 2022),
-its config, and the safetensors reader/writer that the training script and loader nodes share.
-
-The config is plain JSON data stored in the safetensors metadata under "config", so a file is
-self-describing; a user's own file may instead come with the config given separately."""
+its config, and its safetensors reader/writer (networks/checkpoint.py) that the training script
+and loader nodes share. Its residual blocks can be skipped (`skipping`), which makes the weak model
+of skip-layer guidance."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field
 
-from ....graph.errors import NodeError
+from .checkpoint import load_network, save_network
+
+EXAMPLE = '{"shape": [64], "hidden": 256, "layers": 3, "classes": 10}'
 
 
 class MLPConfig(BaseModel):
@@ -24,6 +23,8 @@ class MLPConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     architecture: str = Field("mlp_denoiser", pattern="^mlp_denoiser$")
+    prediction: Literal["edm", "flow"] = Field("edm", description="EDM's F under EDM preconditioning, or the "
+                                               "rectified-flow velocity eps - x0 of x_t at flow time t")
     shape: list[int] = Field([64], min_length=1, description="sample shape, e.g. [8, 8]; flattened inside")
     hidden: int = Field(256, ge=8)
     layers: int = Field(3, ge=1, description="residual blocks")
@@ -68,72 +69,74 @@ class MLPDenoiser(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(Block(w, e) for _ in range(config.layers))
         self.out = torch.nn.Sequential(torch.nn.LayerNorm(w), torch.nn.SiLU(), torch.nn.Linear(w, config.dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, label: int | torch.Tensor | None = None) -> torch.Tensor:
-        """F (B, *shape) of the scaled input x (B, *shape) at network time t (B,) for `label` (None = null class)."""
+    @property
+    def block_count(self) -> int:
+        """Residual blocks that `skipping` may skip (indices 0..block_count-1)."""
+        return len(self.blocks)
+
+    def skipping(self, blocks: Iterable[int]) -> SkippedBlocks:
+        """This network (shared weights) with residual blocks `blocks` replaced by the identity."""
+        return SkippedBlocks(self, frozenset(blocks))
+
+    def class_embedding(self, label: int | None) -> torch.Tensor:
+        """The embedding (E,) added for `label` (None: the null class); `forward` also takes (B, E) of these."""
+        if self.label is None:
+            raise ValueError("this network has no class input (config classes = 0)")
+        return self.label.weight[self.config.classes if label is None else label].detach()  # (E,)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label: int | torch.Tensor | None = None,
+                skip: frozenset[int] = frozenset()) -> torch.Tensor:
+        """F (B, *shape) of the scaled input x (B, *shape) at network time t (B,) for `label` (None = null class;
+        an int tensor (B,) of labels or a float tensor (B, E) of class embeddings), with the residual blocks
+        in `skip` left out."""
         b = x.shape[0]
         angles = t.to(x.dtype)[:, None] * self.freqs.to(x.dtype)  # (B, E/2)
         e = self.time(torch.cat([angles.cos(), angles.sin()], dim=1))  # (B, E)
-        if self.label is not None:
+        if self.label is not None and isinstance(label, torch.Tensor) and label.is_floating_point():
+            e = e + label.to(x.dtype)  # (B, E) class embeddings given directly (CADS, guidance.cads)
+        elif self.label is not None:
             null = self.config.classes
             labels = torch.full((b,), null if label is None else label, device=x.device) \
                 if label is None or isinstance(label, int) else label.to(x.device)  # (B,)
             e = e + self.label(labels.long()).to(x.dtype)  # (B, E)
         h = self.inp(x.reshape(b, -1))  # (B, W)
-        for block in self.blocks:
-            h = block(h, e)  # (B, W)
+        for i, block in enumerate(self.blocks):
+            h = h if i in skip else block(h, e)  # (B, W)
         return self.out(h).reshape(x.shape)  # (B, *shape)
+
+
+class SkippedBlocks(torch.nn.Module):
+    """An MLPDenoiser with some residual blocks skipped, as in skip-layer guidance (Hyung et al. 2024)."""
+
+    def __init__(self, net: MLPDenoiser, skip: frozenset[int]):
+        super().__init__()
+        self.net, self.skip = net, skip
+
+    @property
+    def config(self) -> MLPConfig:
+        return self.net.config
+
+    @property
+    def block_count(self) -> int:
+        return self.net.block_count
+
+    def skipping(self, blocks: Iterable[int]) -> SkippedBlocks:
+        return SkippedBlocks(self.net, self.skip | frozenset(blocks))
+
+    def class_embedding(self, label: int | None) -> torch.Tensor:
+        return self.net.class_embedding(label)  # (E,)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label: int | torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x, t, label, skip=self.skip)  # (B, *shape)
 
 
 def save_mlp(net: MLPDenoiser, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write the state dict (float32) with the config (and `extra` notes) as JSON metadata."""
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
-    meta = {"config": net.config.model_dump_json()}
-    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    save_file(tensors, str(path), metadata=meta)
-    return Path(path)
+    return save_network(net, net.config, path, extra)
 
 
 def load_mlp(path: str | Path, config: dict[str, Any] | None = None) -> MLPDenoiser:
     """An MLPDenoiser (eval mode) from a safetensors file; `config` overrides the file's own.
 
-    Every failure is a NodeError naming the file and what is wrong (missing, unreadable, bad
-    config, missing/unexpected keys, mismatched shapes)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise NodeError(f"model file '{p}' does not exist; give the path of a .safetensors state dict")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise NodeError(f"model file '{p}' is not a readable safetensors file ({e})") from None
-    raw = config if config is not None else _config_of(meta, p)
-    try:
-        cfg = MLPConfig.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise NodeError(f"bad architecture config for '{p}': {problems}") from None
-    net = MLPDenoiser(cfg)
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [f"{k} {tuple(tensors[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-             if k in tensors and tensors[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing keys {missing[:5]}" if missing else "", f"unexpected keys {unexpected[:5]}" if unexpected
-                 else "", f"wrong shapes {wrong[:5]}" if wrong else ""]
-        raise NodeError(f"model file '{p}' does not match the config {cfg.model_dump()}: "
-                        f"{'; '.join(x for x in parts if x)}")
-    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
-    return net.eval().requires_grad_(False)
-
-
-def _config_of(meta: dict[str, str], path: Path) -> dict[str, Any]:
-    """The JSON config in the file's metadata (NodeError when absent or not JSON)."""
-    if "config" not in meta:
-        raise NodeError(f"model file '{path}' has no 'config' in its metadata; pass the architecture 'config' "
-                        f"parameter (e.g. {{\"shape\": [64], \"hidden\": 256, \"layers\": 3, \"classes\": 10}})")
-    try:
-        return json.loads(meta["config"])
-    except json.JSONDecodeError as e:
-        raise NodeError(f"model file '{path}': its metadata 'config' is not JSON ({e})") from None
+    Every failure is a NodeError naming the file and what is wrong (networks/checkpoint.py)."""
+    return load_network(path, config, MLPConfig, MLPDenoiser, EXAMPLE)
