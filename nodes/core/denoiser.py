@@ -35,6 +35,26 @@ class Denoiser(ABC):
         x0 = self(x, sigma)  # (B, ...)
         return x0, x0
 
+    @property
+    def stateful(self) -> bool:
+        """True when the Denoiser carries per-particle memory across calls (APG momentum): run_steps then
+        keeps it in State.memory and calls `bound(memory)` each step, so it follows the particles."""
+        return False
+
+    def memory_init(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The memory (each (B, ...)) of particles x (B, ...) before their first call; () when stateless."""
+        return ()
+
+    def bound(self, memory: tuple[torch.Tensor, ...]) -> BoundDenoiser:
+        """This Denoiser reading and updating `memory` (rows = the particles of the next calls)."""
+        raise NotImplementedError(f"{type(self).__name__} is stateless; only stateful Denoisers bind memory")
+
+
+class BoundDenoiser(Denoiser):
+    """A stateful Denoiser bound to the per-particle memory of one batch; `memory` is its latest value."""
+
+    memory: tuple[torch.Tensor, ...]
+
 
 class FunctionDenoiser(Denoiser):
     """Wrap a plain function `(x, sigma) -> x0` (e.g. a k-diffusion style model) as a Denoiser."""

@@ -84,7 +84,7 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
         for i in range(lo, total):
             if ctx is not None:
                 ctx.check_cancelled()
-            state = sampler.step(counted, state, noise)
+            state = step_once(sampler, denoise, counted, state, noise)
             if ctx is not None:
                 ctx.progress(i + 1, total)
     else:
@@ -92,12 +92,25 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
             if ctx is not None:
                 ctx.check_cancelled()
             idx = active.nonzero().squeeze(1)  # (A,)
-            state = state.put(idx, sampler.step(counted, state[idx], noise))
+            state = state.put(idx, step_once(sampler, denoise, counted, state[idx], noise))
             if ctx is not None:
                 ctx.progress(int(state.step.min()), total)
     if ctx is not None:
         ctx.add_nfe(counted.calls)
     return state
+
+
+def step_once(sampler: Sampler, denoise: Denoiser, counted: CountingDenoiser, state: State,
+              noise: NoiseSource) -> State:
+    """One step through `counted` (which wraps `denoise`); a stateful Denoiser is bound to State.memory
+    (initialised on the first step) and its updated memory is stored back, so it follows the particles."""
+    if not denoise.stateful:
+        return sampler.step(counted, state, noise)
+    bound = denoise.bound(state.memory or denoise.memory_init(state.x))
+    inner = CountingDenoiser(bound)
+    out = sampler.step(inner, state, noise)
+    counted.calls += inner.calls
+    return out.replace(memory=bound.memory)
 
 
 def check_renoise(sampler: Sampler, denoise: Denoiser) -> None:

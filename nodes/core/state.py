@@ -27,6 +27,7 @@ class State:
     particle: torch.Tensor  # (B,) int64 ids: noise keys
     denoised: torch.Tensor | None = None  # (B, ...)
     history: tuple[torch.Tensor, ...] = ()  # each (B, ...), meaning fixed by the sampler
+    memory: tuple[torch.Tensor, ...] = ()  # each (B, ...): a stateful Denoiser's per-particle memory (run_steps)
 
     @property
     def batch(self) -> int:
@@ -52,7 +53,7 @@ class State:
                 history: tuple[torch.Tensor, ...] | None = None) -> State:
         """The state one step later: new x, estimate and history; step + 1."""
         return State(x=x, sigmas=self.sigmas, step=self.step + 1, particle=self.particle, denoised=denoised,
-                     history=self.history if history is None else history)
+                     history=self.history if history is None else history, memory=self.memory)
 
     def replace(self, **changes: object) -> State:
         return dataclasses.replace(self, **changes)
@@ -65,7 +66,7 @@ class State:
             idx = torch.as_tensor(idx, dtype=torch.long, device=self.x.device)
         return State(x=self.x[idx], sigmas=self.sigmas, step=self.step[idx], particle=self.particle[idx],
                      denoised=None if self.denoised is None else self.denoised[idx],
-                     history=tuple(h[idx] for h in self.history))
+                     history=tuple(h[idx] for h in self.history), memory=tuple(m[idx] for m in self.memory))
 
     def put(self, idx: torch.Tensor, part: State) -> State:
         """This state with particles `idx` (A,) replaced by `part` (A particles): the inverse of state[idx]."""
@@ -74,10 +75,12 @@ class State:
             return base.index_copy(0, idx, sub)
 
         history = self.history or (None,) * len(part.history)
+        memory = self.memory or (None,) * len(part.memory)
         return State(x=into(self.x, part.x), sigmas=self.sigmas, step=into(self.step, part.step),
                      particle=self.particle,
                      denoised=None if part.denoised is None else into(self.denoised, part.denoised),
-                     history=tuple(into(h, p) for h, p in zip(history, part.history)))
+                     history=tuple(into(h, p) for h, p in zip(history, part.history)),
+                     memory=tuple(into(m, p) for m, p in zip(memory, part.memory)))
 
     @staticmethod
     def cat(states: Sequence[State]) -> State:
@@ -90,4 +93,5 @@ class State:
 
         return State(x=join(lambda s: s.x), sigmas=first.sigmas, step=join(lambda s: s.step),
                      particle=join(lambda s: s.particle), denoised=join(lambda s: s.denoised),
-                     history=tuple(torch.cat([s.history[i] for s in states]) for i in range(len(first.history))))
+                     history=tuple(torch.cat([s.history[i] for s in states]) for i in range(len(first.history))),
+                     memory=tuple(torch.cat([s.memory[i] for s in states]) for i in range(len(first.memory))))

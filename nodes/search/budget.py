@@ -65,6 +65,9 @@ class BudgetDenoiser(Denoiser):
     Set `group` (B,) to the group ids of the rows the next calls will see."""
 
     def __init__(self, inner: Denoiser, budget: Budget, group: torch.Tensor, max_batch: int | None = None):
+        if inner.stateful:
+            raise NodeError("search strategies do not carry a guidance node's per-particle memory (guidance.apg "
+                            "momentum); set momentum to 0 for search")
         self.inner, self.budget, self.group, self.max_batch = inner, budget, group, max_batch
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
