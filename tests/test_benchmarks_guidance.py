@@ -49,6 +49,11 @@ def test_every_method_starts_from_the_same_noise_and_counts_its_evaluations(benc
     assert not torch.allclose(other["x"], plain["x"], atol=1e-2)  # another seed is another draw
     assert (plain["nfe"], unit["nfe"]) == (4, 8)  # cfg calls the unconditional model too
     assert bench.generate(bench.gfcg(2.0, 1.0, False), models, setup, 3, 0)["nfe"] == 16  # + reference, classifier
+    judged = bench.gfcg(2.0, 1.0, False, noisy=True)
+    assert bench.generate(judged, models, setup, 3, 0)["nfe"] == 16  # the noisy classifier counts 1 too
+    assert len(judged.probe) == 10 * 4 and judged.probe[0].shape == (3,)  # w_r of every call: 10 classes x 4 steps
+    still = bench.generate(bench.apg(1.0, None, 0.5), models, setup, 3, 0)  # w = 1: no update, any momentum
+    assert still["nfe"] == 8 and torch.allclose(still["x"], plain["x"], atol=1e-5)
     assert plain["labels"].tolist() == [c for c in range(10) for _ in range(3)]
 
 

@@ -27,18 +27,16 @@ idle machine), final loss = mean of the last 500 steps:
           recognised with Euler and with sampler.flow_sde)"""
 from __future__ import annotations
 
-import argparse
 import math
-import time
-from pathlib import Path
 
 import torch
+
+from run import arguments, timed  # training/run.py: the scripts run from this folder
 
 from samplegraph.nodes.data.digits import digits_split
 from samplegraph.nodes.models.networks.mlp_denoiser import MLPConfig, MLPDenoiser, save_mlp
 from samplegraph.nodes.models.parametrisation import edm_scalings
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "nodes" / "models" / "weights"
 MAIN = MLPConfig(shape=[8, 8], hidden=256, layers=3, classes=10, embedding=64, sigma_data=0.75)
 VARIANTS: dict[str, tuple[MLPConfig, int, str]] = {  # config, default steps, file name
     "main": (MAIN, 10000, "digits_edm.safetensors"),
@@ -109,25 +107,15 @@ def report(losses: list[float], seconds: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="main")
-    parser.add_argument("--steps", type=int, default=None, help="default: the variant's (see the docstring)")
-    parser.add_argument("--out", type=Path, default=None, help="default: nodes/models/weights/<variant file>")
-    args = parser.parse_args()
-    config, steps, name = VARIANTS[args.variant]
-    steps, out = args.steps or steps, args.out or WEIGHTS / name
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    net, losses = train(config, steps)
-    final = report(losses, time.perf_counter() - start)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    variant, config, steps, out = arguments(__doc__, "variant", VARIANTS, "main")
+    net, losses, seconds = timed(train, config, steps)
+    final = report(losses, seconds)
     # no wall time in the metadata: the same run writes the same tensors and metadata (only the order of
     # the metadata keys may differ: safetensors keeps them in a hash map)
-    save_mlp(net, out, {"training": {"script": "training/train_digits.py", "variant": args.variant, "steps": steps,
+    save_mlp(net, out, {"training": {"script": "training/train_digits.py", "variant": variant, "steps": steps,
                                      "data": "digits train split", "label_dropout": LABEL_DROPOUT,
                                      "final_loss": round(final, 4)}})
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
-
 
 if __name__ == "__main__":
     main()

@@ -19,17 +19,15 @@ Measured here (1 thread, on a 2-core CPU shared with other jobs, load ~4-7):
            0.993 / 0.993 / 0.993 / 0.970 / 0.793 / 0.513 / 0.223 (chance 0.1)"""
 from __future__ import annotations
 
-import argparse
 import math
-import time
-from pathlib import Path
 
 import torch
+
+from run import arguments, timed  # training/run.py: the scripts run from this folder
 
 from samplegraph.nodes.data.digits import digits_split
 from samplegraph.nodes.models.networks.classifier_net import ClassifierConfig, ClassifierNet, save_classifier
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "nodes" / "models" / "weights"
 CLEAN = ClassifierConfig(shape=[8, 8], hidden=128, layers=2, features=64, classes=10)
 KINDS: dict[str, tuple[ClassifierConfig, int, str]] = {  # config, default steps, file name
     "clean": (CLEAN, 3000, "digits_classifier.safetensors"),
@@ -89,28 +87,17 @@ def heldout_accuracy(net: ClassifierNet) -> dict[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=sorted(KINDS), default="clean")
-    parser.add_argument("--steps", type=int, default=None, help="default: the kind's (see the docstring)")
-    parser.add_argument("--out", type=Path, default=None, help="default: nodes/models/weights/<kind file>")
-    args = parser.parse_args()
-    config, steps, name = KINDS[args.kind]
-    steps, out = args.steps or steps, args.out or WEIGHTS / name
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    net, losses = train(config, steps)
-    seconds = time.perf_counter() - start
+    kind, config, steps, out = arguments(__doc__, "kind", KINDS, "clean")
+    net, losses, seconds = timed(train, config, steps)
     final = sum(losses[-200:]) / len(losses[-200:])
     acc = heldout_accuracy(net)
     print(f"trained {steps} steps in {seconds:.0f} s; final loss (mean of last 200) {final:.4f}")
     print("held-out accuracy: " + ", ".join(f"sigma {s:g}: {a:.3f}" for s, a in acc.items()))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_classifier(net, out, {"training": {"script": "training/train_digits_classifier.py", "kind": args.kind,
+    save_classifier(net, out, {"training": {"script": "training/train_digits_classifier.py", "kind": kind,
                                             "steps": steps, "data": "digits train split",
                                             "final_loss": round(final, 4),
                                             "heldout_accuracy": {str(s): round(a, 4) for s, a in acc.items()}}})
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ from ..core.state import bcast
 from .common import Guidance, Guided, evaluations_of, rowdot
 
 
-@node("guidance.apg", version=1)
+@node("guidance.apg", version=2)
 class APG(Guidance):
     """Adaptive projected guidance (Sadat et al. 2024, Algorithm 1): projection, norm threshold and momentum."""
 
