@@ -66,12 +66,13 @@ def flow_loss(net: MLPDenoiser, x0: torch.Tensor, y: torch.Tensor, gen: torch.Ge
     return (net(x_t, t, y) - (eps - x0)).square().mean()
 
 
-def train(config: MLPConfig, steps: int, batch: int = 256, lr: float = 2e-3,
-          seed: int = 0) -> tuple[MLPDenoiser, list[float]]:
-    """Adam with a cosine learning-rate decay and an EMA of the weights (decay 0.999); returns the EMA net."""
+def train(config: MLPConfig, steps: int, batch: int = 256, lr: float = 2e-3, seed: int = 0,
+          data: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[MLPDenoiser, list[float]]:
+    """Adam with a cosine learning-rate decay and an EMA of the weights (decay 0.999) on `data` (images (N, ...),
+    labels (N,); default the digits train split); returns the EMA net."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x, y = digits_split("train")
+    x, y = digits_split("train") if data is None else data
     loss_fn = flow_loss if config.prediction == "flow" else edm_loss
     net = MLPDenoiser(config)
     ema = MLPDenoiser(config)

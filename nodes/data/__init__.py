@@ -3,5 +3,6 @@
 
 def nodes() -> list[type]:
     from .digits import DataDigits
+    from .mnist import DataMnist
 
-    return [DataDigits]
+    return [DataDigits, DataMnist]

@@ -10,8 +10,9 @@ def nodes() -> list[type]:
     from .gmm import ModelGMM
     from .gmm_classifier import ModelGMMClassifier
     from .gmm_condition import ModelGMMCondition
+    from .mnist import ModelMnist
     from .safetensors_model import ModelSafetensors
     from .skip_blocks import ModelSkipBlocks
 
     return [ModelGMM, ModelCondition, ModelGMMCondition, ModelGMMClassifier, ModelSafetensors, ModelDigits,
-            ModelDiffusers, ModelDigitsClassifier, ModelDigitsNoisyClassifier, ModelSkipBlocks]
+            ModelDiffusers, ModelDigitsClassifier, ModelDigitsNoisyClassifier, ModelSkipBlocks, ModelMnist]

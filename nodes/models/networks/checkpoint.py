@@ -24,9 +24,9 @@ M = TypeVar("M", bound=torch.nn.Module)
 
 
 def save_network(net: torch.nn.Module, config: BaseModel, path: str | Path,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write the state dict (float32) with `config` (and `extra` notes) as JSON metadata."""
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
+                 extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the state dict (in `dtype`; loaders cast to the network's) with `config` (and `extra`) as JSON metadata."""
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     meta = {"config": config.model_dump_json()}
     meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
     save_file(tensors, str(path), metadata=meta)

@@ -130,9 +130,10 @@ class SkippedBlocks(torch.nn.Module):
         return self.net(x, t, label, skip=self.skip)  # (B, *shape)
 
 
-def save_mlp(net: MLPDenoiser, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the state dict (float32) with the config (and `extra` notes) as JSON metadata."""
-    return save_network(net, net.config, path, extra)
+def save_mlp(net: MLPDenoiser, path: str | Path, extra: dict[str, Any] | None = None,
+             dtype: torch.dtype = torch.float32) -> Path:
+    """Write the state dict (in `dtype`) with the config (and `extra` notes) as JSON metadata."""
+    return save_network(net, net.config, path, extra, dtype)
 
 
 def load_mlp(path: str | Path, config: dict[str, Any] | None = None) -> MLPDenoiser:
