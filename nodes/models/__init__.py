@@ -6,6 +6,7 @@ def nodes() -> list[type]:
     from .diffusers_model import ModelDiffusers
     from .digits import ModelDigits
     from .digits_classifier import ModelDigitsClassifier
+    from .digits_minority_classifier import ModelDigitsMinorityClassifier
     from .digits_noisy_classifier import ModelDigitsNoisyClassifier
     from .gmm import ModelGMM
     from .gmm_classifier import ModelGMMClassifier
@@ -15,4 +16,5 @@ def nodes() -> list[type]:
     from .skip_blocks import ModelSkipBlocks
 
     return [ModelGMM, ModelCondition, ModelGMMCondition, ModelGMMClassifier, ModelSafetensors, ModelDigits,
-            ModelDiffusers, ModelDigitsClassifier, ModelDigitsNoisyClassifier, ModelSkipBlocks, ModelMnist]
+            ModelDiffusers, ModelDigitsClassifier, ModelDigitsNoisyClassifier, ModelSkipBlocks, ModelMnist,
+            ModelDigitsMinorityClassifier]
