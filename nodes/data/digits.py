@@ -7,12 +7,13 @@ permutation, and the HELDOUT images with the smallest within-class rank fraction
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from pydantic import Field
 
 from ...graph.errors import NodeError
+from .common import LabelledImages, select
 from ..api import Node, node
 
 HELDOUT = 300  # of 1797: ~1/6 of each class
@@ -51,19 +52,7 @@ def heldout_mask() -> torch.Tensor:
 def digits_split(split: str = "train", label: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 8, 8) float32 in [-1, 1] and labels (n,) int64 of `split` ("train", "heldout", "all"),
     optionally only class `label`; the order is that of sklearn's load_digits."""
-    x, y = _all_digits()
-    keep = {"train": ~heldout_mask(), "heldout": heldout_mask(), "all": torch.ones_like(y, dtype=torch.bool)}
-    if split not in keep:
-        raise NodeError(f"unknown digits split '{split}': use 'train', 'heldout' or 'all'")
-    if label is not None and not 0 <= label < CLASSES:
-        raise NodeError(f"label {label} is out of range: the digits have classes 0..9 (or None for all)")
-    sel = keep[split] if label is None else keep[split] & (y == label)  # (N,)
-    return x[sel].clone(), y[sel].clone()
-
-
-class Digits(NamedTuple):
-    images: torch.Tensor  # (n, 8, 8) in [-1, 1]
-    labels: torch.Tensor  # (n,) int64
+    return select(*_all_digits(), heldout_mask(), split, label, CLASSES, "digits")
 
 
 @node("data.digits")
@@ -74,6 +63,6 @@ class DataDigits(Node):
                                                       "held out from every shipped model, or all 1797")
     label: int | None = Field(None, ge=0, le=9, description="only this class; None = all classes")
 
-    def run(self) -> Digits:
+    def run(self) -> LabelledImages:
         """Images (n, 8, 8) in [-1, 1] (the models' data scaling) and their labels (n,)."""
-        return Digits(*digits_split(self.split, self.label))
+        return LabelledImages(*digits_split(self.split, self.label))

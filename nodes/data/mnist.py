@@ -12,13 +12,14 @@ import gzip
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from ...graph.errors import NodeError
+from .common import LabelledImages, select
 from ..api import Node, node
 
 HELDOUT_PER_CLASS = 50
@@ -69,19 +70,7 @@ def heldout_mask() -> torch.Tensor:
 def mnist_split(split: str = "train", label: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 28, 28) float32 in [-1, 1] and labels (n,) int64 of `split` ("train", "heldout", "all"),
     optionally only class `label`; the order is that of the file."""
-    x, y = _all_mnist()
-    keep = {"train": ~heldout_mask(), "heldout": heldout_mask(), "all": torch.ones_like(y, dtype=torch.bool)}
-    if split not in keep:
-        raise NodeError(f"unknown MNIST split '{split}': use 'train', 'heldout' or 'all'")
-    if label is not None and not 0 <= label < CLASSES:
-        raise NodeError(f"label {label} is out of range: MNIST has classes 0..9 (or None for all)")
-    sel = keep[split] if label is None else keep[split] & (y == label)  # (N,)
-    return x[sel].clone(), y[sel].clone()
-
-
-class Mnist(NamedTuple):
-    images: torch.Tensor  # (n, 28, 28) in [-1, 1]
-    labels: torch.Tensor  # (n,) int64
+    return select(*_all_mnist(), heldout_mask(), split, label, CLASSES, "MNIST")
 
 
 @node("data.mnist")
@@ -92,6 +81,6 @@ class DataMnist(Node):
                                                       "held out from the shipped model, or all 5000")
     label: int | None = Field(None, ge=0, le=9, description="only this class; None = all classes")
 
-    def run(self) -> Mnist:
+    def run(self) -> LabelledImages:
         """Images (n, 28, 28) in [-1, 1] (the model's data scaling) and their labels (n,)."""
-        return Mnist(*mnist_split(self.split, self.label))
+        return LabelledImages(*mnist_split(self.split, self.label))

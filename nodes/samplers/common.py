@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -26,6 +26,18 @@ def renoised(x: torch.Tensor, x0: torch.Tensor, x0_r: torch.Tensor, sigma: torch
     if x0_r is x0:
         return x
     return x + bcast(sigma_to / sigma, x) * (x0 - x0_r)  # (B, ...)
+
+
+class EulerPredictor(NamedTuple):
+    """The first stage of a churned two-stage step (ChurnSampler.euler_predictor)."""
+
+    x: torch.Tensor  # (B, ...) after churn
+    sigma_hat: torch.Tensor  # (B,)
+    sigma_next: torch.Tensor  # (B,)
+    x0: torch.Tensor  # (B, ...) at sigma_hat
+    d: torch.Tensor  # (B, ...) slope at sigma_hat
+    x_next: torch.Tensor  # (B, ...) the Euler step
+    second: torch.Tensor  # (K,) rows that take a second stage
 
 
 class ChurnSampler(Sampler):
@@ -54,6 +66,16 @@ class ChurnSampler(Sampler):
     def draws_noise(self) -> bool:
         """Churn adds noise only with s_churn > 0 and s_noise > 0 (a window may still miss a given schedule)."""
         return self.s_churn > 0 and self.s_noise > 0
+
+    def euler_predictor(self, denoise: Denoiser, state: State, noise: NoiseSource) -> EulerPredictor:
+        """Alg. 2 lines 4-8: churn, then x0 and the slope d at sigma_hat and the Euler step to sigma_next;
+        `second` (K,) are the rows with sigma_next > 0, which take a second stage (a step to 0 stays Euler)."""
+        x, sigma_hat = self.churn(state, noise)  # (B, ...), (B,)
+        sigma_next = state.sigma_next  # (B,)
+        x0 = denoise(x, sigma_hat)  # (B, ...)
+        d = to_d(x, sigma_hat, x0)  # (B, ...)
+        x_next = x + d * bcast(sigma_next - sigma_hat, x)  # (B, ...)
+        return EulerPredictor(x, sigma_hat, sigma_next, x0, d, x_next, torch.nonzero(sigma_next > 0).squeeze(1))
 
     def churn(self, state: State, noise: NoiseSource) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 2 lines 4-6: x_hat (B, ...) at sigma_hat = sigma (1 + gamma) (B,).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 
 from ..api import node
 from ..core.denoiser import Denoiser
@@ -22,12 +21,7 @@ class Dpm2(ChurnSampler):
 
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """A midpoint step, the midpoint taken in log sigma; Euler for particles stepping to sigma = 0."""
-        x, sigma_hat = self.churn(state, noise)  # (B, ...), (B,)
-        sigma_next = state.sigma_next  # (B,)
-        x0 = denoise(x, sigma_hat)  # (B, ...)
-        d = to_d(x, sigma_hat, x0)  # (B, ...)
-        x_next = x + d * bcast(sigma_next - sigma_hat, x)  # (B, ...) the Euler step, kept at sigma 0
-        mid = torch.nonzero(sigma_next > 0).squeeze(1)  # (M,)
+        x, sigma_hat, sigma_next, x0, d, x_next, mid = self.euler_predictor(denoise, state, noise)  # mid: (M,)
         if mid.numel() > 0:
             s_hat, s_next = sigma_hat[mid], sigma_next[mid]  # (M,)
             s_mid = s_hat.log().lerp(s_next.log(), 0.5).exp()  # (M,) geometric midpoint

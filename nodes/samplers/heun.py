@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 
 from ..api import node
 from ..core.denoiser import Denoiser
@@ -22,15 +21,10 @@ class Heun(ChurnSampler):
 
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """One Heun step; particles stepping to sigma = 0 take the Euler step, as in Algorithm 2."""
-        x, sigma_hat = self.churn(state, noise)  # (B, ...), (B,)
-        sigma_next = state.sigma_next  # (B,)
-        x0 = denoise(x, sigma_hat)  # (B, ...)
-        d = to_d(x, sigma_hat, x0)  # (B, ...)
-        dt = bcast(sigma_next - sigma_hat, x)  # (B, 1, ...)
-        x_next = x + d * dt  # (B, ...) the Euler step, also the Heun predictor
-        heun = torch.nonzero(sigma_next > 0).squeeze(1)  # (H,) one batched call for these, none at sigma 0
-        if heun.numel() > 0:
+        x, sigma_hat, sigma_next, x0, d, x_next, heun = self.euler_predictor(denoise, state, noise)  # heun: (H,)
+        if heun.numel() > 0:  # one batched call for these, none at sigma 0
             x_2, sigma_2 = x_next[heun], sigma_next[heun]  # (H, ...), (H,)
             d_2 = to_d(x_2, sigma_2, denoise(x_2, sigma_2))  # (H, ...)
-            x_next = x_next.index_copy(0, heun, x[heun] + (d[heun] + d_2) / 2 * dt[heun])  # (B, ...)
+            dt = bcast(sigma_2 - sigma_hat[heun], x_2)  # (H, 1, ...)
+            x_next = x_next.index_copy(0, heun, x[heun] + (d[heun] + d_2) / 2 * dt)  # (B, ...)
         return state.advance(x=x_next, denoised=x0)
