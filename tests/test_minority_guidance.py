@@ -21,7 +21,10 @@ def test_training_levels_are_balanced_and_ordered_by_score():
     assert counts.sum() == scores.shape[0] and (counts - scores.shape[0] / LEVELS).abs().max() <= 1
     means = torch.stack([scores[levels == k].mean() for k in range(LEVELS)])  # (L,)
     assert (means.diff() > 0).all()  # 0 the most common (best reconstructed) .. L-1 the rarest
-    assert minority_score(model, digits_split("train")[0][:8]).equal(scores[:8])  # fixed noise: deterministic
+    head = digits_split("train")[0][:8]
+    assert minority_score(model, head).equal(minority_score(model, head))  # fixed noise: deterministic
+    # a sub-batch scores the same up to BLAS blocking (which depends on the CPU and the batch size)
+    torch.testing.assert_close(minority_score(model, head), scores[:8], rtol=1e-5, atol=1e-5)
 
 
 def test_minority_guidance_raises_the_minority_score():
