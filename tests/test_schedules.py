@@ -346,3 +346,32 @@ def test_sigma_range_schedules_reject_an_inverted_range_at_the_parameter():
     for cls in (Exponential, Polyexponential, KLOptimal, Laplace):
         with pytest.raises(ValidationError, match="sigma_max\n.*greater than sigma_min"):
             cls(sigma_min=2.0, sigma_max=1.0)
+
+
+@pytest.mark.parametrize("spacing,offset", SPACINGS)
+@pytest.mark.parametrize("steps", [1, 4, 7, 10, 25, 50, 999])
+@pytest.mark.parametrize("scheduler", ["UniPCMultistepScheduler", "DPMSolverMultistepScheduler",
+                                       "DEISMultistepScheduler"])
+def test_multistep_spacing_matches_diffusers_multistep_schedulers(scheduler, spacing, offset, steps):
+    """UniPC, DPM-Solver and DEIS (multistep) take steps + 1 points and drop the last: their sigmas."""
+    d = diffusers()
+    sched = getattr(d, scheduler)(**SD, timestep_spacing=spacing, steps_offset=offset)
+    sched.set_timesteps(steps)
+    assert torch.equal(spaced_timesteps(steps, 1000, spacing, offset, multistep=True).long(), sched.timesteps)
+    model = TableModel(DiscreteVPSampling(sched.alphas_cumprod.double()))
+    node = UniformTimesteps(steps=steps, spacing=spacing, steps_offset=offset, multistep=True)
+    if int(sched.timesteps.max()) > 999:  # diffusers reads past its table (np.interp clamps); we refuse
+        with pytest.raises(NodeError, match="param 'steps_offset' is 1.*past the model's last"):
+            node.run(model)
+        return
+    ours = node.run(model).values
+    # DEIS ends on the smallest training sigma, the others on 0 (final_sigmas_type='zero'); ours on 0
+    torch.testing.assert_close(ours[:-1], sched.sigmas[:-1].double(), rtol=3e-7, atol=0)  # float32 sigmas
+    assert ours[-1] == 0 and (scheduler == "DEISMultistepScheduler" or sched.sigmas[-1] == 0)
+
+
+def test_multistep_spacing_is_not_ddims():
+    """The reason for the option: at 10 linspace steps DDIM's grid is up to ~92% off UniPC's."""
+    ddim = UniformTimesteps(steps=10, integer_timesteps=True).run(SD_MODEL).values[:-1]
+    unipc = UniformTimesteps(steps=10, multistep=True).run(SD_MODEL).values[:-1]
+    assert float(((ddim - unipc).abs() / unipc).max()) > 0.9

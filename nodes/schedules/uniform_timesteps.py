@@ -1,4 +1,9 @@
-"""schedule.uniform_timesteps: diffusers' evenly spaced training timesteps (linspace, leading, trailing)."""
+"""schedule.uniform_timesteps: diffusers' evenly spaced training timesteps (linspace, leading, trailing).
+
+Two families of diffusers schedulers space them differently: DDIM, DDPM, Euler and Heun take
+`steps` points; the multistep ones (UniPC, DPMSolverMultistep, DEIS) take `steps + 1` points,
+drop the last and round to integers (`multistep=True`). At 10 'linspace' steps over 1000
+timesteps the two grids differ by up to 92% in sigma, so this choice matters for parity."""
 from __future__ import annotations
 
 from typing import Literal
@@ -24,6 +29,8 @@ class UniformTimesteps(Node):
     steps_offset: int = Field(0, ge=0, description="'leading' only: added to every timestep (SD 1.x configs: 1)")
     integer_timesteps: bool = Field(False, description="round 'linspace' timesteps to integers, as DDIM, DDPM and "
                                                        "DPM-Solver do; Euler and Heun keep them fractional")
+    multistep: bool = Field(False, description="space as diffusers' multistep schedulers (UniPC, DPMSolverMultistep, "
+                                               "DEIS) do: steps + 1 points, the last dropped, integer timesteps")
 
     @field_validator("steps_offset")
     @classmethod
@@ -41,7 +48,8 @@ class UniformTimesteps(Node):
         if self.steps > n:
             raise NodeError(f"param 'steps' is {self.steps}, more than the model's {n} training timesteps; "
                             f"use at most {n}")
-        t = spaced_timesteps(self.steps, n, self.spacing, self.steps_offset, self.integer_timesteps)  # (S,)
+        t = spaced_timesteps(self.steps, n, self.spacing, self.steps_offset, self.integer_timesteps,
+                             self.multistep)  # (S,)
         if t.max() > n - 1:
             raise NodeError(f"param 'steps_offset' is {self.steps_offset}, which puts the first timestep at "
                             f"{int(t.max())}, past the model's last ({n - 1}); lower it or use fewer steps")
@@ -51,11 +59,16 @@ class UniformTimesteps(Node):
         return Sigmas(append_zero(sigmas))  # (S + 1,)
 
 
-def spaced_timesteps(steps: int, n: int, spacing: Spacing, offset: int = 0, integer: bool = False) -> torch.Tensor:
-    """(steps,) decreasing float64 timesteps in [0, n - 1], as diffusers' set_timesteps computes them."""
+def spaced_timesteps(steps: int, n: int, spacing: Spacing, offset: int = 0, integer: bool = False,
+                     multistep: bool = False) -> torch.Tensor:
+    """(steps,) decreasing float64 timesteps in [0, n - 1], as diffusers' set_timesteps computes them
+    (`multistep`: as its multistep schedulers do, from steps + 1 integer points with the last dropped)."""
+    if spacing == "trailing":  # the same in both families
+        return (n - torch.arange(steps, dtype=F64) * (n / steps)).round() - 1  # (S,)
+    points = steps + 1 if multistep else steps
     if spacing == "linspace":
-        t = torch.linspace(0, n - 1, steps, dtype=F64)  # (S,)
-        return (t.round() if integer else t).flip(0)
-    if spacing == "leading":
-        return (torch.arange(steps, dtype=F64) * (n // steps)).flip(0) + offset  # (S,)
-    return (n - torch.arange(steps, dtype=F64) * (n / steps)).round() - 1  # (S,) trailing
+        t = torch.linspace(0, n - 1, points, dtype=F64)  # (P,)
+        t = t.round() if integer or multistep else t
+    else:  # leading
+        t = torch.arange(points, dtype=F64) * (n // points) + offset  # (P,)
+    return t.flip(0)[:steps]  # (S,)
