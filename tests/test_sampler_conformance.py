@@ -1,4 +1,4 @@
-"""The contract every sampler keeps (DESIGN.md, "Sampler"): shapes and dtypes, determinism,
+"""The contract every sampler keeps (docs/ARCHITECTURE.md, "The contracts"): shapes and dtypes, determinism,
 batch-split invariance, state indexing, per-particle noise levels and NFE accounting, for every
 registered sampler's default instance and for samplers the wrapper nodes build at run time; and
 the instance metadata (draws_noise, step_nfe) pinned to what a run does."""

@@ -1,4 +1,4 @@
-"""Guidance nodes: each maps Denoiser(s) to a Denoiser (DESIGN.md); samplers never know guidance exists."""
+"""Guidance nodes: each maps Denoiser(s) to a Denoiser (docs/ARCHITECTURE.md); samplers never know guidance exists."""
 
 
 def nodes() -> list[type]:

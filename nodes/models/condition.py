@@ -2,7 +2,7 @@
 conditional Denoiser p(x0 | class), the exact unconditional one, or a weakened copy of either) or a
 class-conditional network (its class or its null class, networks/conditional.py).
 
-Conditioning is bound, not passed (DESIGN.md): guidance nodes receive these Denoisers and
+Conditioning is bound, not passed (docs/ARCHITECTURE.md): guidance nodes receive these Denoisers and
 never see a label. The weak model for autoguidance is the same mixture with every std
 multiplied by `weakness` (a blurrier, less certain model whose denoiser is still exact)."""
 from __future__ import annotations

@@ -109,7 +109,7 @@ class NetworkDenoiser(Model):
         return self._sampling
 
     def bind(self, **cond: Any) -> NetworkDenoiser:
-        """The same network with conditioning keyword arguments bound (DESIGN.md: conditioning is bound)."""
+        """The same network with conditioning keyword arguments bound (docs/ARCHITECTURE.md: conditioning is bound)."""
         return NetworkDenoiser(self.net, self._sampling, self.prediction, self.timestep_mode, {**self.cond, **cond})
 
     def to(self, device: torch.device) -> NetworkDenoiser:

@@ -2,7 +2,7 @@
 
 Noise keys are the State's particle ids (NoiseSource draws are a pure function of them), so a
 forked child gets a NEW id hashed from (parent id, step, child index): siblings then draw
-different, reproducible noise (DESIGN.md, "Noise is a function")."""
+different, reproducible noise (docs/ARCHITECTURE.md, "The contracts")."""
 from __future__ import annotations
 
 import math

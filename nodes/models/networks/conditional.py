@@ -1,7 +1,7 @@
 """ConditionalNetwork: a class-conditional network seen as a Model bound to one class or to the
 null class (the unconditional model of classifier-free guidance, Ho & Salimans 2022).
 
-model.condition binds a label (DESIGN.md: conditioning is bound, not passed), so guidance nodes
+model.condition binds a label (docs/ARCHITECTURE.md: conditioning is bound, not passed), so guidance nodes
 receive two plain Denoisers and never see a label."""
 from __future__ import annotations
 
