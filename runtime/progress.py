@@ -22,6 +22,8 @@ class ProgressPrinter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted) and self.bars:
             self.nodes = tqdm(total=event.total, desc="nodes", unit="node", file=self.stream, position=0)
+        elif isinstance(event, RunStarted):
+            self.write(row("node", "kind", "cache", "wall s"))
         elif isinstance(event, NodeStarted) and self.nodes is not None:
             self.nodes.set_postfix_str(f"{event.node} ({event.kind})")
         elif isinstance(event, StepProgress):
@@ -48,7 +50,7 @@ class ProgressPrinter:
         if self.nodes is not None:
             self.nodes.update(1)
         else:
-            self.write(f"  {event.node:<20} {event.kind:<28} {event.cache:<8} {event.wall_s:8.3f}s")
+            self.write(row(event.node, event.kind, event.cache, f"{event.wall_s:.3f}"))
 
     def write(self, text: str) -> None:
         if self.nodes is not None:
@@ -61,3 +63,8 @@ class ProgressPrinter:
             if bar is not None:
                 bar.close()
         self.steps = self.nodes = None
+
+
+def row(node: str, kind: str, cache: str, wall: str) -> str:
+    """One line of the per-node table (its header too): cache is memory, disk, miss or uncached."""
+    return f"  {node:<20} {kind:<28} {cache:<8} {wall:>8}"

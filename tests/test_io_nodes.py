@@ -182,3 +182,16 @@ def test_plot_rejects_points_that_are_not_2d(tmp_path):
                                            r"\(N, 2\), got shape \(10, 3\)"):
         runtime().run(plot_workflow({"path": "p.png"}, {"shape": [10, 3]}), out_dir=tmp_path)
     assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_names_its_axes(tmp_path):
+    """Axis names are drawn between the extent labels: other names give other pixels there only."""
+    pts = torch.zeros(4, 2)
+    ctx = NodeContext.detached(out_dir=tmp_path)
+    a = np.asarray(Image.open(PlotSamples(path="a.png", size=256).run(pts, ctx)).convert("L"), dtype=np.int64)
+    b = np.asarray(Image.open(PlotSamples(path="b.png", size=256, axes=("sigma", "t")).run(pts, ctx)).convert("L"),
+                   dtype=np.int64)
+    lay = Layout(256, titled=False)
+    differ = np.argwhere(a != b)  # (K, 2) rows, cols
+    assert differ.size and ((differ[:, 0] > lay.top + lay.side) | (differ[:, 1] < lay.left)).all()
+    assert (a[lay.top + lay.side + 2:, lay.left + lay.side // 3:lay.left + 2 * lay.side // 3] < 128).any()

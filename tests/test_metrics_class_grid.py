@@ -84,3 +84,19 @@ def test_fan_in_from_a_workflow_keeps_link_order(tmp_path):
     px = np.asarray(Image.open(out["grid"]))
     assert px.shape == (16, 32) and (px[:8, :16] == 255).all() and (px[:8, 16:] == 128).all()
     assert (px[8:] == 0).all()
+
+
+def test_automatic_scale_reaches_the_minimum_side_and_a_title_sits_above(tmp_path):
+    """Readable by default: an 8x8 digit grid is at least MIN_SIDE px, a title adds a band on top."""
+    from samplegraph.nodes.io.image_grid import MIN_SIDE, ImageGrid
+
+    digits = torch.rand(64, 8, 8) * 2 - 1  # (B, H, W)
+    ctx = NodeContext.detached(out_dir=tmp_path)
+    plain = np.asarray(Image.open(ImageGrid(path="a.png").run(digits, ctx)).convert("RGB"))
+    titled = np.asarray(Image.open(ImageGrid(path="b.png", title="class 3").run(digits, ctx)).convert("RGB"))
+    assert MIN_SIDE <= max(plain.shape[:2]) < MIN_SIDE + 73  # 73 canvas px: the next smaller scale is too small
+    band = titled.shape[0] - plain.shape[0]
+    assert band > 10 and titled.shape[1] == plain.shape[1] and (titled[band:] == plain).all()
+    assert (titled[:band] < 128).any() and (titled[:band] == 255).mean() > 0.8  # ink on a white band
+    rows = run_grid(tmp_path, [digits[:4], digits[4:8]], title="two rows")
+    assert rows.shape[0] > 2 * (8 + 1) * 4  # automatic scale in class_grid too, plus the title band

@@ -36,7 +36,8 @@ class PlotSamples(Node):
     max_points: int = Field(4096, ge=1, description="at most this many samples are drawn (evenly strided)")
     extent: Extent | None = Field(None, description="(x_min, x_max, y_min, y_max); None: fit samples and density")
     point_radius: float = Field(1.5, gt=0, le=64, description="dot radius in pixels")
-    title: str | None = None
+    title: str | None = Field(None, description="a line of text above the panels")
+    axes: tuple[str, str] = Field(("dim 0", "dim 1"), description="names of the horizontal and vertical axes")
 
     @field_validator("extent")
     @classmethod
@@ -60,7 +61,7 @@ class PlotSamples(Node):
             panels.append((to_image(viridis(level), layout.side), "exact density"))
             scatter = to_image(grey(level), layout.side)
         panels.append((scatter, self.draw_points(scatter, pts, extent)))
-        image = layout.compose(panels, extent, self.title)
+        image = layout.compose(panels, extent, self.title, self.axes)
         return str(atomic_write(resolve_output(self.path, ctx.out_dir), lambda f: image.save(f, format="PNG")))
 
     def draw_points(self, panel: Image.Image, pts: torch.Tensor, extent: Extent) -> str:
@@ -148,7 +149,8 @@ class Layout:
         self.left = (size - self.side) // 2
         self.font = ImageFont.load_default(size=self.font_px)
 
-    def compose(self, panels: list[tuple[Image.Image, str]], extent: Extent, title: str | None) -> Image.Image:
+    def compose(self, panels: list[tuple[Image.Image, str]], extent: Extent, title: str | None,
+                axes: tuple[str, str]) -> Image.Image:
         image = Image.new("RGB", (self.size * len(panels), self.size), WHITE)
         draw = ImageDraw.Draw(image)
         for i, (panel, caption) in enumerate(panels):
@@ -156,12 +158,12 @@ class Layout:
             image.paste(panel, (x, y))
             draw.rectangle((x - 1, y - 1, x + self.side, y + self.side), outline=FRAME)
             if self.text:
-                self.labels(draw, x, caption, extent)
+                self.labels(draw, x, caption, extent, axes)
         if title and self.text:
             draw.text((image.width / 2, 2), title, fill=INK, font=self.font, anchor="ma")
         return image
 
-    def labels(self, draw: ImageDraw.ImageDraw, x: int, caption: str, extent: Extent) -> None:
+    def labels(self, draw: ImageDraw.ImageDraw, x: int, caption: str, extent: Extent, axes: tuple[str, str]) -> None:
         y, s, f = self.top, self.side, self.font
         x0, x1, y0, y1 = (f"{v:.3g}" for v in extent)
         draw.text((x + s / 2, y - 3), caption, fill=INK, font=f, anchor="md")
@@ -169,3 +171,5 @@ class Layout:
         draw.text((x + s, y + s + 3), x1, fill=INK, font=f, anchor="ra")
         draw.text((x - 4, y + s), y0, fill=INK, font=f, anchor="rd")
         draw.text((x - 4, y), y1, fill=INK, font=f, anchor="ra")
+        draw.text((x + s / 2, y + s + 3), axes[0], fill=INK, font=f, anchor="ma")  # between the x extent labels
+        draw.text((x - 4, y + s / 2), axes[1], fill=INK, font=f, anchor="rm")

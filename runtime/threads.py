@@ -1,0 +1,50 @@
+"""How many CPU threads torch gets: a number, or "auto" (the CLI's default).
+
+Why a rule: torch's default (one thread per core) is the fastest on an idle machine for large
+tensors, but on a machine whose cores are busy with other processes its threads wait for each
+other at every operation: a 65,536-sample quickstart took 22.7 s instead of 6.6 s with one
+thread on a loaded 2-core machine. `auto` gives torch the cores that other processes leave
+free, read when the run starts (benchmarks/threads.py measures the rule against fixed choices)."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import torch
+
+Threads = int | Literal["auto"]
+
+
+def busy_cores() -> float:
+    """Cores other processes keep busy: the larger of the 1-minute load average (which lags) and the
+    number of runnable tasks right now (/proc/loadavg), both minus this process."""
+    load = os.getloadavg()[0]
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        running = 0
+    return max(load - 1.0, running - 1.0, 0.0)
+
+
+def auto_threads(cores: int | None = None, busy: float | None = None) -> int:
+    """One thread per core that other processes leave free (at least 1)."""
+    cores = cores if cores is not None else available_cores()
+    busy = busy if busy is not None else busy_cores()
+    return max(1, min(cores, math.floor(cores - busy + 0.5)))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
+def apply_threads(threads: Threads) -> int:
+    """Set torch's intra-op threads to `threads` (or the `auto` rule); returns the number set."""
+    n = auto_threads() if threads == "auto" else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be at least 1 or 'auto', got {threads}")
+    torch.set_num_threads(n)
+    return n
