@@ -26,8 +26,9 @@ from ..graph.validate import Link, ResolvedNode, ValidGraph
 from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
 from . import values as V
-from .cache import DiskCache, Entry, MemoryCache
-from .events import CacheDiscarded, Event, NodeFinished, NodeStarted, RunStarted, StepProgress
+from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
+from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
+                     RunStarted, StepProgress)
 from .report import NodeReport, RunReport, peak_rss_bytes
 
 
@@ -100,7 +101,7 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
         entry = Entry(outputs, ctx.metrics)
         cache = "uncached" if key is None else "miss"
         if key is not None:
-            store(key, entry, run)
+            store(rn, key, entry, run)
     outputs = entry.outputs
     for port, value in outputs.items():
         vals[(rn.id, port)] = value
@@ -117,9 +118,9 @@ def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry |
     if run.memory is not None and (hit := run.memory.get(key)) is not None:
         return hit, "memory"
     if run.disk is not None:
-        port_types = {p.name: p.type for p in rn.spec.outputs}
-        hit = run.disk.get(key, port_types, run.device,
-                           on_corrupt=lambda k, why: run.emit(CacheDiscarded(k, why)))
+        hit = run.disk.get(key, port_types_of(rn), run.device,
+                           on_corrupt=lambda k, why: run.emit(CacheDiscarded(k, why)),
+                           on_undecodable=lambda k, why: run.emit(CacheUndecodable(k, why)))
         if hit is not None:
             if run.memory is not None:
                 run.memory.put(key, hit.outputs, hit.metrics)
@@ -127,11 +128,19 @@ def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry |
     return None, "miss"
 
 
-def store(key: str, entry: Entry, run: RunSettings) -> None:
+def store(rn: ResolvedNode, key: str, entry: Entry, run: RunSettings) -> None:
     if run.memory is not None:
         run.memory.put(key, entry.outputs, entry.metrics)
     if run.disk is not None:
-        run.disk.put(key, entry.outputs, entry.metrics)
+        try:
+            run.disk.put(key, entry.outputs, port_types_of(rn), entry.metrics)
+        except CacheWriteError as e:  # the result is computed and in memory: the run goes on
+            run.emit(CacheWriteFailed(key, str(e)))
+
+
+def port_types_of(rn: ResolvedNode) -> dict[str, type]:
+    """The declared class of each output port: what the disk cache encodes and decodes by."""
+    return {p.name: p.type for p in rn.spec.outputs}
 
 
 def make_context(rn: ResolvedNode, run: RunSettings) -> NodeContext:
