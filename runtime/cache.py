@@ -33,6 +33,7 @@ from safetensors.torch import load as st_load
 from ..graph.errors import SamplegraphError
 from ..nodes.core.tensorfile import safetensors_bytes
 from . import values
+from .preflight import writable_dir_problem
 
 FORMAT = 1
 TMP_SUFFIX = ".tmp"
@@ -291,20 +292,9 @@ class DiskCache:
 
 def check_root(root: Path) -> None:
     """Create `root` if needed and prove it writable, or raise CacheDirError saying why."""
-    if root.exists() and not root.is_dir():
-        raise CacheDirError(root, "it exists and is not a directory")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheDirError(root, f"cannot create it ({e.strerror or e})") from None
-    probe = root / f".probe.{os.getpid()}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-    try:
-        probe.write_bytes(b"")
-    except OSError as e:
-        raise CacheDirError(root, f"cannot write in it ({e.strerror or e})") from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
+    why = writable_dir_problem(root)
+    if why is not None:
+        raise CacheDirError(root, why)
 
 
 def temp_owner(path: Path) -> int | None:

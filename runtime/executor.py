@@ -12,6 +12,7 @@ cacheable nodes not downstream of an uncacheable one); else run it with its inpu
 it returned. A node that fails or is cancelled stores nothing."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from . import values as V
 from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
                      RunStarted, StepProgress)
+from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
 
@@ -181,8 +183,27 @@ def call_node(rn: ResolvedNode, inputs: dict[str, Any], ctx: NodeContext) -> dic
     except SamplegraphError as e:
         raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
     except Exception as e:
+        if (oom := out_of_memory(e, ctx.device)) is not None:
+            raise NodeRunError(rn.id, rn.spec.kind, oom) from e
         raise NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}") from e
     return check_outputs(rn, result)
+
+
+ALLOC_FAILURES = ("DefaultCPUAllocator", "alloc_cpu", "CUDA out of memory", "can't allocate memory")
+REQUESTED = (re.compile(r"tried to allocate (\d+) bytes"), re.compile(r"Tried to allocate ([\d.]+ [KMGT]?i?B)"))
+
+
+def out_of_memory(e: Exception, device: torch.device) -> str | None:
+    """The located message for an allocation failure (CPU or CUDA), or None for any other error."""
+    if not (isinstance(e, torch.OutOfMemoryError)
+            or (isinstance(e, RuntimeError) and any(s in str(e) for s in ALLOC_FAILURES))):
+        return None
+    size = next((m.group(1) for rx in REQUESTED if (m := rx.search(str(e)))), None)
+    if size is not None and size.isdigit():
+        size = fmt_bytes(int(size))
+    asked = f"an allocation of {size}" if size else "an allocation"
+    return (f"out of memory on {device}: {asked} failed; lower this node's batch or sample size "
+            f"(or its inputs'), or run on a device with more free memory")
 
 
 def check_outputs(rn: ResolvedNode, result: Any) -> dict[str, Any]:

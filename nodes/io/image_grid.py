@@ -11,13 +11,13 @@ from pydantic import Field
 from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
-from .common import atomic_write, path_with_suffix, resolve_output
+from .common import WritesFile, atomic_write, path_with_suffix, resolve_output
 
 PngPath = path_with_suffix(".png")
 
 
 @node("io.image_grid")
-class ImageGrid(Node):
+class ImageGrid(WritesFile, Node):
     """Tile images (B, H, W) or (B, C, H, W), C in {1, 3}, with values in [low, high] into one PNG."""
 
     cacheable: ClassVar[bool] = False  # writing the file is the point

@@ -10,13 +10,13 @@ from pydantic import Field
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.tensorfile import safetensors_bytes
-from .common import atomic_write, path_with_suffix, resolve_output
+from .common import WritesFile, atomic_write, path_with_suffix, resolve_output
 
 SafetensorsPath = path_with_suffix(".safetensors")
 
 
 @node("io.save_tensor")
-class SaveTensor(Node):
+class SaveTensor(WritesFile, Node):
     """Save a tensor as safetensors (relative paths land in the run's out_dir); outputs the file's path."""
 
     cacheable: ClassVar[bool] = False  # writing the file is the point
