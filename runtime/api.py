@@ -21,6 +21,7 @@ from .cache import DiskCache, MemoryCache
 from .devices import resolve_device
 from .events import Event, RunFinished
 from .executor import RunSettings, execute
+from .preflight import preflight
 from .report import RunReport
 
 
@@ -91,6 +92,7 @@ class Runtime:
         names = outputs if outputs is not None else list(wf.outputs)
         order = execution_order(graph, names)
         wanted = resolve_wanted(graph, names)
+        preflight(graph, order, self.device, Path(out_dir) if out_dir is not None else None)
         report = RunReport(seed=wf.seed, device=str(self.device), source=source)
         emit = on_event or (lambda e: None)
         settings = RunSettings(device=self.device, seed=wf.seed, out_dir=Path(out_dir or "."),

@@ -40,8 +40,21 @@ class CacheDiscarded:
 
 
 @dataclass(frozen=True)
+class CacheUndecodable:
+    key: str
+    reason: str  # a sound disk entry this version cannot rebuild (e.g. written by another version): a miss
+
+
+@dataclass(frozen=True)
+class CacheWriteFailed:
+    key: str
+    reason: str  # the disk cache could not be written (told once); the run goes on, results stay in memory
+
+
+@dataclass(frozen=True)
 class RunFinished:
     report: Any  # RunReport
 
 
-Event = Union[RunStarted, NodeStarted, StepProgress, NodeFinished, CacheDiscarded, RunFinished]
+Event = Union[RunStarted, NodeStarted, StepProgress, NodeFinished, CacheDiscarded, CacheUndecodable,
+              CacheWriteFailed, RunFinished]

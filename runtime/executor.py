@@ -12,6 +12,7 @@ cacheable nodes not downstream of an uncacheable one); else run it with its inpu
 it returned. A node that fails or is cancelled stores nothing."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ from ..graph.validate import Link, ResolvedNode, ValidGraph
 from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
 from . import values as V
-from .cache import DiskCache, Entry, MemoryCache
-from .events import CacheDiscarded, Event, NodeFinished, NodeStarted, RunStarted, StepProgress
+from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
+from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
+                     RunStarted, StepProgress)
+from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
 
@@ -100,7 +103,7 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
         entry = Entry(outputs, ctx.metrics)
         cache = "uncached" if key is None else "miss"
         if key is not None:
-            store(key, entry, run)
+            store(rn, key, entry, run)
     outputs = entry.outputs
     for port, value in outputs.items():
         vals[(rn.id, port)] = value
@@ -117,9 +120,9 @@ def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry |
     if run.memory is not None and (hit := run.memory.get(key)) is not None:
         return hit, "memory"
     if run.disk is not None:
-        port_types = {p.name: p.type for p in rn.spec.outputs}
-        hit = run.disk.get(key, port_types, run.device,
-                           on_corrupt=lambda k, why: run.emit(CacheDiscarded(k, why)))
+        hit = run.disk.get(key, port_types_of(rn), run.device,
+                           on_corrupt=lambda k, why: run.emit(CacheDiscarded(k, why)),
+                           on_undecodable=lambda k, why: run.emit(CacheUndecodable(k, why)))
         if hit is not None:
             if run.memory is not None:
                 run.memory.put(key, hit.outputs, hit.metrics)
@@ -127,11 +130,19 @@ def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry |
     return None, "miss"
 
 
-def store(key: str, entry: Entry, run: RunSettings) -> None:
+def store(rn: ResolvedNode, key: str, entry: Entry, run: RunSettings) -> None:
     if run.memory is not None:
         run.memory.put(key, entry.outputs, entry.metrics)
     if run.disk is not None:
-        run.disk.put(key, entry.outputs, entry.metrics)
+        try:
+            run.disk.put(key, entry.outputs, port_types_of(rn), entry.metrics)
+        except CacheWriteError as e:  # the result is computed and in memory: the run goes on
+            run.emit(CacheWriteFailed(key, str(e)))
+
+
+def port_types_of(rn: ResolvedNode) -> dict[str, type]:
+    """The declared class of each output port: what the disk cache encodes and decodes by."""
+    return {p.name: p.type for p in rn.spec.outputs}
 
 
 def make_context(rn: ResolvedNode, run: RunSettings) -> NodeContext:
@@ -172,8 +183,27 @@ def call_node(rn: ResolvedNode, inputs: dict[str, Any], ctx: NodeContext) -> dic
     except SamplegraphError as e:
         raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
     except Exception as e:
+        if (oom := out_of_memory(e, ctx.device)) is not None:
+            raise NodeRunError(rn.id, rn.spec.kind, oom) from e
         raise NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}") from e
     return check_outputs(rn, result)
+
+
+ALLOC_FAILURES = ("DefaultCPUAllocator", "alloc_cpu", "CUDA out of memory", "can't allocate memory")
+REQUESTED = (re.compile(r"tried to allocate (\d+) bytes"), re.compile(r"Tried to allocate ([\d.]+ [KMGT]?i?B)"))
+
+
+def out_of_memory(e: Exception, device: torch.device) -> str | None:
+    """The located message for an allocation failure (CPU or CUDA), or None for any other error."""
+    if not (isinstance(e, torch.OutOfMemoryError)
+            or (isinstance(e, RuntimeError) and any(s in str(e) for s in ALLOC_FAILURES))):
+        return None
+    size = next((m.group(1) for rx in REQUESTED if (m := rx.search(str(e)))), None)
+    if size is not None and size.isdigit():
+        size = fmt_bytes(int(size))
+    asked = f"an allocation of {size}" if size else "an allocation"
+    return (f"out of memory on {device}: {asked} failed; lower this node's batch or sample size "
+            f"(or its inputs'), or run on a device with more free memory")
 
 
 def check_outputs(rn: ResolvedNode, result: Any) -> dict[str, Any]:

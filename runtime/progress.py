@@ -7,7 +7,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from .events import CacheDiscarded, Event, NodeFinished, NodeStarted, RunFinished, RunStarted, StepProgress
+from .events import CacheDiscarded, CacheWriteFailed, Event, NodeFinished, NodeStarted, RunFinished, RunStarted, StepProgress
 
 
 class ProgressPrinter:
@@ -32,6 +32,8 @@ class ProgressPrinter:
             self.on_finished(event)
         elif isinstance(event, CacheDiscarded):
             self.write(f"warning: discarded a corrupt cache entry {event.key[:12]}… ({event.reason}); recomputing")
+        elif isinstance(event, CacheWriteFailed):
+            self.write(f"warning: {event.reason}")
         elif isinstance(event, RunFinished):
             self.close()
 

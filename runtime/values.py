@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import torch
 
 PLAIN = (type(None), bool, int, float, str)
+
+
+class UndecodableValue(ValueError):
+    """A well-formed cache entry that this code cannot rebuild (another version's port types)."""
 
 
 def is_plain(value: Any) -> bool:
@@ -21,17 +26,26 @@ def is_plain(value: Any) -> bool:
     return False
 
 
-def encode(value: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """(tensors, meta) for one output, or None when it can only live in memory."""
+def encode(value: Any, port_type: type) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(tensors, meta) for one output of the declared `port_type`, or None when it can only live
+    in memory: whatever is written must be what `decode(port_type, ...)` rebuilds exactly."""
     if isinstance(value, torch.Tensor):
         return {"t": value.detach().cpu().contiguous()}, {"kind": "tensor", "device": str(value.device)}
-    if hasattr(value, "cache_encode") and hasattr(type(value), "cache_decode"):
+    if decodable_object(value, port_type):
         tensors, meta = value.cache_encode()
         return ({k: t.detach().cpu().contiguous() for k, t in tensors.items()},
                 {"kind": "object", "meta": meta})
-    if is_plain(value):
+    if is_plain(value) and msgpack.unpackb(msgpack.packb(value), raw=False) == value:
+        # the round-trip test keeps tuples (which come back as lists) in memory
         return {}, {"kind": "plain", "value": value}
     return None
+
+
+def decodable_object(value: Any, port_type: type) -> bool:
+    """Whether `port_type.cache_decode` rebuilds `value`: only when the value is exactly of the
+    port's class (a subclass, e.g. a GaussianMixture on a Distribution port or AscendingSigmas on a
+    Sigmas port, would come back as something else, or not at all)."""
+    return type(value) is port_type and hasattr(value, "cache_encode") and hasattr(port_type, "cache_decode")
 
 
 def decode(port_type: type, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -42,11 +56,11 @@ def decode(port_type: type, tensors: dict[str, torch.Tensor], meta: dict[str, An
         return tensors["t"].to(device)
     if kind == "object":
         if not hasattr(port_type, "cache_decode"):
-            raise ValueError(f"port type {port_type.__name__} cannot decode a cached object")
+            raise UndecodableValue(f"port type {port_type.__name__} cannot decode a cached object")
         return port_type.cache_decode(tensors, meta["meta"])
     if kind == "plain":
         return meta["value"]
-    raise ValueError(f"unknown cached value kind {kind!r}")
+    raise UndecodableValue(f"unknown cached value kind {kind!r}")
 
 
 def nbytes(value: Any) -> int:

@@ -344,21 +344,24 @@ def test_runtime_memory_cache_stays_within_its_byte_bound():
     assert statuses(rt.run(doc, outputs=["t1"])) == {"t1": "miss"}
 
 
+TENSOR_PORT = {"out": torch.Tensor}
+
+
 def entry(value: float) -> dict:
     return {"out": torch.full((64,), float(value))}  # 256 bytes of float32
 
 
 def test_disk_cache_evicts_least_recently_used_entries_beyond_its_bound(tmp_path):
     probe = DiskCache(tmp_path / "probe")
-    probe.put("k" * 64, entry(0.0))
+    probe.put("k" * 64, entry(0.0), TENSOR_PORT)
     size = probe.total_bytes()
     disk = DiskCache(tmp_path / "store", max_bytes=int(3.5 * size))
     keys = {name: name * 64 for name in "abcd"}
     for i, name in enumerate("abc"):
-        disk.put(keys[name], entry(i))
+        disk.put(keys[name], entry(i), TENSOR_PORT)
         os.utime(disk.path(keys[name]), (1000 + i, 1000 + i))  # a oldest ... c newest
     assert disk.get(keys["a"], {"out": torch.Tensor}, torch.device("cpu")) is not None  # a becomes newest
-    disk.put(keys["d"], entry(3.0))  # 4 entries > 3.5: evict down to 80% of the bound, oldest first
+    disk.put(keys["d"], entry(3.0), TENSOR_PORT)  # 4 entries > 3.5: evict down to 80% of the bound, oldest first
     present = {name for name, k in keys.items() if disk.path(k).exists()}
     assert present == {"a", "d"}
     assert disk.total_bytes() <= disk.max_bytes

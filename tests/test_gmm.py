@@ -114,7 +114,7 @@ def test_bad_shapes_are_node_errors():
 
 def test_cache_roundtrip_device_and_size():
     model = mixture_2d()
-    tensors, meta = values.encode(model)
+    tensors, meta = values.encode(model, GaussianMixture)
     back = values.decode(GaussianMixture, tensors, meta, torch.device("cpu"))
     for name, tensor in model.cache_encode()[0].items():
         assert torch.equal(back.cache_encode()[0][name], tensor)

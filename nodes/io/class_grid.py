@@ -11,7 +11,7 @@ from pydantic import Field
 from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
-from .common import atomic_write, path_with_suffix, resolve_output
+from .common import WritesFile, atomic_write, path_with_suffix, resolve_output
 from .image_grid import MIN_SIDE, picture_scale, tile, to_channels_last, to_picture, with_title
 
 PngPath = path_with_suffix(".png")
@@ -19,7 +19,7 @@ WHITE, INK = (255, 255, 255), (40, 40, 40)
 
 
 @node("io.class_grid")
-class ClassGrid(Node):
+class ClassGrid(WritesFile, Node):
     """Rows of images, one per input batch (B_i, H, W) or (B_i, C, H, W), with optional captions, in one PNG."""
 
     cacheable: ClassVar[bool] = False  # writing the file is the point

@@ -34,6 +34,13 @@ def resolve_output(path: str, out_dir: Path) -> Path:
     return (p if p.is_absolute() else Path(out_dir) / p).resolve()
 
 
+class WritesFile:
+    """Mixin of the io nodes with a `path` parameter: the file they write, checked before the run computes."""
+
+    def output_files(self, out_dir: Path) -> list[Path]:
+        return [resolve_output(self.path, out_dir)]  # type: ignore[attr-defined]  # the node's own field
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write `path` whole or not at all: a temporary file in the same folder, then os.replace."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")

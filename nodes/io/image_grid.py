@@ -11,7 +11,7 @@ from pydantic import Field
 from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
-from .common import atomic_write, path_with_suffix, resolve_output
+from .common import WritesFile, atomic_write, path_with_suffix, resolve_output
 
 PngPath = path_with_suffix(".png")
 WHITE, INK = (255, 255, 255), (40, 40, 40)
@@ -19,7 +19,7 @@ MIN_SIDE = 512  # automatic scale: the picture's longer side reaches at least th
 
 
 @node("io.image_grid")
-class ImageGrid(Node):
+class ImageGrid(WritesFile, Node):
     """Tile images (B, H, W) or (B, C, H, W), C in {1, 3}, with values in [low, high] into one PNG."""
 
     cacheable: ClassVar[bool] = False  # writing the file is the point

@@ -12,7 +12,7 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Distribution
-from .common import atomic_write, path_with_suffix, resolve_output
+from .common import WritesFile, atomic_write, path_with_suffix, resolve_output
 
 PngPath = path_with_suffix(".png")
 Extent = tuple[float, float, float, float]  # (x_min, x_max, y_min, y_max)
@@ -26,7 +26,7 @@ REFERENCE_DRAWS = 4096  # exact draws that size the automatic extent
 
 
 @node("io.plot_samples")
-class PlotSamples(Node):
+class PlotSamples(WritesFile, Node):
     """Scatter plot of 2-D samples; with `density`, beside a heatmap of the exact density exp(log_prob)."""
 
     cacheable: ClassVar[bool] = False  # writing the file is the point

@@ -6,17 +6,17 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field
-from safetensors.torch import save as st_save
 
 from ..api import Node, node
 from ..core.context import NodeContext
-from .common import atomic_write, path_with_suffix, resolve_output
+from ..core.tensorfile import safetensors_bytes
+from .common import WritesFile, atomic_write, path_with_suffix, resolve_output
 
 SafetensorsPath = path_with_suffix(".safetensors")
 
 
 @node("io.save_tensor")
-class SaveTensor(Node):
+class SaveTensor(WritesFile, Node):
     """Save a tensor as safetensors (relative paths land in the run's out_dir); outputs the file's path."""
 
     cacheable: ClassVar[bool] = False  # writing the file is the point
@@ -28,5 +28,5 @@ class SaveTensor(Node):
         t = x.detach().cpu().contiguous()  # (...) as given
         meta = {"node": ctx.node_id, "shape": json.dumps(list(t.shape)),
                 "dtype": str(t.dtype).removeprefix("torch.")}
-        data = st_save({self.key: t}, metadata=meta)
+        data = safetensors_bytes({self.key: t}, meta)
         return str(atomic_write(resolve_output(self.path, ctx.out_dir), lambda f: f.write(data)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..api import Node, node
-from ..core.denoiser import Distribution
 from ..models.gaussian_mixture import GaussianMixture
 from .reward import Reward
 from .tilt import tilted
@@ -16,6 +15,6 @@ class RewardTiltedGMM(Node):
 
     lam: float = Field(1.0, description="lambda, as given to the search strategy")
 
-    def run(self, model: GaussianMixture, reward: Reward) -> Distribution:
+    def run(self, model: GaussianMixture, reward: Reward) -> GaussianMixture:
         """A GaussianMixture (exact sampler and log-density) for linear or quadratic rewards."""
         return tilted(model, reward, self.lam)

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 import torch
 from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ....graph.errors import NodeError
+from ...core.tensorfile import safetensors_bytes
 
 C = TypeVar("C", bound=BaseModel)
 M = TypeVar("M", bound=torch.nn.Module)
@@ -29,7 +30,7 @@ def save_network(net: torch.nn.Module, config: BaseModel, path: str | Path,
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     meta = {"config": config.model_dump_json()}
     meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    save_file(tensors, str(path), metadata=meta)
+    Path(path).write_bytes(safetensors_bytes(tensors, meta))
     return Path(path)
 
 
