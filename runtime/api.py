@@ -139,7 +139,7 @@ def resolve_wanted(graph: ValidGraph, names: list[str]) -> list[Link]:
     return links
 
 
-def describe_output(value: Any) -> str:
-    from .values import describe
+def describe_output(value: Any) -> bool | int | float | str:
+    from .values import report_value
 
-    return describe(value)
+    return report_value(value)

@@ -111,7 +111,7 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
     return NodeReport(node=rn.id, kind=rn.spec.kind, cache=cache, wall_s=time.perf_counter() - start,
                       nfe=nfe, device=",".join(sorted(devices)) or None, peak_rss_bytes=peak_rss_bytes(),
                       peak_cuda_bytes=torch.cuda.max_memory_allocated(run.device) if cuda else None,
-                      outputs={p: V.describe(v) for p, v in outputs.items()}, metrics=dict(entry.metrics))
+                      outputs={p: V.report_value(v) for p, v in outputs.items()}, metrics=dict(entry.metrics))
 
 
 def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry | None, str]:

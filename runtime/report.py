@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import resource
 import sys
@@ -22,7 +23,7 @@ class NodeReport:
     device: str | None = None
     peak_rss_bytes: int = 0  # process peak resident set after this node (CPU memory high-water mark)
     peak_cuda_bytes: int | None = None  # peak CUDA allocation during this node, when on CUDA
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)  # numbers as numbers, other values described
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -34,7 +35,7 @@ class RunReport:
     wall_s: float = 0.0
     status: str = "running"  # "ok" | "cancelled" | "failed"
     nodes: list[NodeReport] = field(default_factory=list)
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)  # numbers as numbers, other values described
     environment: dict[str, str] = field(default_factory=lambda: {
         "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()})
 
@@ -53,8 +54,19 @@ class RunReport:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        path.write_text(json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False, default=str))
         return path
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats (NaN and infinities have no strict-JSON form) written as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def peak_rss_bytes() -> int:

@@ -3,6 +3,7 @@ sizes for the memory cache. Decoding is driven by the port's declared class, nev
 type name read from disk, so a cache file cannot make us import or construct anything else."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -86,6 +87,16 @@ def describe(value: Any) -> str:
     if isinstance(value, str):
         return value if len(value) < 200 else value[:197] + "..."
     return type(value).__name__
+
+
+def report_value(value: Any) -> bool | int | float | str:
+    """What a run report stores for an output: numbers as JSON numbers (non-finite floats as the
+    strings 'nan', 'inf', '-inf', which strict JSON lacks), everything else as `describe` says."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bool, int, float)):
+        return value
+    return describe(value)
 
 
 def device_of(value: Any) -> str | None:

@@ -128,7 +128,7 @@ def test_report_is_saved_with_per_node_time_cache_nfe_and_device(tmp_path):
         assert n["wall_s"] >= 0 and n["cache"] == "miss" and isinstance(n["nfe"], int)
     assert nodes["f"]["nfe"] == 7 and nodes["f"]["metrics"] == {"note": "hello"}
     assert nodes["t"]["device"] == "cpu" and nodes["t"]["outputs"] == {"out": "Tensor(4, 2) float32 cpu"}
-    assert saved["outputs"]["l"] == "6.0"
+    assert saved["outputs"]["l"] == 6.0  # a number, not its repr
     again = json.loads(rt.run(events_doc(), out_dir=tmp_path).report_path.read_text())
     assert {n["cache"] for n in again["nodes"]} == {"memory"} and again["nfe"] == 0
 
