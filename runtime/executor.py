@@ -50,20 +50,23 @@ def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, st
     keys: dict[str, str | None] = {}
     for node_id in order:
         rn = graph.nodes[node_id]
-        producers = [l.node for link in rn.inputs.values() for l in (link if isinstance(link, list) else [link])]
-        if not rn.spec.cacheable or any(keys[p] is None for p in producers):
+        spec = rn.spec
+        inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()} if spec.cacheable else None
+        if inputs is None or None in inputs.values():
             keys[node_id] = None
             continue
-        inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()}
-        keys[node_id] = node_key(rn.spec.kind, rn.spec.version, rn.params.model_dump(mode="json"),
-                                 inputs, seed if rn.spec.uses_seed else None, rn.params.external_state())
+        keys[node_id] = node_key(spec.kind, spec.version, rn.params.model_dump(mode="json"),
+                                 inputs, seed if spec.uses_seed else None, rn.params.external_state())
     return keys
 
 
-def link_key(keys: dict[str, str], link: Link | list[Link]) -> str | list[str]:
+def link_key(keys: dict[str, str | None], link: Link | list[Link]) -> str | list[str] | None:
+    """The input's key text, or None when a producer has no key (so neither may this node)."""
     if isinstance(link, list):
-        return [f"{keys[l.node]}:{l.port}" for l in link]
-    return f"{keys[link.node]}:{link.port}"
+        found = [keys[l.node] for l in link]
+        return None if None in found else [f"{k}:{l.port}" for k, l in zip(found, link)]
+    key = keys[link.node]
+    return None if key is None else f"{key}:{link.port}"
 
 
 def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
