@@ -9,8 +9,10 @@ import json
 from typing import Any
 
 # json.dumps builds a new encoder per call when given options; one configured encoder (it keeps
-# no state between calls) saves that on every node key
-CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+# no state between calls) saves that on every node key. Key documents are trees (JSON dumps of
+# parameters, key strings), so the circular-reference bookkeeping is skipped.
+CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True,
+                             check_circular=False)
 
 
 def canonical_json(value: Any) -> bytes:
