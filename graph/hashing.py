@@ -8,11 +8,16 @@ import hashlib
 import json
 from typing import Any
 
+# json.dumps builds a new encoder per call when given options; one configured encoder (it keeps
+# no state between calls) saves that on every node key. Key documents are trees (JSON dumps of
+# parameters, key strings), so the circular-reference bookkeeping is skipped.
+CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True,
+                             check_circular=False)
+
 
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=True).encode("utf-8", "surrogatepass")
+    return CANONICAL.encode(value).encode("utf-8", "surrogatepass")
 
 
 def node_key(kind: str, version: int, params: dict[str, Any], inputs: dict[str, Any],

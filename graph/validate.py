@@ -7,7 +7,7 @@ produced type is the expected class or a subclass; the graph has no cycle."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from .spec import NodeSpec, PortSpec, compatible
 from .workflow import NODE_ID, NodeDecl, Workflow, parse_link, suggest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: no per-instance __dict__ (fewer objects per node for the GC)
 class Link:
     """A resolved edge end: the producing node and its output port."""
 
@@ -27,7 +27,7 @@ class Link:
     port: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResolvedNode:
     """A node after validation: its spec, validated parameter model and resolved inputs."""
 
@@ -169,7 +169,7 @@ def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
             ok = False
             continue
         got = [check_link(node_id, port, link, wf, specs, problems, broken) for link in links]
-        if any(g is None for g in got):
+        if None in got:
             ok = False
             continue
         resolved[port_name] = got if port.many else got[0]
@@ -228,14 +228,18 @@ def build_dag(wf: Workflow) -> nx.DiGraph:
     """Edges producer -> consumer between existing nodes (links to missing nodes are skipped)."""
     dag = nx.DiGraph()
     dag.add_nodes_from(wf.nodes)
+    dag.add_edges_from(dependency_edges(wf))
+    return dag
+
+
+def dependency_edges(wf: Workflow) -> Iterator[tuple[str, str]]:
     for node_id, decl in wf.nodes.items():
         for value in decl.inputs.values():
-            for link in value if isinstance(value, list) else [value]:
+            for link in value if isinstance(value, list) else (value,):
                 if isinstance(link, str):
                     src = parse_link(link)[0]
                     if src in wf.nodes:
-                        dag.add_edge(src, node_id)
-    return dag
+                        yield src, node_id
 
 
 def cycle_problems(dag: nx.DiGraph) -> list[Problem]:

@@ -53,39 +53,44 @@ def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, st
     keys: dict[str, str | None] = {}
     for node_id in order:
         rn = graph.nodes[node_id]
-        producers = [l.node for link in rn.inputs.values() for l in (link if isinstance(link, list) else [link])]
-        if not rn.spec.cacheable or any(keys[p] is None for p in producers):
+        spec = rn.spec
+        inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()} if spec.cacheable else None
+        if inputs is None or None in inputs.values():
             keys[node_id] = None
             continue
-        inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()}
-        keys[node_id] = node_key(rn.spec.kind, rn.spec.version, rn.params.model_dump(mode="json"),
-                                 inputs, seed if rn.spec.uses_seed else None, rn.params.external_state())
+        keys[node_id] = node_key(spec.kind, spec.version, rn.params.model_dump(mode="json"),
+                                 inputs, seed if spec.uses_seed else None, rn.params.external_state())
     return keys
 
 
-def link_key(keys: dict[str, str], link: Link | list[Link]) -> str | list[str]:
+def link_key(keys: dict[str, str | None], link: Link | list[Link]) -> str | list[str] | None:
+    """The input's key text, or None when a producer has no key (so neither may this node)."""
     if isinstance(link, list):
-        return [f"{keys[l.node]}:{l.port}" for l in link]
-    return f"{keys[link.node]}:{link.port}"
+        found = [keys[l.node] for l in link]
+        return None if None in found else [f"{k}:{l.port}" for k, l in zip(found, link)]
+    key = keys[link.node]
+    return None if key is None else f"{key}:{link.port}"
 
 
 def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
             run: RunSettings) -> dict[tuple[str, str], Any]:
     """Run `order`; return the values of the `wanted` links. Fills `report` as it goes."""
     keys = compute_keys(graph, order, run.seed)
-    remaining = consumer_counts(graph, order)
+    refs = {node_id: input_refs(graph.nodes[node_id]) for node_id in order}
+    remaining = consumer_counts(refs)
     keep = {(link.node, link.port) for link in wanted}
     vals: dict[tuple[str, str], Any] = {}
-    run.emit(RunStarted(len(order)))
+    emit, total = run.emit, len(order)
+    emit(RunStarted(total))
     for index, node_id in enumerate(order):
         if run.is_cancelled():
             raise RunCancelled(f"run cancelled before node '{node_id}'")
         rn = graph.nodes[node_id]
-        run.emit(NodeStarted(node_id, rn.spec.kind, index, len(order)))
+        emit(NodeStarted(node_id, rn.spec.kind, index, total))
         entry = run_node(rn, keys[node_id], vals, run)
         report.nodes.append(entry)
-        run.emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
-        release_inputs(rn, remaining, keep, vals)
+        emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
+        release_inputs(refs[node_id], remaining, keep, vals)
     return {(link.node, link.port): vals[(link.node, link.port)] for link in wanted}
 
 
@@ -104,14 +109,16 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
         cache = "uncached" if key is None else "miss"
         if key is not None:
             store(rn, key, entry, run)
-    outputs = entry.outputs
-    for port, value in outputs.items():
+    described, devices = {}, set()
+    for port, value in entry.outputs.items():
         vals[(rn.id, port)] = value
-    devices = {d for d in map(V.device_of, outputs.values()) if d}
+        described[port] = V.report_value(value)
+        if device := V.device_of(value):
+            devices.add(device)
     return NodeReport(node=rn.id, kind=rn.spec.kind, cache=cache, wall_s=time.perf_counter() - start,
                       nfe=nfe, device=",".join(sorted(devices)) or None, peak_rss_bytes=peak_rss_bytes(),
                       peak_cuda_bytes=torch.cuda.max_memory_allocated(run.device) if cuda else None,
-                      outputs={p: V.report_value(v) for p, v in outputs.items()}, metrics=dict(entry.metrics))
+                      outputs=described, metrics=dict(entry.metrics))
 
 
 def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry | None, str]:
@@ -155,11 +162,8 @@ def make_context(rn: ResolvedNode, run: RunSettings) -> NodeContext:
 
 
 def gather_inputs(rn: ResolvedNode, vals: dict, device: torch.device) -> dict[str, Any]:
-    def fetch(link: Link) -> Any:
-        return to_device(vals[(link.node, link.port)], device)
-
-    return {port: [fetch(l) for l in link] if isinstance(link, list) else fetch(link)
-            for port, link in rn.inputs.items()}
+    return {port: [to_device(vals[(l.node, l.port)], device) for l in link] if isinstance(link, list)
+            else to_device(vals[(link.node, link.port)], device) for port, link in rn.inputs.items()}
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -218,20 +222,22 @@ def check_outputs(rn: ResolvedNode, result: Any) -> dict[str, Any]:
     return outputs
 
 
-def consumer_counts(graph: ValidGraph, order: list[str]) -> dict[tuple[str, str], int]:
+def input_refs(rn: ResolvedNode) -> list[tuple[str, str]]:
+    """The (node, port) values `rn` reads, one per link (a value linked twice counts twice)."""
+    return [(l.node, l.port) for link in rn.inputs.values() for l in (link if isinstance(link, list) else (link,))]
+
+
+def consumer_counts(refs: dict[str, list[tuple[str, str]]]) -> dict[tuple[str, str], int]:
     counts: dict[tuple[str, str], int] = {}
-    for node_id in order:
-        for link in graph.nodes[node_id].inputs.values():
-            for l in link if isinstance(link, list) else [link]:
-                counts[(l.node, l.port)] = counts.get((l.node, l.port), 0) + 1
+    for node_refs in refs.values():
+        for ref in node_refs:
+            counts[ref] = counts.get(ref, 0) + 1
     return counts
 
 
-def release_inputs(rn: ResolvedNode, remaining: dict, keep: set, vals: dict) -> None:
+def release_inputs(refs: list[tuple[str, str]], remaining: dict, keep: set, vals: dict) -> None:
     """Drop values whose last consumer just ran (the caches keep what they hold)."""
-    for link in rn.inputs.values():
-        for l in link if isinstance(link, list) else [link]:
-            k = (l.node, l.port)
-            remaining[k] -= 1
-            if remaining[k] == 0 and k not in keep:
-                vals.pop(k, None)
+    for ref in refs:
+        remaining[ref] -= 1
+        if remaining[ref] == 0 and ref not in keep:
+            vals.pop(ref, None)

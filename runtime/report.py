@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 
-@dataclass
+@dataclass(slots=True)  # one per node: no per-instance __dict__ for the collector to walk
 class NodeReport:
     node: str
     kind: str
