@@ -36,6 +36,11 @@ class Node(BaseModel):
 
     cacheable: ClassVar[bool] = True  # False for nodes with side effects (writing files)
     uses_seed: ClassVar[bool] = False  # True when outputs depend on the workflow seed
+    cache_exempt: ClassVar[frozenset[str]] = frozenset()  # parameters that change no output: not in the cache key
+
+    def key_params(self) -> dict[str, Any]:
+        """The parameters that enter the cache key (JSON mode), `cache_exempt` left out."""
+        return self.model_dump(mode="json", exclude=set(self.cache_exempt))
 
     def external_state(self) -> Any:
         """What this node reads from outside the graph (e.g. a file's size and mtime), as JSON

@@ -102,19 +102,29 @@ class Runtime:
         try:
             produced = execute(graph, order, wanted, report, settings)
             report.status = "ok"
-        except RunCancelled:
-            report.status = "cancelled"
+        except (RunCancelled, KeyboardInterrupt):
+            save_partial(report, "cancelled", start, out_dir)
             raise
         except SamplegraphError:
-            report.status = "failed"
+            save_partial(report, "failed", start, out_dir)
             raise
-        finally:
-            report.wall_s = time.perf_counter() - start
+        report.wall_s = time.perf_counter() - start
         results = {name: produced[(link.node, link.port)] for name, link in zip(names, wanted)}
         report.outputs = {name: describe_output(v) for name, v in results.items()}
         path = report.save(Path(out_dir) / "report.json") if out_dir is not None else None
         emit(RunFinished(report))
         return RunResult(results, report, path)
+
+
+def save_partial(report: RunReport, status: str, start: float, out_dir: str | Path | None) -> None:
+    """Mark a run that stopped early and save its report (the nodes that finished) when out_dir is given."""
+    report.status = status
+    report.wall_s = time.perf_counter() - start
+    if out_dir is not None:
+        try:
+            report.save(Path(out_dir) / "report.json")
+        except OSError:  # the run's own error is the one to show
+            pass
 
 
 def as_workflow(wf: Workflow | str | Path | dict) -> tuple[Workflow, str | None]:

@@ -28,6 +28,7 @@ from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
 from . import values as V
 from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
+from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
                      RunStarted, StepProgress)
 from .preflight import fmt_bytes
@@ -58,7 +59,7 @@ def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, st
         if inputs is None or None in inputs.values():
             keys[node_id] = None
             continue
-        keys[node_id] = node_key(spec.kind, spec.version, rn.params.model_dump(mode="json"),
+        keys[node_id] = node_key(spec.kind, spec.version, rn.params.key_params(),
                                  inputs, seed if spec.uses_seed else None, rn.params.external_state())
     return keys
 
@@ -102,13 +103,14 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
     entry, cache = lookup(rn, key, run)
     nfe = 0
     if entry is None:
-        ctx = make_context(rn, run)
+        ctx = make_context(rn, run, key)
         outputs = call_node(rn, gather_inputs(rn, vals, run.device), ctx)
         nfe = int(ctx.metrics.pop("nfe", 0))
         entry = Entry(outputs, ctx.metrics)
         cache = "uncached" if key is None else "miss"
         if key is not None:
             store(rn, key, entry, run)
+            ctx.checkpoints.discard()
     described, devices = {}, set()
     for port, value in entry.outputs.items():
         vals[(rn.id, port)] = value
@@ -152,13 +154,17 @@ def port_types_of(rn: ResolvedNode) -> dict[str, type]:
     return {p.name: p.type for p in rn.spec.outputs}
 
 
-def make_context(rn: ResolvedNode, run: RunSettings) -> NodeContext:
+def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> NodeContext:
+    """The node's services; checkpoints are stored only for a cached node of a run with a disk cache."""
     def on_progress(step: int, total: int) -> None:
         run.emit(StepProgress(rn.id, step, total))
 
-    return NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
-                       seed=run.seed if rn.spec.uses_seed else None,
-                       on_progress=on_progress, is_cancelled=run.is_cancelled)
+    ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
+                      seed=run.seed if rn.spec.uses_seed else None,
+                      on_progress=on_progress, is_cancelled=run.is_cancelled)
+    if key is not None and run.disk is not None:
+        ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
+    return ctx
 
 
 def gather_inputs(rn: ResolvedNode, vals: dict, device: torch.device) -> dict[str, Any]:

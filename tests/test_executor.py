@@ -240,7 +240,8 @@ def test_cancel_from_another_thread_stops_a_long_loop_inside_the_node(tmp_path):
     assert 5 <= progress[-1] < 100_000 and progress == sorted(progress)
     assert H.ran("loop.completed") == 0 and H.ran("after") == 0
     assert not any(isinstance(e, RunFinished) for e in events)
-    assert not (tmp_path / "o" / "report.json").exists()
+    saved = json.loads((tmp_path / "o" / "report.json").read_text())  # issue 9: a cancelled run is reported
+    assert saved["status"] == "cancelled" and "l" not in [n["node"] for n in saved["nodes"]]
 
 
 def test_cancel_is_seen_between_nodes():

@@ -18,6 +18,26 @@ def _never() -> bool:
     return False
 
 
+class Checkpoints:
+    """A node's checkpoint service (resumable loops); this base is the no-op one, used when the run has
+    no disk cache or the node is uncached. The runtime's `KeyedCheckpoints` stores files."""
+
+    @property
+    def enabled(self) -> bool:
+        """False when save() stores nothing (so callers skip encoding a state)."""
+        return False
+
+    def save(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Store the loop's state after `step` steps, replacing older checkpoints."""
+
+    def load_latest(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(step, tensors) of the newest sound checkpoint, or None."""
+        return None
+
+    def discard(self) -> None:
+        """Delete every checkpoint (the node's result is stored)."""
+
+
 @dataclass
 class NodeContext:
     """Per-node services; `NodeContext.detached()` makes one for use outside a workflow run."""
@@ -29,6 +49,7 @@ class NodeContext:
     on_progress: Callable[[int, int], None] | None = None
     is_cancelled: Callable[[], bool] = _never
     metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)
 
     @classmethod
     def detached(cls, device: str | torch.device = "cpu", seed: int | None = 0,

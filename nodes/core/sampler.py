@@ -8,6 +8,9 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import ClassVar
 
+import time
+from dataclasses import dataclass
+
 import torch
 
 from ...graph.errors import NodeError
@@ -15,7 +18,7 @@ from .context import NodeContext
 from .denoiser import CountingDenoiser, Denoiser
 from .noise import NoiseSource
 from .sigmas import Sigmas
-from .state import State
+from .state import State, state_tensors
 from ..api import Node
 
 
@@ -70,16 +73,27 @@ class Sampler(Node):
         """One step from state.sigma to state.sigma_next (both (B,))."""
 
 
+@dataclass
+class CheckpointPolicy:
+    """When run_steps saves the state to ctx.checkpoints: every `steps` steps and/or every `seconds`
+    seconds of wall time (None turns a criterion off); never after the last step (the output is stored)."""
+
+    steps: int | None = None
+    seconds: float | None = 20.0
+
+
 def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSource,
-              ctx: NodeContext | None = None) -> State:
+              ctx: NodeContext | None = None, checkpoint: CheckpointPolicy | None = None) -> State:
     """The one generic loop: step every unfinished particle until its schedule ends.
 
     Particles may be at different steps; finished ones are left alone. Cancellation is
-    checked and progress reported between steps; NFE is accounted to ctx."""
+    checked and progress reported between steps; NFE is accounted to ctx; with a `checkpoint`
+    policy the state is saved to ctx.checkpoints as it says."""
     check_renoise(sampler, denoise)
     counted = CountingDenoiser(denoise)
     total = state.sigmas.numel() - 1
     lo, hi = int(state.step.min()), int(state.step.max())
+    saver = Checkpointer(ctx, checkpoint, total, lo)
     if lo == hi:  # lockstep (the usual case): a known number of steps, no per-step bookkeeping
         for i in range(lo, total):
             if ctx is not None:
@@ -87,17 +101,42 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
             state = step_once(sampler, denoise, counted, state, noise)
             if ctx is not None:
                 ctx.progress(i + 1, total)
+            saver.after(i + 1, state)
     else:
         while bool((active := ~state.done).any()):  # (B,)
             if ctx is not None:
                 ctx.check_cancelled()
             idx = active.nonzero().squeeze(1)  # (A,)
             state = state.put(idx, step_once(sampler, denoise, counted, state[idx], noise))
+            done = int(state.step.min())
             if ctx is not None:
-                ctx.progress(int(state.step.min()), total)
+                ctx.progress(done, total)
+            saver.after(done, state)
     if ctx is not None:
         ctx.add_nfe(counted.calls)
     return state
+
+
+class Checkpointer:
+    """Applies a CheckpointPolicy inside run_steps (a no-op without a policy or an enabled service)."""
+
+    def __init__(self, ctx: NodeContext | None, policy: CheckpointPolicy | None, total: int, start: int):
+        self.service = ctx.checkpoints if ctx is not None and policy is not None else None
+        self.policy = policy
+        self.total = total
+        self.last_step = start
+        self.last_time = time.monotonic()
+
+    def after(self, step: int, state: State) -> None:
+        """Save `state` (the first `step` steps done) when the policy says it is due."""
+        if self.service is None or not self.service.enabled or step >= self.total:
+            return
+        p, now = self.policy, time.monotonic()
+        by_steps = p.steps is not None and step - self.last_step >= p.steps
+        by_time = p.seconds is not None and now - self.last_time >= p.seconds
+        if (by_steps or by_time) and step != self.last_step:
+            self.service.save(step, state_tensors(state))
+            self.last_step, self.last_time = step, time.monotonic()
 
 
 def step_once(sampler: Sampler, denoise: Denoiser, counted: CountingDenoiser, state: State,

@@ -95,3 +95,27 @@ class State:
                      particle=join(lambda s: s.particle), denoised=join(lambda s: s.denoised),
                      history=tuple(torch.cat([s.history[i] for s in states]) for i in range(len(first.history))),
                      memory=tuple(torch.cat([s.memory[i] for s in states]) for i in range(len(first.memory))))
+
+
+def state_tensors(state: State) -> dict[str, torch.Tensor]:
+    """A checkpoint of `state` as named tensors (sigmas excluded: they come from the node's inputs)."""
+    out = {"x": state.x, "step": state.step, "particle": state.particle}  # (B, ...), (B,), (B,)
+    if state.denoised is not None:
+        out["denoised"] = state.denoised  # (B, ...)
+    out.update({f"history/{i}": h for i, h in enumerate(state.history)})
+    out.update({f"memory/{i}": m for i, m in enumerate(state.memory)})
+    return out
+
+
+def state_from_tensors(tensors: dict[str, torch.Tensor], sigmas: torch.Tensor) -> State:
+    """The inverse of `state_tensors`, on sigmas' device, with the schedule `sigmas` (S+1,)."""
+    dev = sigmas.device
+
+    def seq(prefix: str) -> tuple[torch.Tensor, ...]:
+        n = sum(1 for k in tensors if k.startswith(prefix))
+        return tuple(tensors[f"{prefix}{i}"].to(dev) for i in range(n))
+
+    denoised = tensors.get("denoised")
+    return State(x=tensors["x"].to(dev), sigmas=sigmas, step=tensors["step"].to(dev),
+                 particle=tensors["particle"].to(dev), denoised=None if denoised is None else denoised.to(dev),
+                 history=seq("history/"), memory=seq("memory/"))

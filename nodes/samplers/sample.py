@@ -4,27 +4,53 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 
 from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
-from ..core.sampler import Sampler, run_steps
+from ..core.sampler import CheckpointPolicy, Sampler, run_steps
 from ..core.sigmas import Sigmas
+from ..core.state import State, state_from_tensors
 
 
 @node("sample", version=1)
 class Sample(Node):
-    """Solve from latent at sigmas[0] down the schedule with the sampler (Karras et al. 2022, Alg. 1/2)."""
+    """Solve from latent at sigmas[0] down the schedule with the sampler (Karras et al. 2022, Alg. 1/2).
+
+    With a disk cache the state is checkpointed every `checkpoint_every` steps or `checkpoint_seconds`
+    seconds, and a re-run after an interruption resumes from the last checkpoint, bit for bit."""
 
     uses_seed: ClassVar[bool] = True
+    # when to checkpoint changes no result, so it stays out of the cache key
+    cache_exempt: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "checkpoint_seconds"})
+
+    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every this many steps (None: off)")
+    checkpoint_seconds: float | None = Field(20.0, gt=0, description="checkpoint every this many seconds (None: off)")
 
     def run(self, denoise: Denoiser, sigmas: Sigmas, sampler: Sampler, latent: torch.Tensor,
             ctx: NodeContext) -> torch.Tensor:
         """The sampler's final x (B, ...), stepped by the one generic loop."""
         check_latent(latent)
-        state = sampler.init(latent, sigmas)
-        return run_steps(sampler, denoise, state, ctx.noise, ctx).x  # (B, ...)
+        state = resume(sampler.init(latent, sigmas), ctx)
+        policy = CheckpointPolicy(steps=self.checkpoint_every, seconds=self.checkpoint_seconds)
+        return run_steps(sampler, denoise, state, ctx.noise, ctx, policy).x  # (B, ...)
+
+
+def resume(start: State, ctx: NodeContext) -> State:
+    """`start`, or the state of the node's latest checkpoint when one fits it (recorded as resumed_from_step)."""
+    found = ctx.checkpoints.load_latest()
+    step = 0
+    if found is not None:
+        step, tensors = found
+        state = state_from_tensors(tensors, start.sigmas)
+        if state.x.shape == start.x.shape and state.x.dtype == start.x.dtype:
+            start = state
+        else:  # same key, other layout: cannot happen for a sound key; start over rather than fail
+            step = 0
+    ctx.record(resumed_from_step=step)
+    return start
 
 
 def check_latent(latent: torch.Tensor) -> None:
