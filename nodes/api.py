@@ -18,7 +18,8 @@ import typing
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler
+from pydantic_core import CoreSchema, core_schema
 
 from ..graph.errors import RegistryError
 from ..graph.spec import NodeSpec, PortSpec
@@ -27,9 +28,49 @@ from .core.context import NodeContext
 ENTRY_POINT_GROUP = "samplegraph.nodes"
 KIND = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 N = TypeVar("N", bound=type)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class Node(BaseModel):
+def json_typed(schema: Any) -> Any:
+    """A copy of a pydantic core schema with strict scalars and int64-bounded ints."""
+    if isinstance(schema, list):
+        return [json_typed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (v if k == "metadata" else json_typed(v)) for k, v in schema.items()}
+    kind = out.get("type")
+    if kind in ("float", "bool", "str"):
+        out["strict"] = True
+    if kind != "int":
+        return out
+    out["strict"] = True
+    if "lt" not in out:
+        out["le"] = min(out.get("le", INT64_MAX), INT64_MAX)
+    if "gt" not in out:
+        out["ge"] = max(out.get("ge", INT64_MIN), INT64_MIN)
+    return core_schema.no_info_before_validator_function(integral_float_to_int, out)
+
+
+def integral_float_to_int(value: Any) -> Any:
+    """3.0 -> 3: JSON Schema counts a number with no fractional part as an integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class JsonParams(BaseModel):
+    """Parameters typed as JSON Schema says: an integer is a JSON integer (3 or 3.0, never "3"
+    or true) within int64, a number takes integers, a boolean or string only itself.
+
+    Lax coercion would let `"steps": "18"` pass although the exported schema rejects it, and
+    an unbounded integer validates but overflows in torch at run time; so every int, float,
+    bool and str in the model's core schema (nested in lists, tuples, optionals) is made strict
+    and every int is bounded to int64, which the JSON Schema export then states as well."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: type[BaseModel], handler: GetCoreSchemaHandler) -> CoreSchema:
+        return json_typed(handler(source))
+
+
+class Node(JsonParams):
     """Base of every node: fields are parameters; subclasses define `run`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)

@@ -18,6 +18,7 @@ from ..graph.schema import workflow_schema
 from ..graph.workflow import Workflow, parse_override, suggest
 
 EXIT_INVALID, EXIT_FAILED, EXIT_CANCELLED = 2, 1, 130
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like other Unix tools
 
 
 def default_cache_dir() -> Path:
@@ -28,11 +29,18 @@ def default_cache_dir() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     p = argparse.ArgumentParser(prog="samplegraph", description="Run and inspect sampling workflows.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--version", action="version", version=f"samplegraph {__version__}")
+    # --debug is accepted after the subcommand too; SUPPRESS keeps the top-level value when absent
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)
 
-    run = sub.add_parser("run", help="run a workflow headless")
+    run = add("run", help="run a workflow headless")
     run.add_argument("workflow", type=Path)
     add_set(run)
     run.add_argument("--out", type=Path, help="output folder (default: out/<workflow name>)")
@@ -41,24 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="neither read nor write any cache")
     run.add_argument("--seed", type=int, help="override the workflow's seed")
     run.add_argument("--output", action="append", dest="outputs", help="compute only this output (repeatable)")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
-    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
-                                                  "fastest for small tensors on few cores)")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress output on stderr (no bars, no per-node lines); the outputs and the report "
+                          "path are still printed on stdout, and errors on stderr")
+    run.add_argument("--threads", type=threads_arg, help="CPU threads for torch: a positive integer, or 'auto' for torch's "
+                                                          "choice (the default); 1 is often fastest for small "
+                                                          "tensors on few cores")
 
-    val = sub.add_parser("validate", help="report every problem of a workflow")
+    val = add("validate", help="report every problem of a workflow")
     val.add_argument("workflow", type=Path)
     add_set(val)
 
-    nodes = sub.add_parser("nodes", help="list node kinds, or show one in full")
+    nodes = add("nodes", help="list node kinds, or show one in full")
     nodes.add_argument("kind", nargs="?")
     nodes.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("schema", help="print the JSON Schema of workflow files")
+    add("schema", help="print the JSON Schema of workflow files")
 
-    graph = sub.add_parser("graph", help="print a workflow's DAG as Mermaid or DOT")
+    graph = add("graph", help="print a workflow's DAG as Mermaid or DOT")
     graph.add_argument("workflow", type=Path)
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     return p
+
+
+def threads_arg(text: str) -> int | str:
+    """--threads: a positive integer or 'auto'; anything else is a usage error."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return n
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
@@ -69,7 +93,12 @@ def add_set(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
     except WorkflowError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_INVALID
@@ -88,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass  # not a real file (captured in-process): nothing is flushed at exit
+
+
 def load(args: argparse.Namespace, runtime: Any) -> Workflow:
     wf, _ = runtime.load(args.workflow)
     overrides = dict(parse_override(s) for s in args.set)
@@ -98,10 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .api import CancelToken, Runtime
     from .progress import ProgressPrinter
 
-    if args.threads is not None:
+    if isinstance(args.threads, int):  # 'auto' keeps torch's choice
         import torch
 
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
     out = args.out or Path("out") / args.workflow.stem
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache)

@@ -188,3 +188,25 @@ def test_a_structural_error_is_reported_together_with_the_other_nodes_problems(t
                        "did you mean 'schedule.karras'", "node 'solver', param 'ordr'", "output 'nope' names no node"]:
             assert needle in proc.stderr, needle
         assert "4 problem(s)" in proc.stderr  # nothing about links to 'model' or 'sigmas'
+
+
+@pytest.mark.parametrize("command", [["schema"], ["nodes"]])
+def test_a_closed_pipe_exits_quietly(command):
+    """The reader is gone before anything is written: no BrokenPipeError traceback."""
+    import os
+    r, w = os.pipe()
+    os.close(r)
+    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", *command], stdout=w,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=600)
+    os.close(w)
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_debug_after_the_subcommand_version_threads_and_quiet_help():
+    assert cli("nodes", "--debug").returncode == 0
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == "samplegraph 0.1.0"
+    for bad in ("0", "-2", "x"):
+        proc = cli("run", "wf.json", "--threads", bad)
+        assert proc.returncode == 2 and "--threads" in proc.stderr and "Traceback" not in proc.stderr
+    assert "progress" in cli("run", "--help").stdout

@@ -339,3 +339,15 @@ def test_bad_workflow_runs_nothing():
 def test_problem_renders_node_place_message_and_hint():
     p = Problem("unknown parameter 'valeu'", "a", "param 'valeu'", "did you mean 'value'?")
     assert str(p) == "node 'a', param 'valeu': unknown parameter 'valeu' (did you mean 'value'?)"
+
+
+def test_int_params_are_strict_json_integers_bounded_to_int64():
+    """"18" or true for an int is refused as JSON Schema says; 18.0 is an integer; int64 bounds."""
+    from samplegraph.nodes.schedules.karras import Karras
+
+    from pydantic import ValidationError
+    for bad in ("18", True, 18.5, 2**63, -(2**63) - 1):
+        with pytest.raises(ValidationError):
+            Karras.model_validate({"steps": bad})
+    assert Karras.model_validate({"steps": 18.0}).steps == 18
+    assert Karras.model_json_schema()["properties"]["steps"]["maximum"] == 2**63 - 1
