@@ -28,30 +28,25 @@ class Workflow(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     version: Literal[1] = 1
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="the run's noise seed (an int64, as the noise keys need)")
     nodes: dict[str, NodeDecl] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> Workflow:
-        """Read a workflow file; malformed JSON is reported with line and column."""
+        """Read a workflow file (UTF-8, a BOM allowed); malformed content is reported with line and column."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError as e:
             raise WorkflowError([Problem(f"cannot read workflow file: {e.strerror or e}")], str(path)) from None
-        return cls.from_json(text, source=str(path))
+        return cls.from_json(decode_text(data, str(path)), source=str(path))
 
     @classmethod
     def from_json(cls, text: str, source: str | None = None) -> Workflow:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            msg = f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-            raise WorkflowError([Problem(msg)], source) from None
-        except RecursionError:
-            raise WorkflowError([Problem("malformed JSON: nested too deeply to parse")], source) from None
-        return cls.from_dict(data, source=source)
+        """Parse JSON text; every problem of the text itself (syntax, nesting, duplicate keys, huge
+        integers, lone surrogates) is located and reported before the structure is checked."""
+        return cls.from_dict(parse_json(text, source), source=source)
 
     @classmethod
     def from_dict(cls, data: Any, source: str | None = None) -> Workflow:
@@ -87,6 +82,124 @@ class Workflow(BaseModel):
         if problems:
             raise WorkflowError(problems)
         return copy
+
+
+MAX_DEPTH = 64  # no workflow needs deeper JSON; deeper documents are refused before parsing
+MAX_INT_DIGITS = 40  # far beyond int64 (19 digits): longer literals are refused, not converted
+JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def decode_text(data: bytes, source: str | None) -> str:
+    """UTF-8 text of a file (a UTF-8 BOM is skipped); other encodings are a located problem."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise WorkflowError([Problem("the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
+                                     "save it as UTF-8")], source)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line, col = position(data[:e.start].decode("utf-8", errors="replace"), None)
+        raise WorkflowError([Problem(f"invalid UTF-8 at line {line}, column {col} (byte {e.start}): "
+                                     f"{e.reason}; save the file as UTF-8")], source) from None
+
+
+def position(text: str, index: int | None) -> tuple[int, int]:
+    """(line, column), 1-based, of `index` in `text` (None: its end)."""
+    before = text if index is None else text[:index]
+    return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+
+
+def parse_json(text: str, source: str | None) -> Any:
+    """json.loads with located problems instead of exceptions or silent last-wins duplicates."""
+    problems = [*depth_problems(text)]
+    if not problems:
+        try:
+            data = json.loads(text, object_pairs_hook=KeyedObject.from_pairs, parse_int=bounded_int)
+        except json.JSONDecodeError as e:
+            problems.append(Problem(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"))
+        except HugeInteger as e:
+            line, col = position(text, text.find(e.digits))
+            problems.append(Problem(f"an integer of {len(e.digits)} digits at line {line}, column {col}; "
+                                    f"workflow integers fit in 64 bits"))
+        else:
+            problems.extend(content_problems(data))
+            if not problems:
+                return data
+    raise WorkflowError(problems, source)
+
+
+def depth_problems(text: str) -> list[Problem]:
+    """A problem at the first bracket nested deeper than MAX_DEPTH (strings skipped)."""
+    depth = 0
+    for m in JSON_TOKEN.finditer(text):
+        token = m.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line, col = position(text, m.start())
+                return [Problem(f"JSON nested deeper than {MAX_DEPTH} levels at line {line}, column {col}")]
+        elif token in "]}":
+            depth -= 1
+    return []
+
+
+class HugeInteger(ValueError):
+    def __init__(self, digits: str):
+        super().__init__(digits)
+        self.digits = digits
+
+
+def bounded_int(literal: str) -> int:
+    """json's parse_int: refuse absurdly long literals (Python refuses past 4,300 digits with a bare error)."""
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise HugeInteger(literal)
+    return int(literal)
+
+
+class KeyedObject(dict):
+    """A JSON object that remembers the keys that appeared more than once (json keeps the last)."""
+
+    duplicates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> KeyedObject:
+        obj = cls(pairs)
+        if len(obj) < len(pairs):
+            seen: set[str] = set()
+            obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+        return obj
+
+
+def content_problems(data: Any) -> list[Problem]:
+    """Duplicate keys and lone surrogates anywhere in a parsed document, each located by its path."""
+    problems = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and has_lone_surrogate(value):
+            problems.append(Problem(f"{describe_path(path)} contains a lone surrogate (not Unicode text): "
+                                    f"{value.encode('utf-8', 'backslashreplace').decode('ascii', 'backslashreplace')!r}"))
+        elif isinstance(value, dict):
+            for key in getattr(value, "duplicates", ()):
+                problems.append(Problem(f"key '{key}' appears more than once in {describe_path(path)}; "
+                                        f"JSON keeps only the last: remove or rename the others"))
+            for key, item in value.items():
+                stack.append((f"{path}.{key}" if path else key, key))
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return sorted(set(problems), key=str)
+
+
+def has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def describe_path(path: str) -> str:
+    return f"'{path}'" if path else "the top-level object"
 
 
 @dataclass(frozen=True)
@@ -127,8 +240,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     target, eq, raw = text.partition("=")
     if not eq:
         raise WorkflowError([Problem(f"--set '{text}' must look like node.param=value")])
+    if depth_problems(raw):
+        raise WorkflowError([Problem(f"--set '{target}': the value is nested deeper than {MAX_DEPTH} levels")])
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_int=bounded_int)
+    except HugeInteger as e:
+        raise WorkflowError([Problem(f"--set '{target}': an integer of {len(e.digits)} digits; "
+                                     f"workflow integers fit in 64 bits")]) from None
     except json.JSONDecodeError:
         value = raw
     return target.strip(), value

@@ -87,7 +87,7 @@ class Runtime:
         if overrides:
             wf = wf.with_overrides(overrides)
         if seed is not None:
-            wf = wf.model_copy(update={"seed": int(seed)})
+            wf = Workflow.from_dict({**wf.model_dump(mode="json"), "seed": seed}, source)  # validated like a file's
         graph = self.validate(wf, source)
         names = outputs if outputs is not None else list(wf.outputs)
         order = execution_order(graph, names)

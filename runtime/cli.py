@@ -44,32 +44,46 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("workflow", type=Path)
     add_set(run)
     run.add_argument("--out", type=Path, help="output folder (default: out/<workflow name>)")
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    run.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N (default: auto)")
     run.add_argument("--cache-dir", type=Path, help=f"disk cache (default: {default_cache_dir()})")
     run.add_argument("--no-cache", action="store_true", help="neither read nor write any cache")
     run.add_argument("--seed", type=int, help="override the workflow's seed")
-    run.add_argument("--output", action="append", dest="outputs", help="compute only this output (repeatable)")
+    run.add_argument("--output", action="append", dest="outputs", help="compute only this output (repeatable): NODE or NODE.PORT; a tensor is saved "
+                          "as OUT/NAME.safetensors (key 'x'), a number printed")
     run.add_argument("--quiet", action="store_true",
                      help="no progress output on stderr (no bars, no per-node lines); the outputs and the report "
                           "path are still printed on stdout, and errors on stderr")
-    run.add_argument("--threads", type=threads_arg, help="CPU threads for torch: a positive integer, or 'auto' for torch's "
-                                                          "choice (the default); 1 is often fastest for small "
-                                                          "tensors on few cores")
+    run.add_argument("--threads", type=threads_arg, default="auto",
+                     help="CPU threads for torch: a positive integer, or 'auto' (the default): one per core that "
+                          "other processes leave free when the run starts (busy cores make torch's threads wait "
+                          "for each other; see benchmarks/threads.py)")
 
     val = add("validate", help="report every problem of a workflow")
     val.add_argument("workflow", type=Path)
     add_set(val)
 
     nodes = add("nodes", help="list node kinds, or show one in full")
-    nodes.add_argument("kind", nargs="?")
+    nodes.add_argument("kind", nargs="?", help="a kind (sampler.heun) or a role prefix (sampler) to list its kinds")
     nodes.add_argument("--json", action="store_true", help="machine-readable output")
 
     add("schema", help="print the JSON Schema of workflow files")
 
     graph = add("graph", help="print a workflow's DAG as Mermaid or DOT")
     graph.add_argument("workflow", type=Path)
+    add_set(graph)
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     return p
+
+
+def device_arg(text: str) -> str:
+    """--device: a device torch knows and this machine has; anything else is a usage error naming --device."""
+    from .devices import resolve_device
+
+    try:
+        resolve_device(text)
+    except WorkflowError as e:
+        raise argparse.ArgumentTypeError("; ".join(str(p) for p in e.problems)) from None
+    return text
 
 
 def threads_arg(text: str) -> int | str:
@@ -135,19 +149,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .api import CancelToken, Runtime
     from .progress import ProgressPrinter
 
-    if isinstance(args.threads, int):  # 'auto' keeps torch's choice
-        import torch
+    from .threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     out = args.out or Path("out") / args.workflow.stem
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache)
-    wf = load(args, runtime)
+    overrides = dict(parse_override(s) for s in args.set)
     printer = None if args.quiet else ProgressPrinter()
     token = CancelToken()
-    try:
-        result = runtime.run(wf, outputs=args.outputs, on_event=printer, cancel=token, out_dir=out,
-                             seed=args.seed)
+    try:  # the path, not a loaded Workflow, so that the report names its source
+        result = runtime.run(args.workflow, outputs=args.outputs, overrides=overrides, on_event=printer,
+                             cancel=token, out_dir=out, seed=args.seed)
     except KeyboardInterrupt:
         token.cancel()
         raise RunCancelled("interrupted") from None
@@ -155,9 +168,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         if printer is not None:
             printer.close()
     for name, value in result.outputs.items():
-        print(f"{name}: {show_output(value)}")
+        print(f"{name}: {show_output(save_tensor_output(name, value, out))}")
     print(f"report: {result.report_path}")
     return 0
+
+
+def save_tensor_output(name: str, value: Any, out: Path) -> Any:
+    """A tensor output is saved as <out>/<name>.safetensors (its path is what is shown); others pass through."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return value
+    from ..nodes.core.tensorfile import safetensors_bytes
+    from ..nodes.io.common import atomic_write
+
+    data = safetensors_bytes({"x": value.detach().cpu().contiguous()}, {"output": name})
+    return str(atomic_write(out.resolve() / f"{name}.safetensors", lambda f: f.write(data)))
 
 
 def show_output(value: Any) -> str:
@@ -185,13 +211,15 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     from ..nodes.api import Registry
 
     specs = Registry.default().specs
-    if args.kind is None:
+    role = {k: v for k, v in specs.items() if args.kind and k.startswith(args.kind.rstrip(".") + ".")}
+    if args.kind is None or (args.kind not in specs and role):  # everything, or a role prefix ("sampler")
+        shown = specs if args.kind is None else role
         if args.json:
-            print(json.dumps({k: describe_spec(specs[k]) for k in sorted(specs)}, indent=2))
+            print(json.dumps({k: describe_spec(shown[k]) for k in sorted(shown)}, indent=2))
         else:
-            width = max((len(k) for k in specs), default=10)
-            for kind in sorted(specs):
-                print(f"{kind:<{width}}  {specs[kind].doc}")
+            width = max((len(k) for k in shown), default=10)
+            for kind in sorted(shown):
+                print(f"{kind:<{width}}  {shown[kind].doc}")
         return 0
     spec = specs.get(args.kind)
     if spec is None:
@@ -243,7 +271,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    wf = Workflow.load(args.workflow)
+    from .api import Runtime
+
+    runtime = Runtime(device="cpu", cache=False)
+    wf = load(args, runtime)
+    runtime.validate(wf, str(args.workflow))  # a broken workflow is reported, not drawn
     print(to_mermaid(wf) if args.format == "mermaid" else to_dot(wf), end="")
     return 0
 

@@ -325,7 +325,7 @@ node_decl = st.fixed_dictionaries(
               "inputs": st.dictionaries(ports, link | st.lists(link, max_size=3), max_size=2)})
 random_workflow = st.fixed_dictionaries({"nodes": st.dictionaries(ids, node_decl, max_size=5),
                                          "outputs": st.lists(link, min_size=1, max_size=3)},
-                                        optional={"seed": st.integers(), "version": st.just(1)})
+                                        optional={"seed": st.integers(0, 2**63 - 1), "version": st.just(1)})
 
 
 @FUZZ
