@@ -26,35 +26,82 @@ STEP_MUL = _signed(0xABC98388FB8FAC03)
 SLOT_MUL = _signed(0x8CB92BA72F3D8DD7)
 
 
-def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
-    return (z >> k) & ((1 << (64 - k)) - 1)
+CHUNK = 1 << 15  # elements hashed at once: the int64 scratch stays in L2, so each pass is cache-speed
+UNIT = 1.0 / (1 << 53)  # the spacing of 53-bit uniforms
+TWO_PI = 2.0 * math.pi
+
+
+def _mask(k: int) -> int:
+    """The low 64 - k bits: clears the sign bits that torch's arithmetic >> shifts in."""
+    return (1 << (64 - k)) - 1
 
 
 def mix64(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64 finaliser on int64 tensors: a bijective, well-mixing 64-bit hash."""
-    z = (z ^ _shr(z, 30)) * MIX1
-    z = (z ^ _shr(z, 27)) * MIX2
-    return z ^ _shr(z, 31)
+    return _mix64_(z.clone(), torch.empty_like(z))
 
 
-def _uniform53(bits: torch.Tensor) -> torch.Tensor:
-    """Top 53 bits -> float64 uniform in (0, 1), never 0 (safe for log)."""
-    return (_shr(bits, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+def _mix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """mix64 in place on z, with tmp (same shape) as scratch: the same bits, no allocations."""
+    for k, mul in ((30, MIX1), (27, MIX2), (31, None)):
+        torch.bitwise_right_shift(z, k, out=tmp).bitwise_and_(_mask(k))
+        z.bitwise_xor_(tmp)
+        if mul is not None:
+            z.mul_(mul)
+    return z
+
+
+def _uniform53_(bits: torch.Tensor, tmp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Top 53 bits -> float64 uniform in (0, 1), never 0 (safe for log), written to out.
+    (L + 0.5) * UNIT in one op as UNIT/2 + UNIT * L: L * UNIT is exact, so both round once, alike."""
+    torch.bitwise_right_shift(bits, 11, out=tmp).bitwise_and_(_mask(11))
+    return torch.add(out.new_tensor(0.5 * UNIT), tmp, alpha=UNIT, out=out)
 
 
 def particle_key(seed: int, particle: torch.Tensor) -> torch.Tensor:
     """The hashed (seed, particle) key (B,) int64 that every draw of a particle starts from."""
-    return mix64(torch.full_like(particle, seed) * GOLDEN + particle * PARTICLE_MUL)
+    key = torch.mul(particle, PARTICLE_MUL).add_(_signed((seed * GOLDEN) % (1 << 64)))  # (B,) wraps like uint64
+    return _mix64_(key, torch.empty_like(key))
 
 
-def normal_from_keys(base: torch.Tensor, numel: int) -> torch.Tensor:
-    """`numel` standard normals (B, numel) float64 per key of base (B,): element counters, Box-Muller."""
-    counter = torch.arange(numel, dtype=torch.int64, device=base.device) * 2  # (E,)
-    keys = base[:, None] + counter[None, :] * GOLDEN  # (B, E)
-    u1 = _uniform53(mix64(keys))
-    u2 = _uniform53(mix64(keys + GOLDEN))
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)  # (B, E)
+def normal_from_keys(base: torch.Tensor, numel: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """`numel` standard normals (B, numel) per key of base (B,): element e hashes the counters
+    2e and 2e + 1 into two uniforms, Box-Muller in float64, then cast to dtype. Computed in blocks
+    of about CHUNK elements, in place, for cache locality; elementwise, so blocks change no value."""
+    out = torch.empty(base.shape[0], numel, dtype=dtype, device=base.device)  # (B, E)
+    counter = torch.arange(numel, dtype=torch.int64, device=base.device) * 2 * GOLDEN  # (E,) wraps like uint64
+    on_cpu = base.device.type == "cpu"  # CUDA: one block, its kernels are launch-bound, not cache-bound
+    cols = max(1, min(numel, CHUNK)) if on_cpu else max(1, numel)
+    rows = max(1, CHUNK // cols) if on_cpu else max(1, base.shape[0])
+    scratch = Scratch(min(rows, base.shape[0]) * cols, base.device)
+    for r in range(0, base.shape[0], rows):
+        for c in range(0, numel, cols):
+            block_normals(base[r:r + rows], counter[c:c + cols], out[r:r + rows, c:c + cols], scratch)
+    return out
+
+
+class Scratch:
+    """Work buffers of one normal_from_keys call, reused by its blocks: fresh buffers would cost
+    a page fault per page per block."""
+
+    def __init__(self, size: int, device: torch.device):
+        self.ints = torch.empty(2, size, dtype=torch.int64, device=device)  # (2, N) key, shift scratch
+        self.floats = torch.empty(2, size, dtype=torch.float64, device=device)  # (2, N) radius, angle
+
+    def views(self, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """The four buffers as (R, C) tensors."""
+        n = shape[0] * shape[1]
+        return tuple(buf[:n].view(shape) for buf in (*self.ints, *self.floats))
+
+
+def block_normals(base: torch.Tensor, counter: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
+    """Normals of keys base (R,) at element counters (C,) written into out (R, C)."""
+    z, tmp, radius, angle = scratch.views((base.shape[0], counter.shape[0]))  # (R, C) each
+    _mix64_(torch.add(base[:, None], counter[None, :], out=z), tmp)  # (R, C) hash of the counter 2e
+    _uniform53_(z, tmp, radius).log_().mul_(-2.0).sqrt_()
+    _mix64_(torch.add(base[:, None], counter[None, :] + GOLDEN, out=z), tmp)  # (R, C) hash of 2e + 1
+    _uniform53_(z, tmp, angle).mul_(TWO_PI).cos_()
+    out.copy_(radius.mul_(angle))
 
 
 class NoiseSource:
@@ -73,8 +120,9 @@ class NoiseSource:
         device = torch.device(device) if device is not None else particle.device
         particle = particle.to(device=device, dtype=torch.int64)  # (B,)
         step_t = torch.as_tensor(step, dtype=torch.int64, device=device).expand_as(particle)  # (B,)
-        base = mix64(particle_key(self.seed, particle) ^ (step_t * STEP_MUL + slot * SLOT_MUL))  # (B,)
-        return normal_from_keys(base, math.prod(shape)).to(dtype).reshape(particle.shape[0], *shape)
+        key = particle_key(self.seed, particle).bitwise_xor_(step_t * STEP_MUL + slot * SLOT_MUL)  # (B,)
+        base = _mix64_(key, torch.empty_like(key))  # (B,)
+        return normal_from_keys(base, math.prod(shape), dtype).reshape(particle.shape[0], *shape)
 
     def brownian(self, particle: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
                  shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
