@@ -1,4 +1,4 @@
-"""NoiseSource: noise as a function, not a stream (DESIGN.md, "Noise is a function").
+"""NoiseSource: noise as a function, not a stream (docs/ARCHITECTURE.md, "The contracts").
 
 Every normal number is a pure function of (seed, particle id, step, slot, element index):
 a counter-based hash (the SplitMix64 finaliser, Steele et al. 2014) turned into normals by
