@@ -1,0 +1,31 @@
+"""The threads rule: one torch thread per core that other processes leave free, at least one."""
+import pytest
+import torch
+
+from samplegraph.runtime import threads
+from samplegraph.runtime.threads import apply_threads, auto_threads
+
+
+@pytest.mark.parametrize("cores,busy,expected", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 2.0, 1), (2, 7.0, 1),
+                                                 (16, 3.2, 13), (1, 0.0, 1)])
+def test_auto_gives_the_free_cores(cores, busy, expected):
+    assert auto_threads(cores, busy) == expected
+
+
+def test_apply_sets_torch_and_reads_the_load(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
+        monkeypatch.setattr(threads, "available_cores", lambda: 2)
+        assert apply_threads("auto") == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "busy_cores", lambda: 1.7)
+        assert apply_threads("auto") == 1 and torch.get_num_threads() == 1
+        assert apply_threads(3) == 3 and torch.get_num_threads() == 3
+        with pytest.raises(ValueError, match="at least 1"):
+            apply_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_busy_cores_is_a_non_negative_reading():
+    assert threads.busy_cores() >= 0.0
