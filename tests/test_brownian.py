@@ -125,3 +125,14 @@ def test_an_sde_solution_converges_under_refinement_on_one_path():
         gap[noise] = [float((a - b).norm(dim=1).median()) for a, b in zip(runs[:-1], runs[1:])]
     assert gap["brownian"][2] < gap["brownian"][0] / 2, gap
     assert gap["brownian"][2] < gap["step"][2] / 10, gap
+
+
+def test_path_geometry_shared_across_particles_is_bit_identical():
+    """Computing the path terms once per distinct time and gathering equals computing them per particle."""
+    from samplegraph.nodes.core.brownian import path_terms, shared_path_terms
+
+    gen = torch.Generator().manual_seed(3)
+    t = torch.exp(torch.randn(300, generator=gen, dtype=torch.float64) * 3)  # (300,)
+    for times in (torch.cat([t, t[:100], t[:7]]), torch.full((513,), 3.7, dtype=torch.float64)):
+        for per_particle, shared in zip(path_terms(times), shared_path_terms(times)):
+            assert torch.equal(per_particle, shared)
