@@ -163,7 +163,7 @@ class DiskCache:
         if data is None:
             return False
         try:
-            self._write(self.path(key), data)
+            write_atomically(self.path(key), data)
         except OSError as e:
             with self._lock:
                 first, self._write_failing = not self._write_failing, True
@@ -195,18 +195,6 @@ class DiskCache:
         header = {"format": FORMAT, "key": key, "ports": metas, "sha256": digests(tensors), "metrics": metrics}
         blob = base64.b64encode(msgpack.packb(header, use_bin_type=True)).decode("ascii")
         return safetensors_bytes(tensors, {"samplegraph": blob, "samplegraph_sha256": sha256_text(blob)})
-
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{TMP_SUFFIX}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):  # gone after os.replace, or never created
-                tmp.unlink()
 
     @staticmethod
     def _verify(data: bytes, key: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -288,6 +276,19 @@ class DiskCache:
                 p.unlink()
             total -= size
         return total
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a temporary file named after this process (swept if it dies), then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # gone after os.replace, or never created
+            tmp.unlink()
 
 
 def check_root(root: Path) -> None:

@@ -17,7 +17,7 @@ from safetensors.torch import load as st_load
 
 from ..nodes.core.context import Checkpoints
 from ..nodes.core.tensorfile import safetensors_bytes
-from .cache import DiskCache, digests
+from .cache import digests, write_atomically
 
 SUFFIX = ".safetensors"
 
@@ -51,7 +51,7 @@ class KeyedCheckpoints(Checkpoints):
         meta = {"key": self.key, "step": str(step), "sha256": json.dumps(digests(own), sort_keys=True)}
         path = self.folder / f"{step}{SUFFIX}"
         try:
-            DiskCache._write(path, safetensors_bytes(own, meta))
+            write_atomically(path, safetensors_bytes(own, meta))
         except OSError:
             return
         for old in self.folder.iterdir():

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, help=f"disk cache (default: {default_cache_dir()})")
     run.add_argument("--no-cache", action="store_true", help="neither read nor write any cache")
     run.add_argument("--seed", type=int, help="override the workflow's seed")
-    run.add_argument("--output", action="append", dest="outputs", help="compute only this output (repeatable): NODE or NODE.PORT; a tensor is saved "
-                          "as OUT/NAME.safetensors (key 'x'), a number printed")
+    run.add_argument("--output", action="append", dest="outputs",
+                     help="compute only this output (repeatable): NODE or NODE.PORT; a tensor is saved as "
+                          "OUT/NAME.safetensors (key 'x'), a number printed")
     run.add_argument("--quiet", action="store_true",
                      help="no progress output on stderr (no bars, no per-node lines); the outputs and the report "
                           "path are still printed on stdout, and errors on stderr")
@@ -141,8 +142,13 @@ def silence_stdout() -> None:
 
 def load(args: argparse.Namespace, runtime: Any) -> Workflow:
     wf, _ = runtime.load(args.workflow)
-    overrides = dict(parse_override(s) for s in args.set)
+    overrides = overrides_of(args)
     return wf.with_overrides(overrides) if overrides else wf
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The --set overrides as {"node.param": value}."""
+    return dict(parse_override(s) for s in args.set)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -155,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("out") / args.workflow.stem
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache)
-    overrides = dict(parse_override(s) for s in args.set)
+    overrides = overrides_of(args)
     printer = None if args.quiet else ProgressPrinter()
     token = CancelToken()
     try:  # the path, not a loaded Workflow, so that the report names its source

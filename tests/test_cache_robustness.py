@@ -21,7 +21,7 @@ from samplegraph.nodes.core.denoiser import Distribution
 from samplegraph.nodes.core.sigmas import Sigmas
 from samplegraph.nodes.models.gmm import ModelGMM
 from samplegraph.nodes.schedules.flip import AscendingSigmas
-from samplegraph.runtime import values
+from samplegraph.runtime import cache, values
 from samplegraph.runtime.cache import CacheDirError, DiskCache
 from samplegraph.runtime.events import CacheDiscarded, CacheUndecodable, CacheWriteFailed
 
@@ -123,7 +123,7 @@ def test_a_failing_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(DiskCache, "_write", staticmethod(full))
+    monkeypatch.setattr(cache, "write_atomically", full)
     events: list = []
     result = rt.run(DOC, on_event=events.append)
     failed = [e for e in events if isinstance(e, CacheWriteFailed)]

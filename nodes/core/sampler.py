@@ -5,11 +5,10 @@ a loop: `run_steps` below is the one generic loop, and search strategies drive `
 directly over particles."""
 from __future__ import annotations
 
-from abc import abstractmethod
-from typing import ClassVar
-
 import time
+from abc import abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
