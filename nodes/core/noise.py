@@ -120,7 +120,7 @@ class NoiseSource:
         device = torch.device(device) if device is not None else particle.device
         particle = particle.to(device=device, dtype=torch.int64)  # (B,)
         step_t = torch.as_tensor(step, dtype=torch.int64, device=device).expand_as(particle)  # (B,)
-        key = particle_key(self.seed, particle).bitwise_xor_(step_t * STEP_MUL + slot * SLOT_MUL)  # (B,)
+        key = particle_key(self.seed, particle).bitwise_xor_(step_t * STEP_MUL + _signed(slot * SLOT_MUL % (1 << 64)))  # (B,)
         base = _mix64_(key, torch.empty_like(key))  # (B,)
         return normal_from_keys(base, math.prod(shape), dtype).reshape(particle.shape[0], *shape)
 

@@ -1,4 +1,4 @@
-"""Particles: a sampler State plus float64 log-weights, group ids, lineage ids and fork keys.
+"""Particles: a sampler State (or a token strategy's TokenState) plus float64 log-weights, group ids, lineage ids and fork keys.
 
 Noise keys are the State's particle ids (NoiseSource draws are a pure function of them), so a
 forked child gets a NEW id hashed from (parent id, step, child index): siblings then draw
@@ -46,7 +46,7 @@ def group_logsumexp(values: torch.Tensor, group: torch.Tensor, groups: int) -> t
 class Particles:
     """A batch of weighted particles; weights and resampling are per group (never across groups)."""
 
-    state: State
+    state: State  # or nodes/lm TokenState: anything with batch, particle, [idx] and replace(particle=)
     log_w: torch.Tensor  # (B,) float64 accumulated log-weights since the last resampling
     group: torch.Tensor  # (B,) int64 in [0, groups)
     lineage: torch.Tensor  # (B,) int64 index of the root ancestor
@@ -55,7 +55,7 @@ class Particles:
     @classmethod
     def start(cls, state: State, group: torch.Tensor | None = None, groups: int | None = None) -> Particles:
         """Uniform weights (log w = 0); one group unless group ids (B,) are given."""
-        b, dev = state.batch, state.x.device
+        b, dev = state.batch, state.particle.device
         group = torch.zeros(b, dtype=torch.long, device=dev) if group is None else group.to(dev, torch.long)
         groups = int(group.max()) + 1 if groups is None else groups
         return cls(state=state, log_w=torch.zeros(b, dtype=torch.float64, device=dev), group=group,

@@ -1,0 +1,8 @@
+"""Language models as nodes (docs/ARCHITECTURE.md, "Tokens"): LMs, LM transforms, constraints and
+potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, speculative)."""
+
+
+def nodes() -> list[type]:
+    from .prompt import Prompt
+
+    return [Prompt]
