@@ -4,5 +4,6 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 def nodes() -> list[type]:
     from .prompt import Prompt
+    from .table_lm import ModelTableLM
 
-    return [Prompt]
+    return [Prompt, ModelTableLM]
