@@ -3,7 +3,8 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .generate import Generate
     from .prompt import Prompt
     from .table_lm import ModelTableLM
 
-    return [Prompt, ModelTableLM]
+    return [Prompt, ModelTableLM, Generate]
