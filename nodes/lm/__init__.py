@@ -6,5 +6,14 @@ def nodes() -> list[type]:
     from .generate import Generate
     from .prompt import Prompt
     from .table_lm import ModelTableLM
+    from .transforms.epsilon import LMEpsilon
+    from .transforms.eta import LMEta
+    from .transforms.min_p import LMMinP
+    from .transforms.repetition_penalty import LMRepetitionPenalty
+    from .transforms.temperature import LMTemperature
+    from .transforms.top_k import LMTopK
+    from .transforms.top_p import LMTopP
+    from .transforms.typical import LMTypical
 
-    return [Prompt, ModelTableLM, Generate]
+    return [Prompt, ModelTableLM, Generate, LMTemperature, LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon,
+            LMRepetitionPenalty]
