@@ -3,7 +3,10 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .beam import Beam
+    from .best_of_n import BestOfN
     from .generate import Generate
+    from .greedy import Greedy
     from .prompt import Prompt
     from .table_lm import ModelTableLM
     from .transforms.epsilon import LMEpsilon
@@ -15,5 +18,5 @@ def nodes() -> list[type]:
     from .transforms.top_p import LMTopP
     from .transforms.typical import LMTypical
 
-    return [Prompt, ModelTableLM, Generate, LMTemperature, LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon,
+    return [Prompt, ModelTableLM, Generate, Greedy, Beam, BestOfN, LMTemperature, LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon,
             LMRepetitionPenalty]
