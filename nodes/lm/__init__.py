@@ -3,6 +3,8 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .constraints import nodes as constraint_nodes
+    from .masked import Masked
     from .prompt import Prompt
 
-    return [Prompt]
+    return [Prompt, Masked, *constraint_nodes()]
