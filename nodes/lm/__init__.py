@@ -6,5 +6,6 @@ def nodes() -> list[type]:
     from .constraints import nodes as constraint_nodes
     from .masked import Masked
     from .prompt import Prompt
+    from .table_lm import ModelTableLM
 
-    return [Prompt, Masked, *constraint_nodes()]
+    return [Prompt, ModelTableLM, Masked, *constraint_nodes()]
