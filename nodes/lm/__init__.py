@@ -5,8 +5,10 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 def nodes() -> list[type]:
     from .beam import Beam
     from .best_of_n import BestOfN
+    from .constraints import nodes as constraint_nodes
     from .generate import Generate
     from .greedy import Greedy
+    from .masked import Masked
     from .prompt import Prompt
     from .table_lm import ModelTableLM
     from .transforms.epsilon import LMEpsilon
@@ -18,5 +20,5 @@ def nodes() -> list[type]:
     from .transforms.top_p import LMTopP
     from .transforms.typical import LMTypical
 
-    return [Prompt, ModelTableLM, Generate, Greedy, Beam, BestOfN, LMTemperature, LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon,
-            LMRepetitionPenalty]
+    return [Prompt, ModelTableLM, Generate, Greedy, Beam, BestOfN, Masked, *constraint_nodes(),
+            LMTemperature, LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon, LMRepetitionPenalty]
