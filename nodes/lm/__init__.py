@@ -3,6 +3,7 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .char_lm import ModelCharLM
     from .prompt import Prompt
 
-    return [Prompt]
+    return [Prompt, ModelCharLM]
