@@ -3,6 +3,7 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .hf_lm import HFLM
     from .prompt import Prompt
 
-    return [Prompt]
+    return [Prompt, HFLM]
