@@ -211,7 +211,7 @@ def test_smollm2_from_the_shipped_gguf(tmp_path, monkeypatch):
         assert torch.equal(a, b)
     assert lm.vocab.size == 49152 and lm.vocab.eos == frozenset({2})
     text = "Dates: 2024-01-31, caf\u00e9 \u65e5\u672c"
-    assert lm.vocab.decode(again.encode(text)) .endswith(text.encode())
+    assert text.encode() in lm.vocab.decode(again.encode(text))
     prompt = again.encode("What is 2+2?")
     ref = again.module.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):]
     ours = greedy(again, prompt, len(ref))
