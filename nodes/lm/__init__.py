@@ -5,5 +5,7 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 def nodes() -> list[type]:
     from .hf_lm import HFLM
     from .prompt import Prompt
+    from .speculative import Speculative
+    from .table_lm import ModelTableLM
 
-    return [Prompt, HFLM]
+    return [Prompt, ModelTableLM, HFLM, Speculative]
