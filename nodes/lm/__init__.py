@@ -9,6 +9,7 @@ def nodes() -> list[type]:
     from .constraints import nodes as constraint_nodes
     from .generate import Generate
     from .greedy import Greedy
+    from .hf_lm import HFLM
     from .masked import Masked
     from .prompt import Prompt
     from .table_lm import ModelTableLM
@@ -18,6 +19,7 @@ def nodes() -> list[type]:
         Prompt,
         ModelTableLM,
         ModelCharLM,
+        HFLM,
         Generate,
         Greedy,
         Beam,
