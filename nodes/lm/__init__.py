@@ -18,5 +18,5 @@ def nodes() -> list[type]:
     from .transforms.top_p import LMTopP
     from .transforms.typical import LMTypical
 
-    return [Prompt, ModelTableLM, Generate, Greedy, Beam, BestOfN, LMTemperature, LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon,
-            LMRepetitionPenalty]
+    return [Prompt, ModelTableLM, Generate, Greedy, Beam, BestOfN,
+            LMTemperature, LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon, LMRepetitionPenalty]
