@@ -41,4 +41,5 @@ class BestOfN(Node):
                    best_reward_mean=float(top.mean()))
         if self.keep == "all":
             return Generations.of(state, lm.vocab, log_weight=r, group=group)
-        return Generations.of(state[best.to(state.device)], lm.vocab, log_weight=top, group=group[best.to(group.device)])
+        best = best.to(state.device)
+        return Generations.of(state[best], lm.vocab, log_weight=top, group=group[best])
