@@ -21,17 +21,19 @@ from samplegraph.nodes.lm.constraints.regex import RegexConstraint
 from samplegraph.nodes.lm.constraints.regex_dfa import RegexDFA
 from samplegraph.nodes.lm.constraints.utf8 import utf8_sequences
 from samplegraph.nodes.lm.masked import Masked
-from samplegraph.nodes.lm.model import LanguageModel, normalise, window_prefix_lengths
+from samplegraph.nodes.lm.model import LanguageModel, LMTransform, normalise, window_prefix_lengths
 from samplegraph.nodes.lm.potential import BytesTokenPotential, CountingPotential, Evaluations, Potential
 from samplegraph.nodes.lm.prompt import Prompts
 from samplegraph.nodes.lm.state import TokenState
+from samplegraph.nodes.lm.table_lm import ModelTableLM
 from samplegraph.nodes.lm.vocab import Vocabulary
 
 E_ACUTE = "é".encode()  # b"\xc3\xa9"
 
 
 class MarkovLM(LanguageModel):
-    """An exact LM: p(next | last token) from a (V, V) table (the prompt is the BOS token)."""
+    """An exact LM: p(next | last token) from a (V, V) table (the prompt is the BOS token). Unlike model.table_lm
+    its tokens may be any bytes, e.g. half a UTF-8 character."""
 
     def __init__(self, vocab: Vocabulary, logits: torch.Tensor, bos: int):
         self.vocab, self.max_length, self.bos = vocab, 64, bos
@@ -155,20 +157,33 @@ def small_lm(seed: int = 0) -> MarkovLM:
     return MarkovLM(SMALL, logits, bos=1)
 
 
-def exact_local(lm: MarkovLM, potential: Potential, steps: int) -> dict[tuple[int, ...], tuple[float, float]]:
+class Tempered(LMTransform):
+    """A temperature transform in front of any LM (lm.masked must compose with transforms)."""
+
+    def __init__(self, inner: LanguageModel, temperature: float):
+        super().__init__(inner)
+        self.temperature = temperature
+
+    def transform(self, logp: torch.Tensor, state: TokenState, window: int) -> torch.Tensor:
+        return normalise(logp / self.temperature)
+
+
+def exact_local(lm: LanguageModel, potential: Potential, steps: int) -> dict[tuple[int, ...], tuple[float, float]]:
     """Every outcome of locally constrained decoding with its probability q and log p(x) phi(x) / q(x)."""
     out: dict[tuple[int, ...], tuple[float, float]] = {}
+    prompt, vocab = lm.encode(""), lm.vocab
 
     def walk(ids: tuple[int, ...], q: float, log_w: float) -> None:
-        if len(ids) == steps or (ids and ids[-1] in lm.vocab.eos):
+        if len(ids) == steps or (ids and ids[-1] in vocab.eos):
             out[ids] = (q, log_w)
             return
-        p = torch.exp(lm.table[ids[-1] if ids else lm.bos])
-        text = lm.vocab.decode(ids)
-        ok = [(potential.complete([text]) if t in lm.vocab.eos else potential.prefix([text + lm.vocab.tokens[t]]))[0]
-              == 0 for t in range(lm.vocab.size)]
-        z = float(sum(p[t] for t in range(lm.vocab.size) if ok[t]))
-        for t in range(lm.vocab.size):
+        state = lm.start([prompt + list(ids)], torch.arange(1), 1)
+        p = torch.exp(lm.next_logprobs(state)[0][0, 0].to(torch.float64))  # (V,)
+        text = vocab.decode(ids)
+        ok = [(potential.complete([text]) if t in vocab.eos else potential.prefix([text + vocab.tokens[t]]))[0] == 0
+              for t in range(vocab.size)]
+        z = float(sum(p[t] for t in range(vocab.size) if ok[t]))
+        for t in range(vocab.size):
             if ok[t] and p[t] > 0:
                 walk(ids + (t,), q * float(p[t]) / z, log_w + math.log(z))
 
@@ -176,8 +191,20 @@ def exact_local(lm: MarkovLM, potential: Potential, steps: int) -> dict[tuple[in
     return out
 
 
-def test_masked_samples_the_exact_locally_constrained_distribution_with_exact_weights():
-    lm, potential, steps, n = small_lm(), RegexConstraint(pattern=r"(a|é)+b?").run(), 5, 4000
+TABLE = dict(tokens=["1", "2", "12", "-", "2-", "a", "é"], start=[2, 6, 1, 1, 1, 3, 1, 1],
+             transitions=[[1, 6, 1, 2, 1, 1, 1, 4], [5, 1, 1, 4, 2, 1, 1, 3], [1, 1, 1, 6, 1, 1, 1, 4],
+                          [6, 1, 3, 1, 1, 1, 1, 1], [1, 5, 1, 1, 1, 1, 1, 1], [1] * 8, [1] * 8])
+CASES = {  # an LM whose tokens split a character, the same tempered, and model.table_lm
+    "markov": (lambda: small_lm(), r"(a|é)+b?"),
+    "tempered": (lambda: Tempered(small_lm(), 0.7), r"(a|é)+b?"),
+    "table_lm": (lambda: ModelTableLM(**TABLE).run(), r"[0-9]+(-[0-9])?"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_masked_samples_the_exact_locally_constrained_distribution_with_exact_weights(case):
+    make, pattern = CASES[case]
+    lm, potential, steps, n = make(), RegexConstraint(pattern=pattern).run(), 5, 4000
     exact = exact_local(lm, potential, steps)
     ctx = NodeContext.detached(seed=3)
     gen = Masked(particles=n, max_new_tokens=steps).run(lm, Prompts(("",)), potential, ctx)
@@ -192,7 +219,7 @@ def test_masked_samples_the_exact_locally_constrained_distribution_with_exact_we
     expected = [exact[k][0] * n for k in big] + [n * (1 - sum(exact[k][0] for k in big))]
     assert len(big) >= 8 and chisquare(observed, expected).pvalue > 1e-3  # N = 4000, seed fixed
     assert ctx.metrics["constraint_evaluations"] == sum(
-        min(len(ids), steps) for ids in gen.token_ids) * SMALL.size  # a full mask counts V per live row
+        min(len(ids), steps) for ids in gen.token_ids) * lm.vocab.size  # a full mask counts V per live row
     assert ctx.metrics["lm_calls"] == steps
 
 
