@@ -67,6 +67,7 @@ REGEXES = [  # (pattern, byte alphabet, longest string, slack: completions of va
     (r"^a{2,3}(b|)$", b"ab", 6, 3),
     (r"(?:x|y){0,}z+", b"xyz", 6, 1),
     (r"[\d\-]+\.", b"1-.a", 5, 1),
+    (r"[]a]{,2}[^]\]]b{1,}|\u00e9{2}", b"]ab" + E_ACUTE, 5, 1),
 ]
 
 
