@@ -112,6 +112,16 @@ MULTI = Vocabulary(tokens=(b"", b"<s>", b"a", b"b", b"ab", b"ba", E_ACUTE, b"\xc
                    eos=frozenset({0, 18}))
 
 
+def check_rows_against_texts(bound, potential: Potential, state: TokenState) -> None:
+    """prefix_of / complete_of of rows (from the rows' caches) equal the byte-level potential of their texts, also
+    once every row has taken an EOS."""
+    texts = [bound.vocab.decode(state.generated(r)) for r in range(state.batch)]
+    assert torch.equal(bound.prefix_of(state), potential.prefix(texts))
+    assert torch.equal(bound.complete_of(state), potential.complete(texts))
+    ended = state.append(torch.full((state.batch,), min(bound.vocab.eos)), eos=torch.ones(state.batch, dtype=torch.bool))
+    assert torch.equal(bound.complete_of(ended), potential.complete(texts))
+
+
 def random_rows(vocab: Vocabulary, potential: Potential, rows: int, seed: int) -> TokenState:
     """Rows of random token sequences (length 0-5) kept to valid prefixes where possible, one BOS prompt token."""
     rng, seqs = random.Random(seed), []
@@ -137,6 +147,7 @@ def test_full_mask_equals_per_candidate_evaluation_and_the_byte_reference(patter
     assert torch.equal(fresh.candidates(state, rows, tokens).reshape(b, v), mask)
     assert torch.equal(BytesTokenPotential(potential, MULTI).mask(state), mask)
     assert torch.isinf(mask).any() and (mask == 0).any()
+    check_rows_against_texts(fresh, potential, state)
 
 
 def test_counted_mask_counts_the_vocabulary_per_row():
@@ -321,6 +332,7 @@ def test_grammar_full_mask_equals_candidates_and_the_byte_level_potential(kind):
 
     assert torch.equal(GrammarTokenPotential(potential, vocab).candidates(state, rows, tokens).reshape(b, v), mask)
     assert torch.equal(BytesTokenPotential(potential, vocab).mask(state), mask)
+    check_rows_against_texts(potential.bind(vocab), potential, state)
     idx = torch.tensor([3, 3, 0, 7, 3])  # gathered and forked rows: matchers are keyed by token ids, not rows
     assert torch.equal(potential.bind(vocab).mask(state[idx]), mask[idx])
 

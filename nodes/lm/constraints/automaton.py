@@ -147,14 +147,14 @@ class AutomatonPotential(Potential):
         return verdict([self.dfa.accepting(self.dfa.walk(self.dfa.start, t)) for t in texts])
 
     def bind(self, vocab: Vocabulary) -> TokenPotential:
-        return AutomatonTokenPotential(self.dfa, vocab)
+        return AutomatonTokenPotential(self, vocab)
 
 
 class AutomatonTokenPotential(TokenPotential):
     """A byte DFA seen through a vocabulary: rows' states cached by generated token ids (LRU), masks by DFA state."""
 
-    def __init__(self, dfa: LazyDFA, vocab: Vocabulary):
-        self.dfa, self.vocab = dfa, vocab
+    def __init__(self, potential: AutomatonPotential, vocab: Vocabulary):
+        self.potential, self.dfa, self.vocab = potential, potential.dfa, vocab
         self.bytes_of = [b"" if i in vocab.eos else t for i, t in enumerate(vocab.tokens)]  # EOS reads nothing
         self.eos_ids = torch.tensor(sorted(vocab.eos), dtype=torch.long)
         self._table: VocabTable | None = None
@@ -214,8 +214,14 @@ class AutomatonTokenPotential(TokenPotential):
             self._masks.popitem(last=False)
         return nxt, logw
 
+    def prefix_of(self, state: TokenState) -> torch.Tensor:
+        return verdict([self.row_state(tuple(state.generated(r))) != DEAD for r in range(state.batch)])
+
+    def complete_of(self, state: TokenState) -> torch.Tensor:
+        return verdict([self.dfa.accepting(self.row_state(tuple(state.generated(r)))) for r in range(state.batch)])
+
     def prefix_texts(self, texts: Sequence[bytes]) -> torch.Tensor:
-        return AutomatonPotential(self.dfa).prefix(texts)
+        return self.potential.prefix(texts)
 
     def complete_texts(self, texts: Sequence[bytes]) -> torch.Tensor:
-        return AutomatonPotential(self.dfa).complete(texts)
+        return self.potential.complete(texts)

@@ -178,6 +178,13 @@ class GrammarTokenPotential(TokenPotential):
         self.remember(ids, m, mask)
         return mask
 
+    def prefix_of(self, state: TokenState) -> torch.Tensor:
+        return verdict([self.matcher(tuple(state.generated(r))) is not None for r in range(state.batch)])
+
+    def complete_of(self, state: TokenState) -> torch.Tensor:
+        ms = [self.matcher(tuple(state.generated(r))) for r in range(state.batch)]
+        return verdict([m is not None and m.is_accepting() for m in ms])
+
     def prefix_texts(self, texts: Sequence[bytes]) -> torch.Tensor:
         return self.potential.prefix(texts)
 
