@@ -90,11 +90,13 @@ def test_utf8_sequences_encode_exactly_the_code_point_ranges():
     cases = [(0, 0x7F), (0x7F, 0x80), (0, 0x7FF), (0xD000, 0xE100), (0xD800, 0xDFFF), (0xFFF0, 0x10010)]
     cases += [(a, a + rng.randrange(3000)) for a in (rng.randrange(0x11000) for _ in range(60))]
     for lo, hi in cases:
-        got = {bytes(t) for seq in utf8_sequences(lo, hi) for t in itertools.product(*[range(a, b + 1) for a, b in seq])}
+        got = {bytes(t) for seq in utf8_sequences(lo, hi)
+               for t in itertools.product(*[range(a, b + 1) for a, b in seq])}
         assert got == {chr(c).encode() for c in range(lo, hi + 1) if not 0xD800 <= c <= 0xDFFF}, (lo, hi)
 
 
-@pytest.mark.parametrize("pattern", ["(", "a)", "[a-", "a|*", "x{2}\\", "(?=a)", r"\1", "[z-a]", "a{3,2}", r"\xZZ", "*a"])
+@pytest.mark.parametrize("pattern", ["(", "a)", "[a-", "a|*", "x{2}\\", "(?=a)", r"\1", "[z-a]", "a{3,2}", r"\xZZ",
+                                     "*a"])
 def test_malformed_regex_is_a_node_error_naming_the_parameter(pattern):
     with pytest.raises(NodeError, match="parameter 'pattern'"):
         RegexConstraint(pattern=pattern).run()
@@ -112,13 +114,21 @@ MULTI = Vocabulary(tokens=(b"", b"<s>", b"a", b"b", b"ab", b"ba", E_ACUTE, b"\xc
                    eos=frozenset({0, 18}))
 
 
+def rows_of(generated: list[list[int]], capacity: int = 64) -> TokenState:
+    """Rows of a one-token prompt (id 1, the BOS of these vocabularies) followed by the given generated ids."""
+    rows = len(generated)
+    state = TokenState.from_prompts([[1, *g] for g in generated], torch.arange(rows), capacity)
+    return state.replace(prompt_length=torch.ones(rows, dtype=torch.long))
+
+
 def check_rows_against_texts(bound, potential: Potential, state: TokenState) -> None:
     """prefix_of / complete_of of rows (from the rows' caches) equal the byte-level potential of their texts, also
     once every row has taken an EOS."""
     texts = [bound.vocab.decode(state.generated(r)) for r in range(state.batch)]
     assert torch.equal(bound.prefix_of(state), potential.prefix(texts))
     assert torch.equal(bound.complete_of(state), potential.complete(texts))
-    ended = state.append(torch.full((state.batch,), min(bound.vocab.eos)), eos=torch.ones(state.batch, dtype=torch.bool))
+    eos = torch.full((state.batch,), min(bound.vocab.eos))
+    ended = state.append(eos, eos=torch.ones(state.batch, dtype=torch.bool))
     assert torch.equal(bound.complete_of(ended), potential.complete(texts))
 
 
@@ -131,8 +141,8 @@ def random_rows(vocab: Vocabulary, potential: Potential, rows: int, seed: int) -
         for _ in range(rng.randrange(6)):
             options = [t for t in ids if potential.prefix([vocab.decode(seq + [t])])[0] == 0] or ids
             seq.append(rng.choice(options))
-        seqs.append([1, *seq])
-    return TokenState.from_prompts(seqs, torch.arange(rows), 8).replace(prompt_length=torch.ones(rows, dtype=torch.long))
+        seqs.append(seq)
+    return rows_of(seqs, capacity=8)
 
 
 @pytest.mark.parametrize("pattern", [r"(a|é)+b?", r"[0-9]+(-[0-9]+)*", r"(ab|€1|b)*é?", r"[^a]*"])
@@ -267,7 +277,7 @@ def greedy_complete(bound, ids: list[int], limit: int = 40) -> list[int] | None:
     order = sorted(JSON_VOCAB.eos) + [JSON_VOCAB.id_of(c) for c in CLOSERS]
     order += [i for i in range(JSON_VOCAB.size) if i not in order]
     for _ in range(limit):
-        state = TokenState.from_prompts([[1, *ids]], torch.arange(1), 64).replace(prompt_length=torch.ones(1, dtype=torch.long))
+        state = rows_of([ids])
         mask = bound.mask(state)[0]
         pick = next((t for t in order if mask[t] == 0), None)
         if pick is None:
@@ -289,7 +299,7 @@ def test_json_schema_masks_keep_every_allowed_token_completable_to_a_valid_docum
     for _ in range(6):  # random masked paths; at each step every allowed token is completed greedily
         ids: list[int] = []
         for _ in range(8):
-            state = TokenState.from_prompts([[1, *ids]], torch.arange(1), 64).replace(prompt_length=torch.ones(1, dtype=torch.long))
+            state = rows_of([ids])
             allowed = (bound.mask(state)[0] == 0).nonzero().flatten().tolist()
             for t in allowed:
                 done = greedy_complete(bound, ids + [t])
@@ -309,7 +319,7 @@ def test_json_schema_mask_is_byte_exact_not_canonical_tokens():
     from samplegraph.nodes.lm.constraints.json_schema import JsonSchemaConstraint
 
     bound = JsonSchemaConstraint(json_schema=PERSON).run().bind(JSON_VOCAB)
-    state = TokenState.from_prompts([[1]], torch.arange(1), 8).replace(prompt_length=torch.ones(1, dtype=torch.long))
+    state = rows_of([[]])
     allowed = {JSON_VOCAB.tokens[t] for t in (bound.mask(state)[0] == 0).nonzero().flatten().tolist()}
     assert allowed == {b"{", b'{"'}  # both spell a valid prefix (llguidance's forcing would keep only '{"')
 
@@ -376,8 +386,8 @@ def test_masked_json_samples_validate_and_an_unsatisfiable_grammar_stops_at_once
         logits[:, JSON_VOCAB.id_of(c)] = 3.0
     logits[:, 0] = 4.0
     lm = MarkovLM(JSON_VOCAB, logits, bos=1)
-    gen = Masked(particles=12, max_new_tokens=30).run(lm, Prompts(("",)), JsonSchemaConstraint(json_schema=PERSON).run(),
-                                                      NodeContext.detached(seed=0))
+    person = JsonSchemaConstraint(json_schema=PERSON).run()
+    gen = Masked(particles=12, max_new_tokens=30).run(lm, Prompts(("",)), person, NodeContext.detached(seed=0))
     assert gen.finished.all()
     for text in gen.texts:
         jsonschema.validate(json.loads(text), PERSON)

@@ -73,7 +73,7 @@ class GrammarPotential(Potential):
         return verdict(ok)
 
     def bind(self, vocab: Vocabulary) -> TokenPotential:
-        """The grammar over a vocabulary; the llguidance tokenizer (~1 s for 50k tokens) is built once per vocabulary."""
+        """The grammar over a vocabulary; its llguidance tokenizer (~1 s for 50k tokens) is built once each."""
         found = self._bound.get(id(vocab))
         if found is None or found[0] is not vocab:
             found = (vocab, GrammarTokenPotential(self, vocab))
