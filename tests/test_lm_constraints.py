@@ -21,17 +21,19 @@ from samplegraph.nodes.lm.constraints.regex import RegexConstraint
 from samplegraph.nodes.lm.constraints.regex_dfa import RegexDFA
 from samplegraph.nodes.lm.constraints.utf8 import utf8_sequences
 from samplegraph.nodes.lm.masked import Masked
-from samplegraph.nodes.lm.model import LanguageModel, normalise, window_prefix_lengths
+from samplegraph.nodes.lm.model import LanguageModel, LMTransform, normalise, window_prefix_lengths
 from samplegraph.nodes.lm.potential import BytesTokenPotential, CountingPotential, Evaluations, Potential
 from samplegraph.nodes.lm.prompt import Prompts
 from samplegraph.nodes.lm.state import TokenState
+from samplegraph.nodes.lm.table_lm import ModelTableLM
 from samplegraph.nodes.lm.vocab import Vocabulary
 
 E_ACUTE = "é".encode()  # b"\xc3\xa9"
 
 
 class MarkovLM(LanguageModel):
-    """An exact LM: p(next | last token) from a (V, V) table (the prompt is the BOS token)."""
+    """An exact LM: p(next | last token) from a (V, V) table (the prompt is the BOS token). Unlike model.table_lm
+    its tokens may be any bytes, e.g. half a UTF-8 character."""
 
     def __init__(self, vocab: Vocabulary, logits: torch.Tensor, bos: int):
         self.vocab, self.max_length, self.bos = vocab, 64, bos
@@ -65,6 +67,7 @@ REGEXES = [  # (pattern, byte alphabet, longest string, slack: completions of va
     (r"^a{2,3}(b|)$", b"ab", 6, 3),
     (r"(?:x|y){0,}z+", b"xyz", 6, 1),
     (r"[\d\-]+\.", b"1-.a", 5, 1),
+    (r"[]a]{,2}[^]\]]b{1,}|\u00e9{2}", b"]ab" + E_ACUTE, 5, 1),
 ]
 
 
@@ -87,11 +90,13 @@ def test_utf8_sequences_encode_exactly_the_code_point_ranges():
     cases = [(0, 0x7F), (0x7F, 0x80), (0, 0x7FF), (0xD000, 0xE100), (0xD800, 0xDFFF), (0xFFF0, 0x10010)]
     cases += [(a, a + rng.randrange(3000)) for a in (rng.randrange(0x11000) for _ in range(60))]
     for lo, hi in cases:
-        got = {bytes(t) for seq in utf8_sequences(lo, hi) for t in itertools.product(*[range(a, b + 1) for a, b in seq])}
+        got = {bytes(t) for seq in utf8_sequences(lo, hi)
+               for t in itertools.product(*[range(a, b + 1) for a, b in seq])}
         assert got == {chr(c).encode() for c in range(lo, hi + 1) if not 0xD800 <= c <= 0xDFFF}, (lo, hi)
 
 
-@pytest.mark.parametrize("pattern", ["(", "a)", "[a-", "a|*", "x{2}\\", "(?=a)", r"\1", "[z-a]", "a{3,2}", r"\xZZ", "*a"])
+@pytest.mark.parametrize("pattern", ["(", "a)", "[a-", "a|*", "x{2}\\", "(?=a)", r"\1", "[z-a]", "a{3,2}", r"\xZZ",
+                                     "*a"])
 def test_malformed_regex_is_a_node_error_naming_the_parameter(pattern):
     with pytest.raises(NodeError, match="parameter 'pattern'"):
         RegexConstraint(pattern=pattern).run()
@@ -109,6 +114,24 @@ MULTI = Vocabulary(tokens=(b"", b"<s>", b"a", b"b", b"ab", b"ba", E_ACUTE, b"\xc
                    eos=frozenset({0, 18}))
 
 
+def rows_of(generated: list[list[int]], capacity: int = 64) -> TokenState:
+    """Rows of a one-token prompt (id 1, the BOS of these vocabularies) followed by the given generated ids."""
+    rows = len(generated)
+    state = TokenState.from_prompts([[1, *g] for g in generated], torch.arange(rows), capacity)
+    return state.replace(prompt_length=torch.ones(rows, dtype=torch.long))
+
+
+def check_rows_against_texts(bound, potential: Potential, state: TokenState) -> None:
+    """prefix_of / complete_of of rows (from the rows' caches) equal the byte-level potential of their texts, also
+    once every row has taken an EOS."""
+    texts = [bound.vocab.decode(state.generated(r)) for r in range(state.batch)]
+    assert torch.equal(bound.prefix_of(state), potential.prefix(texts))
+    assert torch.equal(bound.complete_of(state), potential.complete(texts))
+    eos = torch.full((state.batch,), min(bound.vocab.eos))
+    ended = state.append(eos, eos=torch.ones(state.batch, dtype=torch.bool))
+    assert torch.equal(bound.complete_of(ended), potential.complete(texts))
+
+
 def random_rows(vocab: Vocabulary, potential: Potential, rows: int, seed: int) -> TokenState:
     """Rows of random token sequences (length 0-5) kept to valid prefixes where possible, one BOS prompt token."""
     rng, seqs = random.Random(seed), []
@@ -118,8 +141,8 @@ def random_rows(vocab: Vocabulary, potential: Potential, rows: int, seed: int) -
         for _ in range(rng.randrange(6)):
             options = [t for t in ids if potential.prefix([vocab.decode(seq + [t])])[0] == 0] or ids
             seq.append(rng.choice(options))
-        seqs.append([1, *seq])
-    return TokenState.from_prompts(seqs, torch.arange(rows), 8).replace(prompt_length=torch.ones(rows, dtype=torch.long))
+        seqs.append(seq)
+    return rows_of(seqs, capacity=8)
 
 
 @pytest.mark.parametrize("pattern", [r"(a|é)+b?", r"[0-9]+(-[0-9]+)*", r"(ab|€1|b)*é?", r"[^a]*"])
@@ -134,6 +157,7 @@ def test_full_mask_equals_per_candidate_evaluation_and_the_byte_reference(patter
     assert torch.equal(fresh.candidates(state, rows, tokens).reshape(b, v), mask)
     assert torch.equal(BytesTokenPotential(potential, MULTI).mask(state), mask)
     assert torch.isinf(mask).any() and (mask == 0).any()
+    check_rows_against_texts(fresh, potential, state)
 
 
 def test_counted_mask_counts_the_vocabulary_per_row():
@@ -155,20 +179,33 @@ def small_lm(seed: int = 0) -> MarkovLM:
     return MarkovLM(SMALL, logits, bos=1)
 
 
-def exact_local(lm: MarkovLM, potential: Potential, steps: int) -> dict[tuple[int, ...], tuple[float, float]]:
+class Tempered(LMTransform):
+    """A temperature transform in front of any LM (lm.masked must compose with transforms)."""
+
+    def __init__(self, inner: LanguageModel, temperature: float):
+        super().__init__(inner)
+        self.temperature = temperature
+
+    def transform(self, logp: torch.Tensor, state: TokenState, window: int) -> torch.Tensor:
+        return normalise(logp / self.temperature)
+
+
+def exact_local(lm: LanguageModel, potential: Potential, steps: int) -> dict[tuple[int, ...], tuple[float, float]]:
     """Every outcome of locally constrained decoding with its probability q and log p(x) phi(x) / q(x)."""
     out: dict[tuple[int, ...], tuple[float, float]] = {}
+    prompt, vocab = lm.encode(""), lm.vocab
 
     def walk(ids: tuple[int, ...], q: float, log_w: float) -> None:
-        if len(ids) == steps or (ids and ids[-1] in lm.vocab.eos):
+        if len(ids) == steps or (ids and ids[-1] in vocab.eos):
             out[ids] = (q, log_w)
             return
-        p = torch.exp(lm.table[ids[-1] if ids else lm.bos])
-        text = lm.vocab.decode(ids)
-        ok = [(potential.complete([text]) if t in lm.vocab.eos else potential.prefix([text + lm.vocab.tokens[t]]))[0]
-              == 0 for t in range(lm.vocab.size)]
-        z = float(sum(p[t] for t in range(lm.vocab.size) if ok[t]))
-        for t in range(lm.vocab.size):
+        state = lm.start([prompt + list(ids)], torch.arange(1), 1)
+        p = torch.exp(lm.next_logprobs(state)[0][0, 0].to(torch.float64))  # (V,)
+        text = vocab.decode(ids)
+        ok = [(potential.complete([text]) if t in vocab.eos else potential.prefix([text + vocab.tokens[t]]))[0] == 0
+              for t in range(vocab.size)]
+        z = float(sum(p[t] for t in range(vocab.size) if ok[t]))
+        for t in range(vocab.size):
             if ok[t] and p[t] > 0:
                 walk(ids + (t,), q * float(p[t]) / z, log_w + math.log(z))
 
@@ -176,8 +213,20 @@ def exact_local(lm: MarkovLM, potential: Potential, steps: int) -> dict[tuple[in
     return out
 
 
-def test_masked_samples_the_exact_locally_constrained_distribution_with_exact_weights():
-    lm, potential, steps, n = small_lm(), RegexConstraint(pattern=r"(a|é)+b?").run(), 5, 4000
+TABLE = dict(tokens=["1", "2", "12", "-", "2-", "a", "é"], start=[2, 6, 1, 1, 1, 3, 1, 1],
+             transitions=[[1, 6, 1, 2, 1, 1, 1, 4], [5, 1, 1, 4, 2, 1, 1, 3], [1, 1, 1, 6, 1, 1, 1, 4],
+                          [6, 1, 3, 1, 1, 1, 1, 1], [1, 5, 1, 1, 1, 1, 1, 1], [1] * 8, [1] * 8])
+CASES = {  # an LM whose tokens split a character, the same tempered, and model.table_lm
+    "markov": (lambda: small_lm(), r"(a|é)+b?"),
+    "tempered": (lambda: Tempered(small_lm(), 0.7), r"(a|é)+b?"),
+    "table_lm": (lambda: ModelTableLM(**TABLE).run(), r"[0-9]+(-[0-9])?"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_masked_samples_the_exact_locally_constrained_distribution_with_exact_weights(case):
+    make, pattern = CASES[case]
+    lm, potential, steps, n = make(), RegexConstraint(pattern=pattern).run(), 5, 4000
     exact = exact_local(lm, potential, steps)
     ctx = NodeContext.detached(seed=3)
     gen = Masked(particles=n, max_new_tokens=steps).run(lm, Prompts(("",)), potential, ctx)
@@ -192,7 +241,7 @@ def test_masked_samples_the_exact_locally_constrained_distribution_with_exact_we
     expected = [exact[k][0] * n for k in big] + [n * (1 - sum(exact[k][0] for k in big))]
     assert len(big) >= 8 and chisquare(observed, expected).pvalue > 1e-3  # N = 4000, seed fixed
     assert ctx.metrics["constraint_evaluations"] == sum(
-        min(len(ids), steps) for ids in gen.token_ids) * SMALL.size  # a full mask counts V per live row
+        min(len(ids), steps) for ids in gen.token_ids) * lm.vocab.size  # a full mask counts V per live row
     assert ctx.metrics["lm_calls"] == steps
 
 
@@ -228,7 +277,7 @@ def greedy_complete(bound, ids: list[int], limit: int = 40) -> list[int] | None:
     order = sorted(JSON_VOCAB.eos) + [JSON_VOCAB.id_of(c) for c in CLOSERS]
     order += [i for i in range(JSON_VOCAB.size) if i not in order]
     for _ in range(limit):
-        state = TokenState.from_prompts([[1, *ids]], torch.arange(1), 64).replace(prompt_length=torch.ones(1, dtype=torch.long))
+        state = rows_of([ids])
         mask = bound.mask(state)[0]
         pick = next((t for t in order if mask[t] == 0), None)
         if pick is None:
@@ -250,7 +299,7 @@ def test_json_schema_masks_keep_every_allowed_token_completable_to_a_valid_docum
     for _ in range(6):  # random masked paths; at each step every allowed token is completed greedily
         ids: list[int] = []
         for _ in range(8):
-            state = TokenState.from_prompts([[1, *ids]], torch.arange(1), 64).replace(prompt_length=torch.ones(1, dtype=torch.long))
+            state = rows_of([ids])
             allowed = (bound.mask(state)[0] == 0).nonzero().flatten().tolist()
             for t in allowed:
                 done = greedy_complete(bound, ids + [t])
@@ -270,7 +319,7 @@ def test_json_schema_mask_is_byte_exact_not_canonical_tokens():
     from samplegraph.nodes.lm.constraints.json_schema import JsonSchemaConstraint
 
     bound = JsonSchemaConstraint(json_schema=PERSON).run().bind(JSON_VOCAB)
-    state = TokenState.from_prompts([[1]], torch.arange(1), 8).replace(prompt_length=torch.ones(1, dtype=torch.long))
+    state = rows_of([[]])
     allowed = {JSON_VOCAB.tokens[t] for t in (bound.mask(state)[0] == 0).nonzero().flatten().tolist()}
     assert allowed == {b"{", b'{"'}  # both spell a valid prefix (llguidance's forcing would keep only '{"')
 
@@ -293,6 +342,7 @@ def test_grammar_full_mask_equals_candidates_and_the_byte_level_potential(kind):
 
     assert torch.equal(GrammarTokenPotential(potential, vocab).candidates(state, rows, tokens).reshape(b, v), mask)
     assert torch.equal(BytesTokenPotential(potential, vocab).mask(state), mask)
+    check_rows_against_texts(potential.bind(vocab), potential, state)
     idx = torch.tensor([3, 3, 0, 7, 3])  # gathered and forked rows: matchers are keyed by token ids, not rows
     assert torch.equal(potential.bind(vocab).mask(state[idx]), mask[idx])
 
@@ -336,8 +386,8 @@ def test_masked_json_samples_validate_and_an_unsatisfiable_grammar_stops_at_once
         logits[:, JSON_VOCAB.id_of(c)] = 3.0
     logits[:, 0] = 4.0
     lm = MarkovLM(JSON_VOCAB, logits, bos=1)
-    gen = Masked(particles=12, max_new_tokens=30).run(lm, Prompts(("",)), JsonSchemaConstraint(json_schema=PERSON).run(),
-                                                      NodeContext.detached(seed=0))
+    person = JsonSchemaConstraint(json_schema=PERSON).run()
+    gen = Masked(particles=12, max_new_tokens=30).run(lm, Prompts(("",)), person, NodeContext.detached(seed=0))
     assert gen.finished.all()
     for text in gen.texts:
         jsonschema.validate(json.loads(text), PERSON)

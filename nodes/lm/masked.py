@@ -29,7 +29,8 @@ class Masked(Node):
     max_new_tokens: int = Field(32, ge=1, description="tokens generated at most per row")
 
     def run(self, lm: LanguageModel, prompts: Prompts, constraint: Potential, ctx: NodeContext) -> Generations:
-        """One constrained text per row, weighted by its product of local normalisers."""
+        """One constrained text per row, weighted by its product of local normalisers (a row cut by
+        max_new_tokens keeps the weight of its prefix and is marked unfinished)."""
         state, group, groups = start_rows(lm, prompts, self.particles, self.max_new_tokens, ctx.device)
         evaluations, budget = Evaluations(), TokenBudget(groups)
         potential = CountingPotential(constraint.bind(lm.vocab), evaluations)

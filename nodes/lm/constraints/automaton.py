@@ -93,13 +93,20 @@ class LazyDFA(ABC):
         return state
 
     def walk_many(self, state: int, table: VocabTable) -> np.ndarray:
-        """(M,) int32 state after each of table's tokens from `state`, all tokens at once (longest first)."""
+        """(M,) int32 state after each of table's tokens from `state`, all tokens at once; a token leaves the
+        walk when it dies or ends (tokens are sorted longest first, so those longer than j are a prefix)."""
         cur = np.full(table.count, state, dtype=np.int32)  # (M,)
+        alive = np.arange(table.count)  # (A,) tokens still alive and not yet ended
         for j, n in enumerate(table.live_at):
-            head = cur[:n]
-            for s in np.unique(head).tolist():
+            alive = alive[alive < n]
+            if alive.size == 0:
+                break
+            at = cur[alive]  # (A,)
+            for s in np.unique(at).tolist():
                 self.build(s)
-            cur[:n] = self._table[head, table.data[:n, j]]
+            nxt = self._table[at, table.data[alive, j]]  # (A,)
+            cur[alive] = nxt
+            alive = alive[nxt != DEAD]
         return cur
 
 
@@ -109,13 +116,15 @@ class VocabTable:
     def __init__(self, vocab: Vocabulary):
         ids = [i for i in range(vocab.size) if i not in vocab.eos]
         ids.sort(key=lambda i: -len(vocab.tokens[i]))
-        width = max((len(vocab.tokens[i]) for i in ids), default=0)
+        lengths = np.array([len(vocab.tokens[i]) for i in ids], dtype=np.int64)  # (M,)
+        width = int(lengths.max(initial=0))
         self.ids = np.array(ids, dtype=np.int64)  # (M,)
         self.count = len(ids)
         self.data = np.zeros((self.count, max(width, 1)), dtype=np.uint8)  # (M, Lmax)
-        lengths = np.array([len(vocab.tokens[i]) for i in ids], dtype=np.int64)
-        for r, i in enumerate(ids):
-            self.data[r, :lengths[r]] = np.frombuffer(vocab.tokens[i], dtype=np.uint8)
+        flat = np.frombuffer(b"".join(vocab.tokens[i] for i in ids), dtype=np.uint8)  # (sum lengths,)
+        row = np.repeat(np.arange(self.count), lengths)
+        col = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        self.data[row, col] = flat
         self.live_at = [int((lengths > j).sum()) for j in range(width)]  # tokens longer than j, a prefix of rows
 
 
@@ -138,14 +147,14 @@ class AutomatonPotential(Potential):
         return verdict([self.dfa.accepting(self.dfa.walk(self.dfa.start, t)) for t in texts])
 
     def bind(self, vocab: Vocabulary) -> TokenPotential:
-        return AutomatonTokenPotential(self.dfa, vocab)
+        return AutomatonTokenPotential(self, vocab)
 
 
 class AutomatonTokenPotential(TokenPotential):
     """A byte DFA seen through a vocabulary: rows' states cached by generated token ids (LRU), masks by DFA state."""
 
-    def __init__(self, dfa: LazyDFA, vocab: Vocabulary):
-        self.dfa, self.vocab = dfa, vocab
+    def __init__(self, potential: AutomatonPotential, vocab: Vocabulary):
+        self.potential, self.dfa, self.vocab = potential, potential.dfa, vocab
         self.bytes_of = [b"" if i in vocab.eos else t for i, t in enumerate(vocab.tokens)]  # EOS reads nothing
         self.eos_ids = torch.tensor(sorted(vocab.eos), dtype=torch.long)
         self._table: VocabTable | None = None
@@ -205,8 +214,14 @@ class AutomatonTokenPotential(TokenPotential):
             self._masks.popitem(last=False)
         return nxt, logw
 
+    def prefix_of(self, state: TokenState) -> torch.Tensor:
+        return verdict([self.row_state(tuple(state.generated(r))) != DEAD for r in range(state.batch)])
+
+    def complete_of(self, state: TokenState) -> torch.Tensor:
+        return verdict([self.dfa.accepting(self.row_state(tuple(state.generated(r)))) for r in range(state.batch)])
+
     def prefix_texts(self, texts: Sequence[bytes]) -> torch.Tensor:
-        return AutomatonPotential(self.dfa).prefix(texts)
+        return self.potential.prefix(texts)
 
     def complete_texts(self, texts: Sequence[bytes]) -> torch.Tensor:
-        return AutomatonPotential(self.dfa).complete(texts)
+        return self.potential.complete(texts)

@@ -73,7 +73,7 @@ class GrammarPotential(Potential):
         return verdict(ok)
 
     def bind(self, vocab: Vocabulary) -> TokenPotential:
-        """The grammar over a vocabulary; the llguidance tokenizer (~1 s for 50k tokens) is built once per vocabulary."""
+        """The grammar over a vocabulary; its llguidance tokenizer (~1 s for 50k tokens) is built once each."""
         found = self._bound.get(id(vocab))
         if found is None or found[0] is not vocab:
             found = (vocab, GrammarTokenPotential(self, vocab))
@@ -177,6 +177,13 @@ class GrammarTokenPotential(TokenPotential):
             mask[self.eos] = 0.0 if m.is_accepting() else NEG_INF  # llguidance also allows EOS when stuck
         self.remember(ids, m, mask)
         return mask
+
+    def prefix_of(self, state: TokenState) -> torch.Tensor:
+        return verdict([self.matcher(tuple(state.generated(r))) is not None for r in range(state.batch)])
+
+    def complete_of(self, state: TokenState) -> torch.Tensor:
+        ms = [self.matcher(tuple(state.generated(r))) for r in range(state.batch)]
+        return verdict([m is not None and m.is_accepting() for m in ms])
 
     def prefix_texts(self, texts: Sequence[bytes]) -> torch.Tensor:
         return self.potential.prefix(texts)

@@ -3,7 +3,7 @@
 Supported: literals (any Unicode character, matched as its UTF-8 bytes), `.` (any character but a newline),
 classes `[abc]`, `[a-z]`, `[^...]` with escapes inside, `\\d \\w \\s` and `\\D \\W \\S` (ASCII, as Python's
 re.ASCII), `\\n \\t \\r \\f \\v \\0`, `\\xHH`, `\\uHHHH`, `\\UHHHHHHHH` (code points), escaped metacharacters,
-groups `( )`, `(?: )`, `(?P<name> )`, alternation `|`, quantifiers `* + ? {m} {m,} {m,n}` (a trailing `?`,
+groups `( )`, `(?: )`, `(?P<name> )`, alternation `|`, quantifiers `* + ? {m} {m,} {m,n} {,n}` (a trailing `?`,
 lazy, does not change the language and is accepted). Matching is always whole-text: a leading `^` and a
 trailing `$` are accepted and mean nothing more. Not regular or not supported: backreferences, lookaround,
 inline flags, `\\b`, anchors elsewhere: a RegexSyntaxError naming the position."""
@@ -153,9 +153,9 @@ class Parser:
             close = self.text.find("}", self.pos, self.end)
             body = self.text[self.pos + 1:close] if close > 0 else ""
             low, comma, high = body.partition(",")
-            if low.isdigit() and (not high or high.isdigit()):
-                self.pos = close + 1
-                return int(low), (int(high) if high else (None if comma else int(low)))
+            if (low.isdigit() or (comma and high.isdigit())) and (not high or high.isdigit()):
+                self.pos = close + 1  # {m}, {m,}, {m,n} and, as in Python, {,n}
+                return int(low or 0), (int(high) if high else (None if comma else int(low)))
         return None
 
     def atom(self) -> Node:
