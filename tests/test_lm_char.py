@@ -8,7 +8,6 @@ import datetime
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -64,8 +63,8 @@ def test_a_finite_sub_language_has_mass_one_and_each_string_one_derivation():
     assert logprob(num, b"01") == -math.inf and logprob(num, b"1000") == -math.inf
 
 
-@pytest.mark.parametrize("bad", [b"", b"1+", b"(1+2", b"((1))", b"1+(2)", b'{"name": "ada",}', b'{"age": 1, "name": "ada"}',
-                                 b"name=al", b"id=1;", b"{}", b'{"tags": ["ada", "bob", "eve"]}'])
+@pytest.mark.parametrize("bad", [b"", b"1+", b"(1+2", b"((1))", b"1+(2)", b'{"name": "ada",}', b"name=al", b"id=1;",
+                                 b'{"age": 1, "name": "ada"}', b"{}", b'{"tags": ["ada", "bob", "eve"]}'])
 def test_strings_outside_the_language_have_probability_zero(bad):
     assert LANG.logprob(bad) == -math.inf
 
@@ -127,6 +126,8 @@ def run_steps(lm: CharLM, state: TokenState, steps: int, check: bool = True) -> 
         logp, state = lm.next_logprobs(state)
         if check:
             assert_close(logp, fresh(lm, state))
+            assert_close(torch.logsumexp(logp, -1), torch.zeros(logp.shape[:2]))
+            assert (logp[..., BOS] == -math.inf).all()
         tok = draw(logp, state)
         state = state.append(tok, eos=tok == EOS)
     return state, logp
@@ -186,6 +187,25 @@ def test_one_state_continued_twice_gives_both_continuations(lm):
     assert_close(lm.next_logprobs(third)[0], fresh(lm, third))
 
 
+def test_another_models_cache_is_never_read(lm):
+    other = load_char_lm()
+    with torch.no_grad():
+        for p in other.net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    state = lm.start([lm.encode(p) for p in PROMPTS], torch.arange(4), 30)
+    ours, state = lm.next_logprobs(state)
+    theirs, _ = other.next_logprobs(state)
+    assert_close(theirs, fresh(other, state))
+    assert float((theirs - ours)[torch.isfinite(ours)].abs().max()) > 1e-2
+
+
+def test_the_node_gives_the_shipped_model_with_bos_prompts():
+    lm = ModelCharLM().run()
+    assert isinstance(lm, CharLM) and lm.vocab.eos == frozenset({EOS}) and lm.vocab.size == 2 + len(LANG.alphabet())
+    ids = lm.encode('{"age": 42}')
+    assert ids[0] == BOS and lm.vocab.decode(ids) == b'{"age": 42}' and lm.encode("") == [BOS]
+
+
 def test_bad_inputs_are_located_errors(lm, tmp_path):
     with pytest.raises(NodeError, match="outside the model's alphabet"):
         lm.encode("hello!")
@@ -196,23 +216,43 @@ def test_bad_inputs_are_located_errors(lm, tmp_path):
         lm.start([lm.encode("")], torch.arange(1), lm.max_length)
     with pytest.raises(NodeError, match="does not exist"):
         ModelCharLM(weights=str(tmp_path / "none.safetensors")).run()
+    (tmp_path / "pickled.pt").write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(NodeError, match="not a readable safetensors file"):
+        ModelCharLM(weights=str(tmp_path / "pickled.pt")).run()
 
 
 # --- the fit and the shipped weights -------------------------------------------------------------
 
-def ancestral(lm: CharLM, n: int, seed: int) -> tuple[list[bytes], torch.Tensor]:
-    """n texts drawn from BOS with draws.categorical (a plain decoding loop), and their model log-probs."""
-    state = lm.start([[BOS]] * n, torch.arange(n), LANG.stats().max_length + 8)
+def ancestral(lm: CharLM, n: int, seed: int, prompts: list[str] | None = None,
+              particle: list[int] | None = None) -> tuple[list[bytes], torch.Tensor]:
+    """Texts drawn after each prompt (default n empty prompts) with draws.categorical (a plain decoding
+    loop), and their model log-probs."""
+    prompts = [""] * n if prompts is None else prompts
+    particle = torch.arange(len(prompts)) if particle is None else torch.tensor(particle)
+    state = lm.start([lm.encode(p) for p in prompts], particle, LANG.stats().max_length + 1)
     noise = NoiseSource(seed)
     while not bool(state.done.all()):
         logp, state = lm.next_logprobs(state)
         tok = categorical(noise, logp[:, -1], state.particle, state.position)
         state = state.append(tok, logp=logp[:, -1].gather(1, tok[:, None])[:, 0], eos=tok == EOS)
-    return [lm.vocab.decode(state.generated(i)) for i in range(n)], state.logp
+    return [lm.vocab.decode(state.generated(i)) for i in range(state.batch)], state.logp
+
+
+def test_generated_texts_do_not_depend_on_the_batch_split(lm):
+    prompts = ["", "2023-", '{"name', "id=1;ok=", "(", "", "19", "{"]
+    texts, logp = ancestral(lm, 8, seed=7, prompts=prompts)
+    order = [7, 5, 3, 1, 6, 4, 2, 0]
+    parts = [ancestral(lm, 4, seed=7, prompts=[prompts[i] for i in half], particle=half)
+             for half in (order[:4], order[4:])]
+    split_texts = [t for p in parts for t in p[0]]
+    split_logp = torch.cat([p[1] for p in parts])
+    assert [texts[i] for i in order] == split_texts
+    assert torch.allclose(logp[order], split_logp, atol=1e-5)  # float32 sums differ in the last bits by batch
 
 
 def test_ancestral_samples_are_mostly_in_the_language_with_grammar_like_probabilities(lm):
-    """Measured on the shipped weights: see the report in training/train_char_lm.py (MEASURED)."""
+    """1000 draws from BOS: >= 90% in the language (measured 95-96%, see training/train_char_lm.py), their
+    mean exact grammar log-prob within 1 nat of -H (measured -11.7 vs -12.17)."""
     texts, model_logp = ancestral(lm, 1000, seed=0)
     grammar = torch.tensor([LANG.logprob(t) for t in texts], dtype=torch.float64)
     valid = torch.isfinite(grammar)

@@ -11,7 +11,12 @@ that of the saved (float16-rounded) weights, so loading the file reproduces it.
 Deterministic: fixed seeds, one CPU thread, deterministic algorithms. From the repository root:
     python training/train_char_lm.py [--steps N] [--out PATH]
 
-Measured here (1 thread, 2 shared cores): see the module constant MEASURED."""
+Measured here (1 thread, 2 cores shared with other jobs, load 4-6): 2000 steps, 167 s of CPU (492 s
+wall); ~68 ms/step on a quiet core. Network d_model 64, 3 layers, 4 heads, context 96: 159k parameters,
+322 kB in float16. Held-out nats/token (2000 strings, 31,420 tokens): model 0.7792, grammar on the same
+strings 0.7749 (gap 0.0043 = the model's KL per token), exact entropy rate 0.7690. 2500 steps gave
+0.7786, 1500 steps 0.7805. Ancestral samples (2000 from BOS, two seeds): 95.4% / 96.1% in the language;
+their mean exact grammar log-prob -11.76 / -11.63 vs -H = -12.17 nats per string."""
 from __future__ import annotations
 
 import argparse
@@ -26,9 +31,8 @@ from samplegraph.nodes.lm.char_lm import BOS, EOS, FIRST_CHAR, WEIGHTS, CharLMCo
 from samplegraph.nodes.lm.grammar import Corpus, corpus
 from samplegraph.nodes.models.networks.checkpoint import save_network
 
-STEPS, BATCH, LR, WARMUP = 2500, 64, 3e-3, 100
+STEPS, BATCH, LR, WARMUP = 2000, 64, 3e-3, 100
 TRAIN_SEED, HELDOUT_SEED, HELDOUT = 0, 1, 2000
-MEASURED = "(filled in by the first full run)"
 
 
 def default_config(lang: Corpus) -> CharLMConfig:
@@ -127,7 +131,9 @@ def main() -> None:
     save_network(net, net.config, args.out, {"training": {"script": "training/train_char_lm.py", "steps": args.steps,
                                                           "batch": BATCH, "seed": TRAIN_SEED, **scores}},
                  dtype=torch.float16)
-    assert abs(fit(load_char_lm(args.out).net, lang)["heldout_ce"] - scores["heldout_ce"]) < 1e-5
+    reloaded = heldout_loss(load_char_lm(args.out).net, heldout_strings(lang))
+    if abs(reloaded - scores["heldout_ce"]) > 1e-5:
+        raise SystemExit(f"the saved weights give held-out loss {reloaded:.6f}, not {scores['heldout_ce']:.6f}")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 
 

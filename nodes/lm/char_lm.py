@@ -107,22 +107,25 @@ def char_logprobs(logits: torch.Tensor) -> torch.Tensor:
 
 
 class CharKVCache(ModelCache):
-    """Keys/values per layer (B, H, T, Dh), log-probs after each position (B, T, V), valid positions (B,)."""
+    """Keys/values per layer (B, H, T, Dh), log-probs after each position (B, T, V), valid positions (B,),
+    and the network that computed them (another model never reads them)."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], logp: torch.Tensor,
-                 valid: torch.Tensor):
-        self.keys, self.values, self.logp, self.valid = keys, values, logp, valid
+    def __init__(self, net: CharTransformer, keys: list[torch.Tensor], values: list[torch.Tensor],
+                 logp: torch.Tensor, valid: torch.Tensor):
+        self.net, self.keys, self.values, self.logp, self.valid = net, keys, values, logp, valid
         self.writable = True  # until a call writes past `valid` (then the successor owns the buffers)
 
     @classmethod
-    def empty(cls, config: CharLMConfig, batch: int, capacity: int, device: torch.device) -> CharKVCache:
+    def empty(cls, net: CharTransformer, batch: int, capacity: int, device: torch.device) -> CharKVCache:
+        config = net.config
         h, dh = config.heads, config.d_model // config.heads
         kv = lambda: [torch.zeros(batch, h, capacity, dh, device=device) for _ in range(config.layers)]  # noqa: E731
-        return cls(kv(), kv(), torch.zeros(batch, capacity, config.vocab_size, device=device),
+        return cls(net, kv(), kv(), torch.zeros(batch, capacity, config.vocab_size, device=device),
                    torch.zeros(batch, dtype=torch.long, device=device))
 
     def select(self, idx: torch.Tensor) -> CharKVCache:
-        return CharKVCache([k[idx] for k in self.keys], [v[idx] for v in self.values], self.logp[idx], self.valid[idx])
+        return CharKVCache(self.net, [k[idx] for k in self.keys], [v[idx] for v in self.values], self.logp[idx],
+                           self.valid[idx])
 
     def copy(self) -> CharKVCache:
         return self.select(torch.arange(self.valid.shape[0], device=self.valid.device))
@@ -132,7 +135,7 @@ class CharKVCache(ModelCache):
         the positions it will overwrite, else a copy."""
         if self.writable and torch.equal(state.cached, self.valid):
             self.writable = False
-            return CharKVCache(self.keys, self.values, self.logp, self.valid)
+            return CharKVCache(self.net, self.keys, self.values, self.logp, self.valid)
         return self.copy()
 
 
@@ -171,11 +174,14 @@ class CharLM(LanguageModel):
         return logp, state.replace(cache=cache, cached=state.length.clone())
 
     def _cache_of(self, state: TokenState) -> CharKVCache:
-        if isinstance(state.cache, CharKVCache) and state.cache.logp.shape[1] == state.capacity:
+        """The cache to advance: the state's own (or a copy of it), or an empty one when the state has none
+        of this model's (another model's cache, or rows of another shape)."""
+        own = isinstance(state.cache, CharKVCache) and state.cache.net is self.net
+        if own and state.cache.logp.shape[:2] == state.tokens.shape:
             cache = state.cache.successor(state)
             cache.valid = torch.minimum(cache.valid, state.cached)
             return cache
-        return CharKVCache.empty(self.config, state.batch, state.capacity, state.device)
+        return CharKVCache.empty(self.net, state.batch, state.capacity, state.device)
 
     def _advance(self, state: TokenState, cache: CharKVCache) -> None:
         """Run the network on positions valid..length-1 of each row, writing keys, values and log-probs."""

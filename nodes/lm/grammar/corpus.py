@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .pcfg import Choice, GNode, Seq, Stats, Uniforms, lit, logprob, repeat, sample, stats, uniform, weighted
+from .pcfg import (Choice, GNode, Seq, Stats, Uniforms, derivations, lit, logprob, repeat, sample, stats, uniform,
+                   weighted)
 
 DIGITS = [str(d) for d in range(10)]
 NAMES = ["ada", "bob", "eve", "ian", "kim", "lea", "max", "zoe"]
@@ -108,7 +109,6 @@ class Corpus:
 
     def strings(self, kind: str) -> Iterator[tuple[bytes, float]]:
         """Every derivation of one kind's sub-language with its probability within that kind."""
-        from .pcfg import derivations
         return derivations(self.kinds[kind])
 
 
