@@ -3,7 +3,9 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .awrs import Awrs
     from .prompt import Prompt
+    from .smc import TokenSmc
     from .table_lm import ModelTableLM
 
-    return [Prompt, ModelTableLM]
+    return [Prompt, ModelTableLM, Awrs, TokenSmc]
