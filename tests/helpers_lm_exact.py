@@ -31,10 +31,13 @@ class Predicate(Potential):
 
 
 class Soft(Potential):
-    """A weighted potential: log phi = -0.7 per 'b' byte (prefix and complete alike), 0 elsewhere."""
+    """A weighted potential: log phi = `per` for each occurrence of a byte (prefix and complete alike)."""
+
+    def __init__(self, byte: bytes = b"b", per: float = -0.7):
+        self.byte, self.per = byte, per
 
     def prefix(self, texts: Sequence[bytes]) -> torch.Tensor:
-        return torch.tensor([-0.7 * t.count(b"b") for t in texts], dtype=torch.float64)
+        return torch.tensor([self.per * t.count(self.byte) for t in texts], dtype=torch.float64)
 
     def complete(self, texts: Sequence[bytes]) -> torch.Tensor:
         return self.prefix(texts)

@@ -90,20 +90,21 @@ def geometric_rows(logp: torch.Tensor, estimator: Estimator, max_accepts: int) -
 
 @dataclass
 class ProposalStats:
-    """Accepted / rejected candidate tests, rows that died (every token rejected) and forced EOS tokens."""
+    """AWRS's accepted / rejected candidate tests, rows that died, geometric draws, and EOS tests at the budget."""
 
     accepted: int = 0
     rejected: int = 0
     dead: int = 0
     geometric_draws: int = 0
     draws: int = 0
+    forced_eos: int = 0
 
     def report(self) -> dict[str, float | int | None]:
         tested = self.accepted + self.rejected
         return {"accepted": self.accepted, "rejected": self.rejected, "dead_rows": self.dead,
                 "acceptance_rate": round(self.accepted / tested, 6) if tested else None,
                 "evaluations_per_token": round(tested / self.draws, 6) if self.draws else None,
-                "geometric_draws": self.geometric_draws}
+                "geometric_draws": self.geometric_draws, "forced_eos": self.forced_eos}
 
 
 def extend(potential: TokenPotential, state: TokenState, logp: torch.Tensor, last: torch.Tensor,
@@ -121,6 +122,7 @@ def extend(potential: TokenPotential, state: TokenState, logp: torch.Tensor, las
         token, log_q = forced_eos(potential, lp)
         value = potential.candidates(state, live, token.to(state.device)).to(lp.device, torch.float64)
         log_inc = log_q + value
+        stats.forced_eos += live.numel()
     elif proposal == "awrs":
         d = awrs_draw(potential, state, live, lp, noise, estimator, max_accepts)
         token, value, log_inc = d.token, d.value, d.log_z + d.value
