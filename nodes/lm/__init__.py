@@ -4,8 +4,31 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 def nodes() -> list[type]:
     from .awrs import Awrs
+    from .beam import Beam
+    from .best_of_n import BestOfN
+    from .char_lm import ModelCharLM
+    from .constraints import nodes as constraint_nodes
+    from .generate import Generate
+    from .greedy import Greedy
+    from .hf_lm import HFLM
+    from .masked import Masked
     from .prompt import Prompt
     from .smc import TokenSmc
     from .table_lm import ModelTableLM
+    from .transforms import nodes as transform_nodes
 
-    return [Prompt, ModelTableLM, Awrs, TokenSmc]
+    return [
+        Prompt,
+        ModelTableLM,
+        ModelCharLM,
+        HFLM,
+        Generate,
+        Greedy,
+        Beam,
+        BestOfN,
+        Masked,
+        Awrs,
+        TokenSmc,
+        *constraint_nodes(),
+        *transform_nodes(),
+    ]
