@@ -16,6 +16,7 @@ from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.lm.awrs import Awrs, awrs_draw
 from samplegraph.nodes.lm.common import start_rows
+from samplegraph.nodes.lm.constraints.regex import RegexConstraint
 from samplegraph.nodes.lm.exact import total_variation
 from samplegraph.nodes.lm.potential import CountingPotential, Evaluations
 from samplegraph.nodes.lm.prompt import Prompts
@@ -143,3 +144,20 @@ def test_lm_awrs_weights_are_importance_weights_for_the_global_target(potential)
     assert abs(float(w.mean()) - z) <= 5 * float(w.std()) / math.sqrt(n)
     assert total_variation(weighted_texts(gen.texts, gen.log_weight), target) < 0.06
     assert ctx.metrics["constraint_evaluations"] > 0 and ctx.metrics["tokens_generated"] > n
+
+
+@pytest.mark.parametrize("estimator", ["recursive", "geometric"])
+def test_awrs_with_constraint_regex_matches_its_full_mask(estimator):
+    """constraint.regex's per-candidate answers (what AWRS asks) against its own full mask, the exact reference."""
+    lm, n = trap_lm(), 4000
+    regex = RegexConstraint(pattern="(b?a)+").run()  # = NO_BB_ENDS_A over {a, b}
+    for generated in [(), (1,), (2,)]:
+        state = rows_after(lm, generated, n)
+        logp = lm.next_logprobs(state)[0][:, 0].to(torch.float64)  # (n, V)
+        mask = regex.bind(lm.vocab).mask(state[[0]])[0]  # (V,)
+        exact, z_exact = local_distribution(lm, NO_BB_ENDS_A, generated)
+        assert math.isclose(float(torch.logsumexp(logp[0] + mask, -1).exp()), z_exact, rel_tol=1e-12)
+        d = awrs_draw(regex.bind(lm.vocab), state, torch.arange(n), logp, NoiseSource(11), estimator)
+        z = d.log_z.exp()
+        assert abs(float(z.mean()) - z_exact) <= 5 * float(z.std()) / math.sqrt(n) + 1e-12
+        assert torch.bincount(d.token, minlength=lm.vocab.size)[exact == 0].sum() == 0

@@ -189,9 +189,9 @@ class Awrs(Node):
     estimator: Estimator = Field("auto", description="Z-hat: recursive, geometric, or per row as genlm-control")
     max_accepts: int = Field(2, ge=2, description="accepts the geometric estimator waits for (more: lower variance)")
 
-    def run(self, lm: LanguageModel, prompts: Prompts, constraint: Potential, ctx: NodeContext) -> Generations:
+    def run(self, lm: LanguageModel, prompt: Prompts, constraint: Potential, ctx: NodeContext) -> Generations:
         """One constrained text per row with its log importance weight."""
-        state, group, groups = start_rows(lm, prompts, self.particles, self.max_new_tokens, ctx.device)
+        state, group, groups = start_rows(lm, prompt, self.particles, self.max_new_tokens, ctx.device)
         return self.generate(lm, state, group, groups, constraint, ctx)
 
     def generate(self, lm: LanguageModel, state: TokenState, group: torch.Tensor, groups: int,

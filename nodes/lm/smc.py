@@ -101,10 +101,10 @@ class TokenSmc(Node):
     estimator: Estimator = Field("auto", description="AWRS Z-hat: recursive, geometric, or per row as genlm-control")
     max_accepts: int = Field(2, ge=2, description="accepts the geometric AWRS estimator waits for")
 
-    def run(self, lm: LanguageModel, prompts: Prompts, constraint: Potential, ctx: NodeContext,
+    def run(self, lm: LanguageModel, prompt: Prompts, constraint: Potential, ctx: NodeContext,
             twist: Potential | None = None) -> Generations:
         """Weighted particles per prompt (or resampled ones), with log Z-hat and ESS in the run report."""
-        state, group, groups = start_rows(lm, prompts, self.particles, self.max_new_tokens, ctx.device)
+        state, group, groups = start_rows(lm, prompt, self.particles, self.max_new_tokens, ctx.device)
         gen, _ = self.steer(lm, state, group.cpu(), groups, constraint, ctx, twist)
         return gen
 
