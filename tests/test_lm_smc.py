@@ -123,6 +123,9 @@ def test_the_report_and_bad_input():
     assert len(m["log_z"]) == 2 and 0 < m["acceptance_rate"] <= 1 and m["lm_calls"] <= T
     assert 0 < m["ess_min"] <= m["ess_mean"] <= 16 and len(gen) == 32
     assert m["constraint_evaluations"] == m["accepted"] + m["rejected"] + m["forced_eos"]  # every test counted
+    nothing = Predicate(lambda t: t == b"", lambda t: False)
     with pytest.raises(NodeError, match="first step for every row"):
-        TokenSmc(particles=4, max_new_tokens=T).run(lm, Prompts(("",)), Predicate(lambda t: t == b"", lambda t: False),
-                                                    ctx)
+        TokenSmc(particles=4, max_new_tokens=T).run(lm, Prompts(("",)), nothing, ctx)
+    # ancestral rows all dying is chance, not proof: -inf weights and log Z-hat, no error
+    gen = TokenSmc(particles=4, max_new_tokens=T, proposal="ancestral").run(lm, Prompts(("",)), nothing, ctx)
+    assert torch.isneginf(gen.log_weight).all() and ctx.metrics["log_z"] == [-math.inf]

@@ -171,7 +171,8 @@ def start_weights(potential: TokenPotential, state: TokenState) -> torch.Tensor:
 
 
 def check_first_step(died: torch.Tensor, at_budget: bool) -> None:
-    """NodeError when every row died at the first token (the constraint cannot be satisfied at all)."""
+    """NodeError when every row died at the first token under AWRS or forced EOS (both exhaustive, so the
+    constraint cannot be satisfied at all; ancestral rows can all die by chance and are not checked)."""
     if bool(died.all()):
         what = "EOS (max_new_tokens=1 forces it)" if at_budget else "every token"
         raise NodeError(f"the constraint rejects {what} at the first step for every row: it cannot be satisfied "

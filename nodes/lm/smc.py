@@ -128,7 +128,7 @@ class TokenSmc(Node):
             live, at_budget = ~st.done.cpu(), k == self.max_new_tokens - 1
             st, inc, last, extended = extend(potential, st, logp[:, 0], last, ctx.noise, self.proposal, at_budget,
                                              stats, self.estimator, self.max_accepts)
-            if k == 0:
+            if k == 0 and (self.proposal == "awrs" or at_budget):  # ancestral rows can all die by chance
                 check_first_step(live & ~extended, at_budget)
             budget.count_tokens(group, extended)
             if guide is not None:
