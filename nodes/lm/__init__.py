@@ -3,6 +3,7 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .awrs import Awrs
     from .beam import Beam
     from .best_of_n import BestOfN
     from .char_lm import ModelCharLM
@@ -12,6 +13,7 @@ def nodes() -> list[type]:
     from .hf_lm import HFLM
     from .masked import Masked
     from .prompt import Prompt
+    from .smc import TokenSmc
     from .table_lm import ModelTableLM
     from .transforms import nodes as transform_nodes
 
@@ -25,6 +27,8 @@ def nodes() -> list[type]:
         Beam,
         BestOfN,
         Masked,
+        Awrs,
+        TokenSmc,
         *constraint_nodes(),
         *transform_nodes(),
     ]
