@@ -300,3 +300,17 @@ def test_training_is_deterministic():
         torch.use_deterministic_algorithms(deterministic)
     assert la == lb and la[-1] < la[0]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_the_generate_workflow_writes_grammar_strings(tmp_path):
+    """workflows/lm_char_generate.json: 16 ancestral samples per prompt (BOS alone, and a JSON object's start)."""
+    from samplegraph.runtime.api import Runtime
+
+    result = Runtime(cache=False).run(ROOT / "workflows" / "lm_char_generate.json", out_dir=tmp_path)
+    gen = result["generate"]
+    prompts = ["", '{"name": "']
+    texts = [prompts[g] + t for g, t in zip(gen.group.tolist(), gen.texts)]
+    valid = [LANG.logprob(t.encode()) > -math.inf for t in texts]
+    assert len(texts) == 32 and bool(gen.finished.all()) and sum(valid) >= 28, texts
+    assert all(t.startswith('{"name": "') for t, g in zip(texts, gen.group.tolist()) if g == 1)
+    assert len((tmp_path / "texts.jsonl").read_text().splitlines()) == 32
