@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).parent
-WORKFLOWS = sorted((TESTS.parent / "workflows").glob("*.json"))
+from helpers_workflows import LIGHT_WORKFLOWS as WORKFLOWS  # heavy LM workflows: tests/test_lm_workflows.py
 
 
 def run_all(cache_dir: Path, out_dir: Path) -> dict:

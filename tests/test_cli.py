@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+from helpers_workflows import ALL_WORKFLOWS, LIGHT_WORKFLOWS as WORKFLOWS  # heavy LM ones: test_lm_workflows.py
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -142,7 +142,7 @@ def test_schema_is_valid_and_accepts_every_workflow_and_rejects_a_typo():
     schema = json.loads(proc.stdout)
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
-    for path in WORKFLOWS:
+    for path in ALL_WORKFLOWS:
         errors = list(validator.iter_errors(json.loads(path.read_text())))
         assert not errors, (path.name, [e.message for e in errors][:3])
     wf = json.loads((ROOT / "workflows/quickstart.json").read_text())

