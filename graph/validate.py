@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import networkx as nx
@@ -39,12 +40,18 @@ class ResolvedNode:
 
 @dataclass(frozen=True)
 class ValidGraph:
-    """A validated workflow: resolved nodes, requested outputs, and the dependency DAG."""
+    """A validated workflow: resolved nodes, requested outputs, and every node in one deterministic
+    topological order (smallest id first among ready nodes), computed once by validation."""
 
     workflow: Workflow
     nodes: dict[str, ResolvedNode]
     outputs: list[Link]
-    dag: nx.DiGraph
+    order: tuple[str, ...]
+
+    @cached_property
+    def dag(self) -> nx.DiGraph:
+        """The dependency DAG as a networkx graph (built on first use; running never needs it)."""
+        return build_dag(self.workflow)
 
 
 def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = None,
@@ -60,11 +67,11 @@ def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = N
         if resolved is not None:
             nodes[node_id] = resolved
     outputs = check_outputs(wf, specs, problems, broken)
-    dag = build_dag(wf)
-    problems.extend(cycle_problems(dag))
-    if problems:
+    order = topological_order(nodes) if not problems else []
+    if problems or len(order) < len(nodes):  # a cycle, or links that did not resolve: networkx locates cycles
+        problems.extend(cycle_problems(build_dag(wf)))
         raise WorkflowError(problems, source)
-    return ValidGraph(wf, nodes, outputs, dag)
+    return ValidGraph(wf, nodes, outputs, tuple(order))
 
 
 def validate_document(error: WorkflowError, specs: Mapping[str, NodeSpec]) -> WorkflowError:
@@ -256,32 +263,63 @@ def cycle_problems(dag: nx.DiGraph) -> list[Problem]:
 
 
 def execution_order(graph: ValidGraph, outputs: list[str] | None = None) -> list[str]:
-    """Only what the requested outputs need, in a deterministic topological order."""
+    """Only what the requested outputs need, in the graph's deterministic topological order.
+
+    Filtering the whole graph's order is the order of Kahn's algorithm on the needed nodes alone:
+    they include their ancestors, so no other node ever delays one of them."""
     targets = [parse_link(o)[0] for o in outputs] if outputs else [link.node for link in graph.outputs]
     missing = [t for t in targets if t not in graph.nodes]
     if missing:
         raise WorkflowError([Problem(f"requested output '{t}' names no node", hint=suggest(t, graph.nodes))
                              for t in missing])
-    needed: set[str] = set()
-    for t in targets:
-        if t not in needed:  # an ancestor of an earlier target brings its own ancestors already
-            needed |= nx.ancestors(graph.dag, t) | {t}
-    return topological_order(graph.dag, needed)
+    needed = ancestors_and_self(graph.nodes, targets)
+    if len(needed) == len(graph.nodes):
+        return list(graph.order)
+    return [n for n in graph.order if n in needed]
 
 
-def topological_order(dag: nx.DiGraph, keep: set[str]) -> list[str]:
-    """Kahn's algorithm over the `keep` nodes, smallest id first among ready nodes (deterministic)."""
-    pred, succ = dag.pred, dag.succ
-    indegree = {n: sum(1 for p in pred[n] if p in keep) for n in keep}
+def producers(rn: ResolvedNode) -> Iterator[str]:
+    """The nodes `rn` reads from, once per link."""
+    for link in rn.inputs.values():
+        if type(link) is list:
+            for l in link:
+                yield l.node
+        else:
+            yield link.node
+
+
+def ancestors_and_self(nodes: Mapping[str, ResolvedNode], targets: list[str]) -> set[str]:
+    """`targets` and every node they depend on (one walk over the producers)."""
+    needed = set(targets)
+    stack = list(needed)
+    while stack:
+        for p in producers(nodes[stack.pop()]):
+            if p not in needed:
+                needed.add(p)
+                stack.append(p)
+    return needed
+
+
+def topological_order(nodes: Mapping[str, ResolvedNode]) -> list[str]:
+    """Kahn's algorithm over resolved nodes, smallest id first among ready nodes (deterministic);
+    shorter than `nodes` when they contain a cycle."""
+    indegree = dict.fromkeys(nodes, 0)
+    consumers: dict[str, list[str]] = {}
+    for node_id, rn in nodes.items():
+        for p in producers(rn):
+            indegree[node_id] += 1
+            if (out := consumers.get(p)) is None:
+                consumers[p] = [node_id]
+            else:
+                out.append(node_id)
     ready = [n for n, d in indegree.items() if d == 0]
     heapq.heapify(ready)
     order = []
     while ready:
         n = heapq.heappop(ready)
         order.append(n)
-        for m in succ[n]:
-            if m in keep:
-                indegree[m] -= 1
-                if indegree[m] == 0:
-                    heapq.heappush(ready, m)
+        for m in consumers.get(n, ()):
+            indegree[m] -= 1
+            if indegree[m] == 0:
+                heapq.heappush(ready, m)
     return order
