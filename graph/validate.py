@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 from pydantic import BaseModel, ValidationError
@@ -20,9 +20,9 @@ from .spec import NodeSpec, PortSpec, compatible
 from .workflow import NODE_ID, NodeDecl, Workflow, parse_link, suggest
 
 
-@dataclass(frozen=True, slots=True)  # slots: no per-instance __dict__ (fewer objects per node for the GC)
-class Link:
-    """A resolved edge end: the producing node and its output port."""
+class Link(NamedTuple):
+    """A resolved edge end: the producing node and its output port. A tuple, so it is itself the
+    (node, port) key under which the executor holds that output."""
 
     node: str
     port: str
@@ -36,6 +36,14 @@ class ResolvedNode:
     spec: NodeSpec
     params: BaseModel
     inputs: dict[str, Link | list[Link]]
+
+    def links(self) -> Iterator[Link]:
+        """Every input link, once per link (a value linked twice comes twice)."""
+        for link in self.inputs.values():
+            if type(link) is list:
+                yield from link
+            else:
+                yield link
 
 
 @dataclass(frozen=True)
@@ -278,22 +286,12 @@ def execution_order(graph: ValidGraph, outputs: list[str] | None = None) -> list
     return [n for n in graph.order if n in needed]
 
 
-def producers(rn: ResolvedNode) -> Iterator[str]:
-    """The nodes `rn` reads from, once per link."""
-    for link in rn.inputs.values():
-        if type(link) is list:
-            for l in link:
-                yield l.node
-        else:
-            yield link.node
-
-
 def ancestors_and_self(nodes: Mapping[str, ResolvedNode], targets: list[str]) -> set[str]:
     """`targets` and every node they depend on (one walk over the producers)."""
     needed = set(targets)
     stack = list(needed)
     while stack:
-        for p in producers(nodes[stack.pop()]):
+        for p in (link.node for link in nodes[stack.pop()].links()):
             if p not in needed:
                 needed.add(p)
                 stack.append(p)
@@ -306,7 +304,7 @@ def topological_order(nodes: Mapping[str, ResolvedNode]) -> list[str]:
     indegree = dict.fromkeys(nodes, 0)
     consumers: dict[str, list[str]] = {}
     for node_id, rn in nodes.items():
-        for p in producers(rn):
+        for p in (link.node for link in rn.links()):
             indegree[node_id] += 1
             if (out := consumers.get(p)) is None:
                 consumers[p] = [node_id]
