@@ -134,8 +134,8 @@ def check_node(node_id: str, decl: NodeDecl, wf: Workflow, specs: Mapping[str, N
 
 def check_params(node_id: str, params: dict[str, Any], spec: NodeSpec,
                  problems: list[Problem]) -> BaseModel | None:
-    try:
-        return spec.params.model_validate(params)
+    try:  # the model's validator itself: model_validate only forwards to it (and costs as much again)
+        return spec.params.__pydantic_validator__.validate_python(params)
     except ValidationError as e:
         for err in e.errors():
             problems.append(param_problem(node_id, err, spec))
@@ -178,16 +178,22 @@ def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
             problems.append(Problem(f"unknown input port '{port_name}'", node_id, f"input '{port_name}'", hint))
             ok = False
             continue
-        links = value if isinstance(value, list) else [value]
-        if isinstance(value, list) and not port.many:
+        if not isinstance(value, list):
+            link = check_link(node_id, port, value, wf, specs, problems, broken)
+            if link is None:
+                ok = False
+            else:
+                resolved[port_name] = [link] if port.many else link
+            continue
+        if not port.many:
             problems.append(Problem(f"takes one link, got a list of {len(value)}", node_id, f"input '{port_name}'"))
             ok = False
             continue
-        got = [check_link(node_id, port, link, wf, specs, problems, broken) for link in links]
+        got = [check_link(node_id, port, link, wf, specs, problems, broken) for link in value]
         if None in got:
             ok = False
             continue
-        resolved[port_name] = got if port.many else got[0]
+        resolved[port_name] = got
     for port in spec.inputs:
         if port.required and port.name not in decl.inputs:
             problems.append(Problem(f"missing required input (expected a link to a {port.type_name} output)",
@@ -300,24 +306,32 @@ def ancestors_and_self(nodes: Mapping[str, ResolvedNode], targets: list[str]) ->
 
 def topological_order(nodes: Mapping[str, ResolvedNode]) -> list[str]:
     """Kahn's algorithm over resolved nodes, smallest id first among ready nodes (deterministic);
-    shorter than `nodes` when they contain a cycle."""
+    shorter than `nodes` when they contain a cycle.
+
+    Each producer's consumers are a chain of edge numbers in two flat lists, not a list per node:
+    the graph is walked once, and a large workflow leaves the garbage collector a few objects
+    instead of one more per node."""
     indegree = dict.fromkeys(nodes, 0)
-    consumers: dict[str, list[str]] = {}
+    consumer: list[str] = []  # edge -> the node that reads it
+    next_edge: list[int] = []  # edge -> the producer's previous edge, -1 after its first
+    last_edge: dict[str, int] = {}  # producer -> its most recent edge
     for node_id, rn in nodes.items():
-        for p in (link.node for link in rn.links()):
+        for link in rn.links():
             indegree[node_id] += 1
-            if (out := consumers.get(p)) is None:
-                consumers[p] = [node_id]
-            else:
-                out.append(node_id)
+            next_edge.append(last_edge.get(link.node, -1))
+            last_edge[link.node] = len(consumer)
+            consumer.append(node_id)
     ready = [n for n, d in indegree.items() if d == 0]
     heapq.heapify(ready)
     order = []
     while ready:
         n = heapq.heappop(ready)
         order.append(n)
-        for m in consumers.get(n, ()):
+        edge = last_edge.get(n, -1)
+        while edge >= 0:
+            m = consumer[edge]
             indegree[m] -= 1
             if indegree[m] == 0:
                 heapq.heappush(ready, m)
+            edge = next_edge[edge]
     return order

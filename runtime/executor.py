@@ -18,14 +18,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..graph.errors import NodeError, NodeRunError, RunCancelled, SamplegraphError
-from ..graph.hashing import node_key
+from ..graph.hashing import KeyWriter
 from ..graph.validate import Link, ResolvedNode, ValidGraph
 from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
@@ -47,6 +47,10 @@ class RunSettings:
     disk: DiskCache | None
     emit: Callable[[Event], None] | None  # None: nobody listens, so no event is built
     is_cancelled: Callable[[], bool]
+    cuda: bool = field(init=False)  # asked once per run: torch.device.type costs as much as a small node
+
+    def __post_init__(self) -> None:
+        self.cuda = self.device.type == "cuda"
 
 
 def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, str | None]:
@@ -55,13 +59,18 @@ def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, st
     None for a node that is not cacheable, and for everything downstream of one: a side
     effect's output is not determined by its key, so nothing derived from it may be cached."""
     keys: dict[str, str | None] = {}
+    writers: dict[str, KeyWriter] = {}  # one per kind in the graph
     for node_id in order:
         rn = graph.nodes[node_id]
         spec = rn.spec
         inputs = input_keys(keys, rn) if spec.cacheable else None
-        keys[node_id] = None if inputs is None else node_key(
-            spec.kind, spec.version, rn.params.key_params(), inputs, seed if spec.uses_seed else None,
-            rn.params.external_state())
+        if inputs is None:
+            keys[node_id] = None
+            continue
+        if (writer := writers.get(spec.kind)) is None:
+            writer = writers[spec.kind] = KeyWriter(spec.kind, spec.version)
+        keys[node_id] = writer.key(rn.params.key_params(), inputs, seed if spec.uses_seed else None,
+                                   rn.params.external_state())
     return keys
 
 
@@ -118,13 +127,14 @@ def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: Run
         report.nodes.append(entry)
         if emit is not None:
             emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
-        release_inputs(rn, remaining, keep, vals)
+        if rn.inputs:
+            release_inputs(rn, remaining, keep, vals)
     return {(link.node, link.port): vals[link] for link in wanted}
 
 
 def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) -> NodeReport:
     start = time.perf_counter()
-    cuda = run.device.type == "cuda"
+    cuda = run.cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     entry, cache = lookup(rn, key, run)
@@ -132,7 +142,7 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
     if entry is not None:
         outputs, metrics = entry.outputs, dict(entry.metrics)
     else:
-        inputs = gather_inputs(rn, vals, run.device)
+        inputs = gather_inputs(rn, vals, run.device) if rn.inputs else {}
         if rn.spec.context_param is None:  # no NodeContext to build: nothing to count or record
             outputs, metrics = call_node(rn, inputs, run.device), {}
         else:
@@ -151,10 +161,9 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
         described[port] = V.report_value(value)
         if (device := V.device_of(value)) is not None and device not in devices:
             devices.append(device)
-    return NodeReport(node=rn.id, kind=rn.spec.kind, cache=cache, wall_s=time.perf_counter() - start,
-                      nfe=nfe, device=",".join(sorted(devices)) or None, peak_rss_bytes=peak_rss_bytes(),
-                      peak_cuda_bytes=torch.cuda.max_memory_allocated(run.device) if cuda else None,
-                      outputs=described, metrics=metrics)
+    return NodeReport(rn.id, rn.spec.kind, cache, time.perf_counter() - start, nfe,
+                      ",".join(sorted(devices)) if devices else None, peak_rss_bytes(),
+                      torch.cuda.max_memory_allocated(run.device) if cuda else None, described, metrics)
 
 
 def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry | None, str]:
@@ -214,8 +223,13 @@ def gather_inputs(rn: ResolvedNode, vals: dict, device: torch.device) -> dict[st
             else to_device(vals[link], device) for port, link in rn.inputs.items()}
 
 
+STAY = frozenset((float, int, bool, str, type(None)))  # values no device move applies to
+
+
 def to_device(value: Any, device: torch.device) -> Any:
     """Tensors and models move to the run's device when a node uses them."""
+    if type(value) in STAY:
+        return value
     if isinstance(value, torch.Tensor) and value.device != device:
         return value.to(device)
     if isinstance(value, Denoiser):
@@ -274,8 +288,9 @@ def consumer_counts(nodes: Iterable[ResolvedNode]) -> dict[Link, int]:
     """How many links read each (node, port) value (a value linked twice counts twice)."""
     counts: dict[Link, int] = {}
     for rn in nodes:
-        for link in rn.links():
-            counts[link] = counts.get(link, 0) + 1
+        if rn.inputs:
+            for link in rn.links():
+                counts[link] = counts.get(link, 0) + 1
     return counts
 
 
