@@ -9,7 +9,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import networkx as nx
 from pydantic import BaseModel, ValidationError
@@ -19,9 +20,9 @@ from .spec import NodeSpec, PortSpec, compatible
 from .workflow import NODE_ID, NodeDecl, Workflow, parse_link, suggest
 
 
-@dataclass(frozen=True, slots=True)  # slots: no per-instance __dict__ (fewer objects per node for the GC)
-class Link:
-    """A resolved edge end: the producing node and its output port."""
+class Link(NamedTuple):
+    """A resolved edge end: the producing node and its output port. A tuple, so it is itself the
+    (node, port) key under which the executor holds that output."""
 
     node: str
     port: str
@@ -36,15 +37,29 @@ class ResolvedNode:
     params: BaseModel
     inputs: dict[str, Link | list[Link]]
 
+    def links(self) -> Iterator[Link]:
+        """Every input link, once per link (a value linked twice comes twice)."""
+        for link in self.inputs.values():
+            if type(link) is list:
+                yield from link
+            else:
+                yield link
+
 
 @dataclass(frozen=True)
 class ValidGraph:
-    """A validated workflow: resolved nodes, requested outputs, and the dependency DAG."""
+    """A validated workflow: resolved nodes, requested outputs, and every node in one deterministic
+    topological order (smallest id first among ready nodes), computed once by validation."""
 
     workflow: Workflow
     nodes: dict[str, ResolvedNode]
     outputs: list[Link]
-    dag: nx.DiGraph
+    order: tuple[str, ...]
+
+    @cached_property
+    def dag(self) -> nx.DiGraph:
+        """The dependency DAG as a networkx graph (built on first use; running never needs it)."""
+        return build_dag(self.workflow)
 
 
 def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = None,
@@ -60,11 +75,11 @@ def validate(wf: Workflow, specs: Mapping[str, NodeSpec], source: str | None = N
         if resolved is not None:
             nodes[node_id] = resolved
     outputs = check_outputs(wf, specs, problems, broken)
-    dag = build_dag(wf)
-    problems.extend(cycle_problems(dag))
-    if problems:
+    order = topological_order(nodes) if not problems else []
+    if problems or len(order) < len(nodes):  # a cycle, or links that did not resolve: networkx locates cycles
+        problems.extend(cycle_problems(build_dag(wf)))
         raise WorkflowError(problems, source)
-    return ValidGraph(wf, nodes, outputs, dag)
+    return ValidGraph(wf, nodes, outputs, tuple(order))
 
 
 def validate_document(error: WorkflowError, specs: Mapping[str, NodeSpec]) -> WorkflowError:
@@ -119,8 +134,8 @@ def check_node(node_id: str, decl: NodeDecl, wf: Workflow, specs: Mapping[str, N
 
 def check_params(node_id: str, params: dict[str, Any], spec: NodeSpec,
                  problems: list[Problem]) -> BaseModel | None:
-    try:
-        return spec.params.model_validate(params)
+    try:  # the model's validator itself: model_validate only forwards to it (and costs as much again)
+        return spec.params.__pydantic_validator__.validate_python(params)
     except ValidationError as e:
         for err in e.errors():
             problems.append(param_problem(node_id, err, spec))
@@ -163,16 +178,22 @@ def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
             problems.append(Problem(f"unknown input port '{port_name}'", node_id, f"input '{port_name}'", hint))
             ok = False
             continue
-        links = value if isinstance(value, list) else [value]
-        if isinstance(value, list) and not port.many:
+        if not isinstance(value, list):
+            link = check_link(node_id, port, value, wf, specs, problems, broken)
+            if link is None:
+                ok = False
+            else:
+                resolved[port_name] = [link] if port.many else link
+            continue
+        if not port.many:
             problems.append(Problem(f"takes one link, got a list of {len(value)}", node_id, f"input '{port_name}'"))
             ok = False
             continue
-        got = [check_link(node_id, port, link, wf, specs, problems, broken) for link in links]
+        got = [check_link(node_id, port, link, wf, specs, problems, broken) for link in value]
         if None in got:
             ok = False
             continue
-        resolved[port_name] = got if port.many else got[0]
+        resolved[port_name] = got
     for port in spec.inputs:
         if port.required and port.name not in decl.inputs:
             problems.append(Problem(f"missing required input (expected a link to a {port.type_name} output)",
@@ -256,32 +277,61 @@ def cycle_problems(dag: nx.DiGraph) -> list[Problem]:
 
 
 def execution_order(graph: ValidGraph, outputs: list[str] | None = None) -> list[str]:
-    """Only what the requested outputs need, in a deterministic topological order."""
+    """Only what the requested outputs need, in the graph's deterministic topological order.
+
+    Filtering the whole graph's order is the order of Kahn's algorithm on the needed nodes alone:
+    they include their ancestors, so no other node ever delays one of them."""
     targets = [parse_link(o)[0] for o in outputs] if outputs else [link.node for link in graph.outputs]
     missing = [t for t in targets if t not in graph.nodes]
     if missing:
         raise WorkflowError([Problem(f"requested output '{t}' names no node", hint=suggest(t, graph.nodes))
                              for t in missing])
-    needed: set[str] = set()
-    for t in targets:
-        if t not in needed:  # an ancestor of an earlier target brings its own ancestors already
-            needed |= nx.ancestors(graph.dag, t) | {t}
-    return topological_order(graph.dag, needed)
+    needed = ancestors_and_self(graph.nodes, targets)
+    if len(needed) == len(graph.nodes):
+        return list(graph.order)
+    return [n for n in graph.order if n in needed]
 
 
-def topological_order(dag: nx.DiGraph, keep: set[str]) -> list[str]:
-    """Kahn's algorithm over the `keep` nodes, smallest id first among ready nodes (deterministic)."""
-    pred, succ = dag.pred, dag.succ
-    indegree = {n: sum(1 for p in pred[n] if p in keep) for n in keep}
+def ancestors_and_self(nodes: Mapping[str, ResolvedNode], targets: list[str]) -> set[str]:
+    """`targets` and every node they depend on (one walk over the producers)."""
+    needed = set(targets)
+    stack = list(needed)
+    while stack:
+        for p in (link.node for link in nodes[stack.pop()].links()):
+            if p not in needed:
+                needed.add(p)
+                stack.append(p)
+    return needed
+
+
+def topological_order(nodes: Mapping[str, ResolvedNode]) -> list[str]:
+    """Kahn's algorithm over resolved nodes, smallest id first among ready nodes (deterministic);
+    shorter than `nodes` when they contain a cycle.
+
+    Each producer's consumers are a chain of edge numbers in two flat lists, not a list per node:
+    the graph is walked once, and a large workflow leaves the garbage collector a few objects
+    instead of one more per node."""
+    indegree = dict.fromkeys(nodes, 0)
+    consumer: list[str] = []  # edge -> the node that reads it
+    next_edge: list[int] = []  # edge -> the producer's previous edge, -1 after its first
+    last_edge: dict[str, int] = {}  # producer -> its most recent edge
+    for node_id, rn in nodes.items():
+        for link in rn.links():
+            indegree[node_id] += 1
+            next_edge.append(last_edge.get(link.node, -1))
+            last_edge[link.node] = len(consumer)
+            consumer.append(node_id)
     ready = [n for n, d in indegree.items() if d == 0]
     heapq.heapify(ready)
     order = []
     while ready:
         n = heapq.heappop(ready)
         order.append(n)
-        for m in succ[n]:
-            if m in keep:
-                indegree[m] -= 1
-                if indegree[m] == 0:
-                    heapq.heappush(ready, m)
+        edge = last_edge.get(n, -1)
+        while edge >= 0:
+            m = consumer[edge]
+            indegree[m] -= 1
+            if indegree[m] == 0:
+                heapq.heappush(ready, m)
+            edge = next_edge[edge]
     return order

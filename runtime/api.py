@@ -94,9 +94,8 @@ class Runtime:
         wanted = resolve_wanted(graph, names)
         preflight(graph, order, self.device, Path(out_dir) if out_dir is not None else None)
         report = RunReport(seed=wf.seed, device=str(self.device), source=source)
-        emit = on_event or (lambda e: None)
         settings = RunSettings(device=self.device, seed=wf.seed, out_dir=Path(out_dir or "."),
-                               memory=self.memory, disk=self.disk, emit=emit,
+                               memory=self.memory, disk=self.disk, emit=on_event,
                                is_cancelled=(lambda: cancel.cancelled) if cancel else (lambda: False))
         start = time.perf_counter()
         try:
@@ -112,7 +111,8 @@ class Runtime:
         results = {name: produced[(link.node, link.port)] for name, link in zip(names, wanted)}
         report.outputs = {name: describe_output(v) for name, v in results.items()}
         path = report.save(Path(out_dir) / "report.json") if out_dir is not None else None
-        emit(RunFinished(report))
+        if on_event is not None:
+            on_event(RunFinished(report))
         return RunResult(results, report, path)
 
 

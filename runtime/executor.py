@@ -3,26 +3,29 @@
 State of one run (all local to `execute`, so runs on one Runtime never share it):
 - `order`: node ids needed by the requested outputs, topologically sorted (pruned first);
 - `keys[node]`: its Merkle cache key = hash(kind, version, canonical params, input keys,
-  seed if the node uses it), computed before the node runs; tensors are never hashed;
+  seed if the node uses it), computed before the node runs; tensors are never hashed; a run
+  without caches only marks which nodes would have one (nothing would read the hashes);
 - `values[(node, port)]`: outputs still needed, dropped once their last consumer ran
   (requested outputs are kept);
 - the report, filled one NodeReport per node.
 Policy per node: check cancellation; memory cache, then disk cache (both only for
-cacheable nodes not downstream of an uncacheable one); else run it with its inputs (moved to the run's device) and store what
-it returned. A node that fails or is cancelled stores nothing."""
+cacheable nodes not downstream of an uncacheable one); else run it with its inputs (moved to
+the run's device) and store what it returned. A node that fails or is cancelled stores nothing.
+Per-node work is only what the run uses: events are built only when somebody listens, and a
+NodeContext only for nodes whose run() takes one."""
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..graph.errors import NodeError, NodeRunError, RunCancelled, SamplegraphError
-from ..graph.hashing import node_key
+from ..graph.hashing import KeyWriter
 from ..graph.validate import Link, ResolvedNode, ValidGraph
 from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
@@ -42,8 +45,12 @@ class RunSettings:
     out_dir: Path
     memory: MemoryCache | None
     disk: DiskCache | None
-    emit: Callable[[Event], None]
+    emit: Callable[[Event], None] | None  # None: nobody listens, so no event is built
     is_cancelled: Callable[[], bool]
+    cuda: bool = field(init=False)  # asked once per run: torch.device.type costs as much as a small node
+
+    def __post_init__(self) -> None:
+        self.cuda = self.device.type == "cuda"
 
 
 def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, str | None]:
@@ -52,75 +59,111 @@ def compute_keys(graph: ValidGraph, order: list[str], seed: int) -> dict[str, st
     None for a node that is not cacheable, and for everything downstream of one: a side
     effect's output is not determined by its key, so nothing derived from it may be cached."""
     keys: dict[str, str | None] = {}
+    writers: dict[str, KeyWriter] = {}  # one per kind in the graph
     for node_id in order:
         rn = graph.nodes[node_id]
         spec = rn.spec
-        inputs = {port: link_key(keys, link) for port, link in rn.inputs.items()} if spec.cacheable else None
-        if inputs is None or None in inputs.values():
+        inputs = input_keys(keys, rn) if spec.cacheable else None
+        if inputs is None:
             keys[node_id] = None
             continue
-        keys[node_id] = node_key(spec.kind, spec.version, rn.params.key_params(),
-                                 inputs, seed if spec.uses_seed else None, rn.params.external_state())
+        if (writer := writers.get(spec.kind)) is None:
+            writer = writers[spec.kind] = KeyWriter(spec.kind, spec.version)
+        keys[node_id] = writer.key(rn.params.key_params(), inputs, seed if spec.uses_seed else None,
+                                   rn.params.external_state())
     return keys
 
 
-def link_key(keys: dict[str, str | None], link: Link | list[Link]) -> str | list[str] | None:
-    """The input's key text, or None when a producer has no key (so neither may this node)."""
-    if isinstance(link, list):
-        found = [keys[l.node] for l in link]
-        return None if None in found else [f"{k}:{l.port}" for k, l in zip(found, link)]
-    key = keys[link.node]
-    return None if key is None else f"{key}:{link.port}"
+UNHASHED = ""  # the key of a keyed node in a run without caches: nothing reads it, so it is not computed
+
+
+def cacheable_marks(graph: ValidGraph, order: list[str]) -> dict[str, str | None]:
+    """compute_keys' None pattern without hashing: UNHASHED where compute_keys gives a key."""
+    marks: dict[str, str | None] = {}
+    for node_id in order:
+        rn = graph.nodes[node_id]
+        keyed = rn.spec.cacheable and all(marks[link.node] is not None for link in rn.links())
+        marks[node_id] = UNHASHED if keyed else None
+    return marks
+
+
+def input_keys(keys: dict[str, str | None], rn: ResolvedNode) -> dict[str, str | list[str]] | None:
+    """port -> "key:port" of its producer (a list for a fan-in); None when a producer has no key."""
+    found: dict[str, str | list[str]] = {}
+    for port, link in rn.inputs.items():
+        if type(link) is list:
+            many = []
+            for l in link:
+                if (key := keys[l.node]) is None:
+                    return None
+                many.append(f"{key}:{l.port}")
+            found[port] = many
+        elif (key := keys[link.node]) is None:
+            return None
+        else:
+            found[port] = f"{key}:{link.port}"
+    return found
 
 
 def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
             run: RunSettings) -> dict[tuple[str, str], Any]:
     """Run `order`; return the values of the `wanted` links. Fills `report` as it goes."""
-    keys = compute_keys(graph, order, run.seed)
-    refs = {node_id: input_refs(graph.nodes[node_id]) for node_id in order}
-    remaining = consumer_counts(refs)
-    keep = {(link.node, link.port) for link in wanted}
-    vals: dict[tuple[str, str], Any] = {}
+    caching = run.memory is not None or run.disk is not None
+    keys = compute_keys(graph, order, run.seed) if caching else cacheable_marks(graph, order)
+    nodes = graph.nodes
+    remaining = consumer_counts(nodes[node_id] for node_id in order)
+    keep = set(wanted)
+    vals: dict[tuple[str, str], Any] = {}  # (node, port) -> value; a Link is such a key
     emit, total = run.emit, len(order)
-    emit(RunStarted(total))
+    if emit is not None:
+        emit(RunStarted(total))
     for index, node_id in enumerate(order):
         if run.is_cancelled():
             raise RunCancelled(f"run cancelled before node '{node_id}'")
-        rn = graph.nodes[node_id]
-        emit(NodeStarted(node_id, rn.spec.kind, index, total))
+        rn = nodes[node_id]
+        if emit is not None:
+            emit(NodeStarted(node_id, rn.spec.kind, index, total))
         entry = run_node(rn, keys[node_id], vals, run)
         report.nodes.append(entry)
-        emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
-        release_inputs(refs[node_id], remaining, keep, vals)
-    return {(link.node, link.port): vals[(link.node, link.port)] for link in wanted}
+        if emit is not None:
+            emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
+        if rn.inputs:
+            release_inputs(rn, remaining, keep, vals)
+    return {(link.node, link.port): vals[link] for link in wanted}
 
 
 def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) -> NodeReport:
     start = time.perf_counter()
-    cuda = run.device.type == "cuda"
+    cuda = run.cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     entry, cache = lookup(rn, key, run)
     nfe = 0
-    if entry is None:
-        ctx = make_context(rn, run, key)
-        outputs = call_node(rn, gather_inputs(rn, vals, run.device), ctx)
-        nfe = int(ctx.metrics.pop("nfe", 0))
-        entry = Entry(outputs, ctx.metrics)
+    if entry is not None:
+        outputs, metrics = entry.outputs, dict(entry.metrics)
+    else:
+        inputs = gather_inputs(rn, vals, run.device) if rn.inputs else {}
+        if rn.spec.context_param is None:  # no NodeContext to build: nothing to count or record
+            outputs, metrics = call_node(rn, inputs, run.device), {}
+        else:
+            ctx = inputs[rn.spec.context_param] = make_context(rn, run, key)
+            outputs = call_node(rn, inputs, run.device)
+            nfe = int(ctx.metrics.pop("nfe", 0))
+            metrics = ctx.metrics
         cache = "uncached" if key is None else "miss"
         if key is not None:
-            store(rn, key, entry, run)
-            ctx.checkpoints.discard()
-    described, devices = {}, set()
-    for port, value in entry.outputs.items():
+            store(rn, key, outputs, metrics, run)
+            if rn.spec.context_param is not None:
+                ctx.checkpoints.discard()
+    described, devices = {}, []
+    for port, value in outputs.items():
         vals[(rn.id, port)] = value
         described[port] = V.report_value(value)
-        if device := V.device_of(value):
-            devices.add(device)
-    return NodeReport(node=rn.id, kind=rn.spec.kind, cache=cache, wall_s=time.perf_counter() - start,
-                      nfe=nfe, device=",".join(sorted(devices)) or None, peak_rss_bytes=peak_rss_bytes(),
-                      peak_cuda_bytes=torch.cuda.max_memory_allocated(run.device) if cuda else None,
-                      outputs=described, metrics=dict(entry.metrics))
+        if (device := V.device_of(value)) is not None and device not in devices:
+            devices.append(device)
+    return NodeReport(rn.id, rn.spec.kind, cache, time.perf_counter() - start, nfe,
+                      ",".join(sorted(devices)) if devices else None, peak_rss_bytes(),
+                      torch.cuda.max_memory_allocated(run.device) if cuda else None, described, metrics)
 
 
 def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry | None, str]:
@@ -130,8 +173,8 @@ def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry |
         return hit, "memory"
     if run.disk is not None:
         hit = run.disk.get(key, port_types_of(rn), run.device,
-                           on_corrupt=lambda k, why: run.emit(CacheDiscarded(k, why)),
-                           on_undecodable=lambda k, why: run.emit(CacheUndecodable(k, why)))
+                           on_corrupt=lambda k, why: tell(run, CacheDiscarded(k, why)),
+                           on_undecodable=lambda k, why: tell(run, CacheUndecodable(k, why)))
         if hit is not None:
             if run.memory is not None:
                 run.memory.put(key, hit.outputs, hit.metrics)
@@ -139,14 +182,20 @@ def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry |
     return None, "miss"
 
 
-def store(rn: ResolvedNode, key: str, entry: Entry, run: RunSettings) -> None:
+def tell(run: RunSettings, event: Event) -> None:
+    """Emit an event when somebody listens."""
+    if run.emit is not None:
+        run.emit(event)
+
+
+def store(rn: ResolvedNode, key: str, outputs: dict[str, Any], metrics: dict[str, Any], run: RunSettings) -> None:
     if run.memory is not None:
-        run.memory.put(key, entry.outputs, entry.metrics)
+        run.memory.put(key, outputs, metrics)
     if run.disk is not None:
         try:
-            run.disk.put(key, entry.outputs, port_types_of(rn), entry.metrics)
+            run.disk.put(key, outputs, port_types_of(rn), metrics)
         except CacheWriteError as e:  # the result is computed and in memory: the run goes on
-            run.emit(CacheWriteFailed(key, str(e)))
+            tell(run, CacheWriteFailed(key, str(e)))
 
 
 def port_types_of(rn: ResolvedNode) -> dict[str, type]:
@@ -156,24 +205,31 @@ def port_types_of(rn: ResolvedNode) -> dict[str, type]:
 
 def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> NodeContext:
     """The node's services; checkpoints are stored only for a cached node of a run with a disk cache."""
+    emit = run.emit
+
     def on_progress(step: int, total: int) -> None:
-        run.emit(StepProgress(rn.id, step, total))
+        emit(StepProgress(rn.id, step, total))
 
     ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
                       seed=run.seed if rn.spec.uses_seed else None,
-                      on_progress=on_progress, is_cancelled=run.is_cancelled)
+                      on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled)
     if key is not None and run.disk is not None:
         ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
     return ctx
 
 
 def gather_inputs(rn: ResolvedNode, vals: dict, device: torch.device) -> dict[str, Any]:
-    return {port: [to_device(vals[(l.node, l.port)], device) for l in link] if isinstance(link, list)
-            else to_device(vals[(link.node, link.port)], device) for port, link in rn.inputs.items()}
+    return {port: [to_device(vals[l], device) for l in link] if type(link) is list
+            else to_device(vals[link], device) for port, link in rn.inputs.items()}
+
+
+STAY = frozenset((float, int, bool, str, type(None)))  # values no device move applies to
 
 
 def to_device(value: Any, device: torch.device) -> Any:
     """Tensors and models move to the run's device when a node uses them."""
+    if type(value) in STAY:
+        return value
     if isinstance(value, torch.Tensor) and value.device != device:
         return value.to(device)
     if isinstance(value, Denoiser):
@@ -181,9 +237,9 @@ def to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def call_node(rn: ResolvedNode, inputs: dict[str, Any], ctx: NodeContext) -> dict[str, Any]:
-    if rn.spec.context_param is not None:
-        inputs[rn.spec.context_param] = ctx
+def call_node(rn: ResolvedNode, inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """run() with its inputs (and NodeContext, when it takes one); every failure becomes a NodeRunError
+    naming the node."""
     try:
         result = rn.params.run(**inputs)
     except (RunCancelled, NodeRunError):
@@ -193,7 +249,7 @@ def call_node(rn: ResolvedNode, inputs: dict[str, Any], ctx: NodeContext) -> dic
     except SamplegraphError as e:
         raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
     except Exception as e:
-        if (oom := out_of_memory(e, ctx.device)) is not None:
+        if (oom := out_of_memory(e, device)) is not None:
             raise NodeRunError(rn.id, rn.spec.kind, oom) from e
         raise NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}") from e
     return check_outputs(rn, result)
@@ -228,22 +284,19 @@ def check_outputs(rn: ResolvedNode, result: Any) -> dict[str, Any]:
     return outputs
 
 
-def input_refs(rn: ResolvedNode) -> list[tuple[str, str]]:
-    """The (node, port) values `rn` reads, one per link (a value linked twice counts twice)."""
-    return [(l.node, l.port) for link in rn.inputs.values() for l in (link if isinstance(link, list) else (link,))]
-
-
-def consumer_counts(refs: dict[str, list[tuple[str, str]]]) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    for node_refs in refs.values():
-        for ref in node_refs:
-            counts[ref] = counts.get(ref, 0) + 1
+def consumer_counts(nodes: Iterable[ResolvedNode]) -> dict[Link, int]:
+    """How many links read each (node, port) value (a value linked twice counts twice)."""
+    counts: dict[Link, int] = {}
+    for rn in nodes:
+        if rn.inputs:
+            for link in rn.links():
+                counts[link] = counts.get(link, 0) + 1
     return counts
 
 
-def release_inputs(refs: list[tuple[str, str]], remaining: dict, keep: set, vals: dict) -> None:
-    """Drop values whose last consumer just ran (the caches keep what they hold)."""
-    for ref in refs:
-        remaining[ref] -= 1
-        if remaining[ref] == 0 and ref not in keep:
-            vals.pop(ref, None)
+def release_inputs(rn: ResolvedNode, remaining: dict[Link, int], keep: set[Link], vals: dict) -> None:
+    """Drop the values `rn` read whose last consumer it was (the caches keep what they hold)."""
+    for link in rn.links():
+        remaining[link] -= 1
+        if remaining[link] == 0 and link not in keep:
+            vals.pop(link, None)

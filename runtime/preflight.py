@@ -7,7 +7,9 @@ import contextlib
 import os
 import resource
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,9 +51,8 @@ def check_out_dir(out_dir: Path) -> None:
 
 def check_output_files(graph: ValidGraph, order: list[str], out_dir: Path) -> None:
     """Raise OutputDirError naming the node unless the folder of every file a node will write is writable."""
-    for node_id in order:
-        files = getattr(graph.nodes[node_id].params, "output_files", None)
-        for path in files(out_dir) if callable(files) else []:
+    for node_id, files in methods_named(graph, order, "output_files"):
+        for path in files(out_dir):
             why = writable_dir_problem(path.parent)
             if why is not None:
                 raise OutputDirError(f"node '{node_id}' would write '{path}', but its folder '{path.parent}' "
@@ -60,7 +61,8 @@ def check_output_files(graph: ValidGraph, order: list[str], out_dir: Path) -> No
 
 def check_memory(graph: ValidGraph, order: list[str], device: torch.device) -> None:
     """A WorkflowError locating every node whose memory estimate exceeds the device's available memory."""
-    estimates = {n: e for n in order if (e := estimate_of(graph, n)) is not None}
+    estimates: dict[str, MemoryEstimate] = {
+        n: e for n, estimate in methods_named(graph, order, "memory_estimate") if (e := estimate()) is not None}
     if not estimates:
         return
     free = available_bytes(device)
@@ -74,9 +76,17 @@ def check_memory(graph: ValidGraph, order: list[str], device: torch.device) -> N
         raise WorkflowError(problems)
 
 
-def estimate_of(graph: ValidGraph, node_id: str) -> MemoryEstimate | None:
-    estimate = getattr(graph.nodes[node_id].params, "memory_estimate", None)
-    return estimate() if callable(estimate) else None
+def methods_named(graph: ValidGraph, order: list[str], name: str) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """(node id, bound method) of the nodes in `order` whose class defines the method `name`; each class
+    is asked once (a missing attribute costs a raised AttributeError inside pydantic per instance)."""
+    defines: dict[type, bool] = {}
+    for node_id in order:
+        params = graph.nodes[node_id].params
+        found = defines.get(type(params))
+        if found is None:
+            found = defines[type(params)] = callable(getattr(type(params), name, None))
+        if found:
+            yield node_id, getattr(params, name)
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -100,6 +100,8 @@ def report_value(value: Any) -> bool | int | float | str:
 
 
 def device_of(value: Any) -> str | None:
+    if isinstance(value, PLAIN):
+        return None
     if isinstance(value, torch.Tensor):
         return str(value.device)
     dev = getattr(value, "device", None)
