@@ -3,7 +3,9 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .constraints import nodes as constraint_nodes
+    from .masked import Masked
     from .prompt import Prompt
     from .table_lm import ModelTableLM
 
-    return [Prompt, ModelTableLM]
+    return [Prompt, ModelTableLM, Masked, *constraint_nodes()]

@@ -1,0 +1,8 @@
+"""Constraint nodes (`constraint.*`): each returns a Potential over bytes (nodes/lm/potential.py); regex and
+lexicon constraints are byte automata (automaton.py), JSON schema and Lark grammars go through llguidance."""
+
+
+def nodes() -> list[type]:
+    from .regex import RegexConstraint
+
+    return [RegexConstraint]
