@@ -4,8 +4,9 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 def nodes() -> list[type]:
     from .constraints import nodes as constraint_nodes
+    from .generate import Generate
     from .masked import Masked
     from .prompt import Prompt
     from .table_lm import ModelTableLM
 
-    return [Prompt, ModelTableLM, Masked, *constraint_nodes()]
+    return [Prompt, ModelTableLM, Generate, Masked, *constraint_nodes()]
