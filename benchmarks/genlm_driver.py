@@ -10,7 +10,7 @@ our table), and the constraint is our byte-level `Potential` (`WordsPotential`, 
 genlm `Potential` over bytes, coerced to the LM's tokens exactly as genlm users coerce `BoolFSA`.
 
 Jobs (field "kind"):
-- "table_awrs": AWRS(llm, condition, seed) draws at fixed contexts; per draw the token id, the log
+- "table_awrs": AWRS(llm, condition, seed) first-token draws after each prompt; per draw the token id, the log
   weight (genlm's log Z-hat), the constraint evaluations and how many of them accepted.
 - "table_smc": SMC(AWRS(...))(n_particles, ess_threshold, max_tokens) repeated; log_ml per run.
 - "hf": SmolLM2 from a GGUF file (transformers, float32, 1 thread) with genlm's own constraints
@@ -20,11 +20,15 @@ Jobs (field "kind"):
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -160,26 +164,26 @@ def _array(values: list[float]) -> Any:
 
 
 def run_table_awrs(job: dict[str, Any]) -> dict[str, Any]:
-    """genlm AWRS draws at each context of job["contexts"] (lists of token ids after the prompt)."""
+    """genlm AWRS first-token draws after each prompt text of job["prompts"] (the constraint sees the
+    generated text only, so each prompt is one more next-token distribution of the table)."""
     from genlm.control import AWRS
 
     lm = table_lm(job["lm"])
-    counter = Counter()
-    llm = genlm_table_llm(lm, lm.encode(job.get("prompt", "")))
-    condition = genlm_byte_condition(WordsPotential(job["words"]), counter).coerce(llm, f=b"".join)
     results = []
-    for k, ids in enumerate(job["contexts"]):
-        sampler = AWRS(llm, condition, seed=int(job.get("seed", 0)) + k, max_accepts=job.get("max_accepts", 2))
-        context = llm.decode_tokens(ids)
+    for k, prompt in enumerate(job["prompts"]):
+        counter = Counter()
+        llm = genlm_table_llm(lm, lm.encode(prompt))
+        condition = genlm_byte_condition(WordsPotential(job["words"]), counter).coerce(llm, f=b"".join)
+        sampler = AWRS(llm, condition, seed=int(job.get("seed", 0)) + k)
         draws = []
         for _ in range(int(job["draws"])):
             counter.take()
-            token, logw, _ = asyncio.run(sampler.sample(context))
+            token, logw, _ = asyncio.run(sampler.sample([]))
             evaluations, accepted = counter.take()
             tid = lm.eos_id if token is llm.eos else int(token.token_id)
             draws.append([tid, float(logw), evaluations, accepted])
-        results.append({"context": ids, "draws": draws})
-    return {"contexts": results}
+        results.append({"prompt": prompt, "draws": draws})
+    return {"prompts": results}
 
 
 def run_table_smc(job: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +289,36 @@ def run_hf(job: dict[str, Any]) -> dict[str, Any]:
 def _finite(x: float) -> float | None:
     """JSON has no -inf: None for a particle that died."""
     return float(x) if math.isfinite(float(x)) else None
+
+
+def genlm_python() -> str | None:
+    """The interpreter that has genlm-control: $GENLM_PYTHON, else this one if it can import it, else None."""
+    given = os.environ.get("GENLM_PYTHON")
+    if given:
+        return given if Path(given).is_file() else None
+    try:
+        found = importlib.util.find_spec("genlm.control") is not None
+    except ModuleNotFoundError:
+        found = False
+    return sys.executable if found else None
+
+
+def run_job(python: str, job: dict[str, Any], timeout_s: float = 3600) -> dict[str, Any]:
+    """Run one job in `python` (this file as its script, our package first on its path); its JSON result."""
+    import samplegraph
+
+    here = str(Path(samplegraph.__file__).parent.parent)  # the directory that holds `samplegraph` on sys.path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        proc = subprocess.run([python, str(Path(__file__).resolve()), f.name], capture_output=True, text=True,
+                              env=env, timeout=timeout_s)
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        raise RuntimeError(f"genlm driver ({python}) failed on a {job['kind']!r} job:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 JOBS = {"table_awrs": run_table_awrs, "table_smc": run_table_smc, "hf": run_hf}
