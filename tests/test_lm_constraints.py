@@ -5,6 +5,7 @@ against the exact locally constrained distribution of a small exact LM."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import re
@@ -207,3 +208,216 @@ def test_unsatisfiable_constraint_is_a_node_error_at_the_first_step():
     with pytest.raises(NodeError, match="rejects every token of row 0"):
         Masked(particles=2, max_new_tokens=4).run(lm, Prompts(("",)), RegexConstraint(pattern="z+").run(),
                                                   NodeContext.detached(seed=0))
+
+
+# ---------------------------------------------------------------- llguidance: JSON schema and Lark
+
+JSON_VOCAB = Vocabulary(tokens=(b"", b"<s>", b'{"', b'":', b'"name', b'"age', b'":"', b'",', b"12", b'1}', b'"}',
+                                b'"tags":["', b'"]', E_ACUTE, b"\xc3\xa9b", b"ag", b"me", b"") + tuple(
+                                bytes([c]) for c in b'{}":,[] abegmnstx0123456789-\xc3\xa9'),
+                        eos=frozenset({0, 17}))
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3},
+                                           "age": {"type": "integer", "minimum": 0},
+                                           "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
+          "required": ["name", "age"], "additionalProperties": False}
+CLOSERS = [b"}", b'"}', b'1}', b'"]', b"]", b'",', b'"', b"1", b",", b"a", b":", b'":', b'"age', b'"name']
+
+
+def greedy_complete(bound, ids: list[int], limit: int = 40) -> list[int] | None:
+    """Masked greedy decoding that prefers closing tokens (EOS first): the ids extended until EOS, or None."""
+    order = sorted(JSON_VOCAB.eos) + [JSON_VOCAB.id_of(c) for c in CLOSERS]
+    order += [i for i in range(JSON_VOCAB.size) if i not in order]
+    for _ in range(limit):
+        state = TokenState.from_prompts([[1, *ids]], torch.arange(1), 64).replace(prompt_length=torch.ones(1, dtype=torch.long))
+        mask = bound.mask(state)[0]
+        pick = next((t for t in order if mask[t] == 0), None)
+        if pick is None:
+            return None
+        ids = ids + [pick]
+        if pick in JSON_VOCAB.eos:
+            return ids
+    return None
+
+
+def test_json_schema_masks_keep_every_allowed_token_completable_to_a_valid_document():
+    pytest.importorskip("llguidance", reason="grammar constraints need llguidance (the lm extra)")
+    jsonschema = pytest.importorskip("jsonschema", reason="the test extra provides jsonschema")
+    from samplegraph.nodes.lm.constraints.json_schema import JsonSchemaConstraint
+
+    potential = JsonSchemaConstraint(json_schema=PERSON).run()
+    bound = potential.bind(JSON_VOCAB)
+    rng, checked = random.Random(0), 0
+    for _ in range(6):  # random masked paths; at each step every allowed token is completed greedily
+        ids: list[int] = []
+        for _ in range(8):
+            state = TokenState.from_prompts([[1, *ids]], torch.arange(1), 64).replace(prompt_length=torch.ones(1, dtype=torch.long))
+            allowed = (bound.mask(state)[0] == 0).nonzero().flatten().tolist()
+            for t in allowed:
+                done = greedy_complete(bound, ids + [t])
+                assert done is not None, (JSON_VOCAB.decode(ids), JSON_VOCAB.tokens[t])
+                doc = json.loads(JSON_VOCAB.decode(done))
+                jsonschema.validate(doc, PERSON)
+                checked += 1
+            live = [t for t in allowed if t not in JSON_VOCAB.eos]
+            if not live:
+                break
+            ids.append(rng.choice(live))
+    assert checked > 100
+
+
+def test_json_schema_mask_is_byte_exact_not_canonical_tokens():
+    pytest.importorskip("llguidance", reason="grammar constraints need llguidance (the lm extra)")
+    from samplegraph.nodes.lm.constraints.json_schema import JsonSchemaConstraint
+
+    bound = JsonSchemaConstraint(json_schema=PERSON).run().bind(JSON_VOCAB)
+    state = TokenState.from_prompts([[1]], torch.arange(1), 8).replace(prompt_length=torch.ones(1, dtype=torch.long))
+    allowed = {JSON_VOCAB.tokens[t] for t in (bound.mask(state)[0] == 0).nonzero().flatten().tolist()}
+    assert allowed == {b"{", b'{"'}  # both spell a valid prefix (llguidance's forcing would keep only '{"')
+
+
+@pytest.mark.parametrize("kind", ["json", "lark"])
+def test_grammar_full_mask_equals_candidates_and_the_byte_level_potential(kind):
+    pytest.importorskip("llguidance", reason="grammar constraints need llguidance (the lm extra)")
+    from samplegraph.nodes.lm.constraints.json_schema import JsonSchemaConstraint
+    from samplegraph.nodes.lm.constraints.lark import LarkConstraint
+
+    if kind == "json":
+        potential, vocab = JsonSchemaConstraint(json_schema=PERSON).run(), JSON_VOCAB
+    else:
+        potential, vocab = LarkConstraint(grammar='start: ("a" | "é")+ "b"?').run(), MULTI
+    state = random_rows(vocab, potential, 16, seed=1)
+    b, v = state.batch, vocab.size
+    mask = potential.bind(vocab).mask(state)
+    rows, tokens = torch.arange(b).repeat_interleave(v), torch.arange(v).repeat(b)
+    from samplegraph.nodes.lm.constraints.grammar import GrammarTokenPotential
+
+    assert torch.equal(GrammarTokenPotential(potential, vocab).candidates(state, rows, tokens).reshape(b, v), mask)
+    assert torch.equal(BytesTokenPotential(potential, vocab).mask(state), mask)
+    idx = torch.tensor([3, 3, 0, 7, 3])  # gathered and forked rows: matchers are keyed by token ids, not rows
+    assert torch.equal(potential.bind(vocab).mask(state[idx]), mask[idx])
+
+
+def test_lark_and_regex_engines_give_the_same_masks():
+    pytest.importorskip("llguidance", reason="grammar constraints need llguidance (the lm extra)")
+    from samplegraph.nodes.lm.constraints.lark import LarkConstraint
+
+    regex = RegexConstraint(pattern=r"(ab|€1|b)*é?").run()
+    lark = LarkConstraint(grammar='start: ("ab" | "€1" | "b")* "é"?').run()
+    state = random_rows(MULTI, regex, 32, seed=5)
+    assert torch.equal(lark.bind(MULTI).mask(state), regex.bind(MULTI).mask(state))
+
+
+@pytest.mark.parametrize("schema,match", [({"type": "objectx"}, "Invalid type"),
+                                          ({"type": "integer", "minimum": 5, "maximum": 3}, "nsatisfiable")])
+def test_malformed_or_unsatisfiable_schema_is_a_node_error(schema, match):
+    pytest.importorskip("llguidance", reason="grammar constraints need llguidance (the lm extra)")
+    from samplegraph.nodes.lm.constraints.json_schema import JsonSchemaConstraint
+
+    with pytest.raises(NodeError, match=f"parameter 'json_schema'.*{match}"):
+        JsonSchemaConstraint(json_schema=schema).run()
+
+
+def test_malformed_lark_grammar_is_a_located_node_error():
+    pytest.importorskip("llguidance", reason="grammar constraints need llguidance (the lm extra)")
+    from samplegraph.nodes.lm.constraints.lark import LarkConstraint
+
+    with pytest.raises(NodeError, match=r"parameter 'grammar': 1\(14\)"):
+        LarkConstraint(grammar='start: "a" (b').run()
+
+
+def test_masked_json_samples_validate_and_an_unsatisfiable_grammar_stops_at_once():
+    pytest.importorskip("llguidance", reason="grammar constraints need llguidance (the lm extra)")
+    jsonschema = pytest.importorskip("jsonschema", reason="the test extra provides jsonschema")
+    from samplegraph.nodes.lm.constraints.json_schema import JsonSchemaConstraint
+    from samplegraph.nodes.lm.constraints.lark import LarkConstraint
+
+    logits = torch.zeros(JSON_VOCAB.size, JSON_VOCAB.size)
+    for c in (b"}", b'"}', b'1}', b'"', b'",', b"1"):  # an LM that likes to close things
+        logits[:, JSON_VOCAB.id_of(c)] = 3.0
+    logits[:, 0] = 4.0
+    lm = MarkovLM(JSON_VOCAB, logits, bos=1)
+    gen = Masked(particles=12, max_new_tokens=30).run(lm, Prompts(("",)), JsonSchemaConstraint(json_schema=PERSON).run(),
+                                                      NodeContext.detached(seed=0))
+    assert gen.finished.all()
+    for text in gen.texts:
+        jsonschema.validate(json.loads(text), PERSON)
+    with pytest.raises(NodeError, match="rejects every token of row 0 .* after 0 generated tokens"):
+        Masked(particles=2, max_new_tokens=4).run(lm, Prompts(("",)), LarkConstraint(grammar='start: "zz"').run(),
+                                                  NodeContext.detached(seed=0))
+
+
+# ---------------------------------------------------------------- lexicon and a user's predicate plugin
+
+
+@pytest.mark.parametrize("separator", [None, " ", "é-"])
+def test_lexicon_matches_brute_force(separator):
+    from samplegraph.nodes.lm.constraints.lexicon import LexiconConstraint
+
+    words = ["a", "ab", "ba", "é", "a b"]
+    potential = LexiconConstraint(words=words, separator=separator).run()
+    sep = (separator or "").encode()
+    if separator is None:
+        language = {w.encode() for w in words}
+    else:
+        language = {sep.join(w.encode() for w in seq) for n in (1, 2, 3) for seq in itertools.product(words, repeat=n)}
+    alphabet = b"ab -" + E_ACUTE
+    strings = [bytes(s) for n in range(5) for s in itertools.product(alphabet, repeat=n)]
+    prefixes = {t[:i] for t in language for i in range(len(t) + 1)}
+    assert potential.complete(strings).eq(0).tolist() == [s in language for s in strings]
+    assert potential.prefix(strings).eq(0).tolist() == [s in prefixes for s in strings]
+
+
+def test_empty_word_is_a_node_error():
+    from samplegraph.nodes.lm.constraints.lexicon import LexiconConstraint
+
+    with pytest.raises(NodeError, match="parameter 'words'"):
+        LexiconConstraint(words=["a", ""]).run()
+
+
+PLUGIN = '''
+from samplegraph import node
+from samplegraph.nodes.lm.constraints.predicate import BytePredicateConstraint
+
+
+@node("constraint.balanced", version=1)
+class Balanced(BytePredicateConstraint):
+    """Balanced parentheses, at most `depth` deep (a user's own byte predicate)."""
+
+    depth: int = 2
+
+    def is_prefix(self, text: bytes) -> bool:
+        level = 0
+        for b in text:
+            level += {40: 1, 41: -1}.get(b, 0)
+            if level < 0 or level > self.depth:
+                return False
+        return True
+
+    def is_complete(self, text: bytes) -> bool:
+        return self.is_prefix(text) and text.count(b"(") == text.count(b")")
+'''
+
+
+def test_a_users_byte_predicate_registers_through_the_entry_point_and_constrains_decoding(tmp_path, monkeypatch):
+    from samplegraph import Registry
+
+    module = f"sg_balanced_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{module}.py").write_text(PLUGIN)
+    info = tmp_path / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[samplegraph.nodes]\nbalanced = {module}:Balanced\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry.default()
+    assert "constraint.balanced" in registry
+    potential = registry.node_class("constraint.balanced")(depth=1).run()
+    vocab = Vocabulary(tokens=(b"", b"<s>", b"(", b")", b"()", b"x", b")("), eos=frozenset({0}))
+    logits = torch.zeros(vocab.size, vocab.size)
+    logits[:, 1] = -math.inf
+    lm = MarkovLM(vocab, logits, bos=1)
+    gen = Masked(particles=40, max_new_tokens=6).run(lm, Prompts(("",)), potential, NodeContext.detached(seed=2))
+    for ids in gen.token_ids:
+        text = vocab.decode(ids)
+        assert potential.prefix([text])[0] == 0
+        if ids[-1] in vocab.eos:
+            assert text.count(b"(") == text.count(b")") and b"((" not in text

@@ -3,6 +3,9 @@ lexicon constraints are byte automata (automaton.py), JSON schema and Lark gramm
 
 
 def nodes() -> list[type]:
+    from .json_schema import JsonSchemaConstraint
+    from .lark import LarkConstraint
+    from .lexicon import LexiconConstraint
     from .regex import RegexConstraint
 
-    return [RegexConstraint]
+    return [RegexConstraint, JsonSchemaConstraint, LarkConstraint, LexiconConstraint]

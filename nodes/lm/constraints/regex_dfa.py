@@ -57,6 +57,39 @@ class ByteNFA:
                     cur = nxt
         return start, end
 
+    def trie(self, words: list[bytes]) -> tuple[int, int]:
+        """(start, end) of a byte trie of the words: shared prefixes share states (deterministic below start)."""
+        start, end = self.new(), self.new()
+        children: dict[tuple[int, int], int] = {}
+        for word in words:
+            cur = start
+            for b in word:
+                nxt = children.get((cur, b))
+                if nxt is None:
+                    nxt = children[(cur, b)] = self.new()
+                    self.edges[cur].append((b, b, nxt))
+                cur = nxt
+            if end not in self.eps[cur]:
+                self.eps[cur].append(end)
+        return start, end
+
+    def literal(self, data: bytes) -> tuple[int, int]:
+        """(start, end) reading exactly data."""
+        return self.trie([data])
+
+    def chain(self, *parts: tuple[int, int]) -> tuple[int, int]:
+        """Fragments one after another (each used once)."""
+        for (_, e), (s, _) in zip(parts, parts[1:]):
+            self.eps[e].append(s)
+        return parts[0][0], parts[-1][1]
+
+    def star(self, part: tuple[int, int]) -> tuple[int, int]:
+        """Zero or more of a fragment (used once)."""
+        loop = self.new()
+        self.eps[loop].append(part[0])
+        self.eps[part[1]].append(loop)
+        return loop, loop
+
     def repeat(self, node: Repeat) -> tuple[int, int]:
         start = cur = self.new()
         for _ in range(node.low):
@@ -96,14 +129,12 @@ class ByteNFA:
         return live
 
 
-class RegexDFA(LazyDFA):
-    """The DFA of a whole-text regex over UTF-8 bytes (syntax: nodes/lm/constraints/regex_syntax.py)."""
+class SubsetDFA(LazyDFA):
+    """The DFA of a byte NFA from `initial` to `accept`, determinised on demand."""
 
-    def __init__(self, pattern: str):
-        self.pattern = pattern
-        self.nfa = ByteNFA()
-        self.initial, self.accept = self.nfa.fragment(parse(pattern))
-        self.live = self.nfa.co_reachable(self.accept)
+    def __init__(self, nfa: ByteNFA, initial: int, accept: int):
+        self.nfa, self.initial, self.accept = nfa, initial, accept
+        self.live = nfa.co_reachable(accept)
         super().__init__()
 
     def closure(self, states: set[int] | list[int]) -> frozenset[int] | None:
@@ -132,3 +163,12 @@ class RegexDFA(LazyDFA):
             if targets:
                 out.append((lo, nxt - 1, self.closure(targets)))
         return out
+
+
+class RegexDFA(SubsetDFA):
+    """The DFA of a whole-text regex over UTF-8 bytes (syntax: nodes/lm/constraints/regex_syntax.py)."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        nfa = ByteNFA()
+        super().__init__(nfa, *nfa.fragment(parse(pattern)))
