@@ -193,14 +193,35 @@ def save_tensor_output(name: str, value: Any, out: Path) -> Any:
 
 
 def show_output(value: Any) -> str:
+    from ..nodes.lm.generations import Generations
     from .values import describe
 
+    if isinstance(value, Generations):
+        return show_generations(value)
     if isinstance(value, str) and Path(value).exists():
         rel = os.path.relpath(value)
         return value if rel.startswith("..") else rel
     if isinstance(value, float):
         return f"{value:.6g}"
     return describe(value)
+
+
+SHOWN_ROWS, SHOWN_CHARS = 10, 72
+
+
+def show_generations(gens: Any) -> str:
+    """A count line, then one line per row (the first SHOWN_ROWS): index, group, log-weight, end, text."""
+    groups = len(set(gens.group.tolist()))
+    head = f"{len(gens)} texts ({groups} prompt{'s' if groups != 1 else ''}, {int(gens.finished.sum())} finished)"
+    lines = [head]
+    for i, row in enumerate(gens.rows()[:SHOWN_ROWS]):
+        text = json.dumps(row["text"], ensure_ascii=False)
+        text = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 4] + '..."'
+        end = "eos" if row["finished"] else "cut"
+        lines.append(f"  [{i}] group {row['group']}  log_w {row['log_weight']:.4g}  {end}  {text}")
+    if len(gens) > SHOWN_ROWS:
+        lines.append(f"  ... {len(gens) - SHOWN_ROWS} more")
+    return "\n".join(lines)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

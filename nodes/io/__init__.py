@@ -6,5 +6,6 @@ def nodes() -> list[type]:
     from .image_grid import ImageGrid
     from .plot_samples import PlotSamples
     from .save_tensor import SaveTensor
+    from .save_texts import SaveTexts
 
-    return [SaveTensor, PlotSamples, ImageGrid, ClassGrid]
+    return [SaveTensor, SaveTexts, PlotSamples, ImageGrid, ClassGrid]
