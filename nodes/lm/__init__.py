@@ -11,7 +11,6 @@ def nodes() -> list[type]:
     from .hf_lm import HFLM
     from .masked import Masked
     from .prompt import Prompt
-    from .speculative import Speculative
     from .table_lm import ModelTableLM
     from .transforms.epsilon import LMEpsilon
     from .transforms.eta import LMEta
@@ -23,4 +22,4 @@ def nodes() -> list[type]:
     from .transforms.typical import LMTypical
 
     return [Prompt, ModelTableLM, Generate, Masked, *constraint_nodes(), Greedy, Beam, BestOfN, LMTemperature,
-            LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon, LMRepetitionPenalty, HFLM, Speculative]
+            LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon, LMRepetitionPenalty, HFLM]
