@@ -13,6 +13,7 @@ Jobs (field "kind"):
 - "table_awrs": AWRS(llm, condition, seed) first-token draws after each prompt; per draw the token id, the log
   weight (genlm's log Z-hat), the constraint evaluations and how many of them accepted.
 - "table_smc": SMC(AWRS(...))(n_particles, ess_threshold, max_tokens) repeated; log_ml per run.
+- "hf_awrs": AWRS first-token draws on a GGUF model after given prompt ids (the SmolLM2 parity test).
 - "hf": SmolLM2 from a GGUF file (transformers, float32, 1 thread) with genlm's own constraints
   (BoolFSA.from_regex, JsonSchema); per (particles, repeat): wall time, constraint evaluations,
   texts, log weights. The model and tokenizer load once per job; the logprob/KV trie is cleared
@@ -260,9 +261,12 @@ def run_hf(job: dict[str, Any]) -> dict[str, Any]:
     out = []
     for case in job["cases"]:
         counter = Counter()
-        prompt = tok.apply_chat_template([{"role": "user", "content": case["prompt"]}], tokenize=False,
-                                         add_generation_prompt=True)
-        llm.prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        if "prompt_ids" in case:  # the caller's exact prompt tokens (the same ids our side decodes from)
+            llm.prompt_ids = list(case["prompt_ids"])
+        else:
+            prompt = tok.apply_chat_template([{"role": "user", "content": case["prompt"]}], tokenize=False,
+                                             add_generation_prompt=True)
+            llm.prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         condition = genlm_constraint(case["constraint"], llm, counter)
         for particles in case["particles"]:
             for r in range(int(case["repeats"])):
@@ -284,6 +288,31 @@ def run_hf(job: dict[str, Any]) -> dict[str, Any]:
                            log_ml=_finite(seqs.log_ml))
                 out.append(row)
     return {"load_s": load_s, "runs": out, "prompt_ids_len": len(llm.prompt_ids)}
+
+
+def run_hf_awrs(job: dict[str, Any]) -> dict[str, Any]:
+    """genlm AWRS first-token draws on a GGUF model after job["prompt_ids"] under one genlm constraint."""
+    from genlm.backend.llm.hf import AsyncTransformer
+    from genlm.control import AWRS, PromptedLLM
+
+    torch.set_num_threads(int(job.get("threads", 1)))
+    model, tok = load_hf(job["gguf"])
+    eos = tok.convert_ids_to_tokens(tok.eos_token_id)
+    llm = PromptedLLM(AsyncTransformer(model, tok), prompt_ids=list(job["prompt_ids"]),
+                      eos_byte_strings=[eos.encode()])
+    counter = Counter()
+    sampler = AWRS(llm, genlm_constraint(job["constraint"], llm, counter), seed=int(job.get("seed", 0)))
+
+    async def draws() -> list[list]:
+        out = []
+        for _ in range(int(job["draws"])):
+            counter.take()
+            token, logw, _ = await sampler.sample([])
+            evaluations, accepted = counter.take()
+            out.append([-1 if token is llm.eos else int(token.token_id), float(logw), evaluations, accepted])
+        return out
+
+    return {"draws": asyncio.run(draws())}
 
 
 def _finite(x: float) -> float | None:
@@ -321,7 +350,7 @@ def run_job(python: str, job: dict[str, Any], timeout_s: float = 3600) -> dict[s
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-JOBS = {"table_awrs": run_table_awrs, "table_smc": run_table_smc, "hf": run_hf}
+JOBS = {"table_awrs": run_table_awrs, "table_smc": run_table_smc, "hf": run_hf, "hf_awrs": run_hf_awrs}
 
 
 def main(argv: list[str]) -> int:
