@@ -3,6 +3,7 @@ potentials, and token strategies (ancestral, greedy, beam, masking, AWRS, SMC, s
 
 
 def nodes() -> list[type]:
+    from .awrs import Awrs
     from .beam import Beam
     from .best_of_n import BestOfN
     from .constraints import nodes as constraint_nodes
@@ -11,6 +12,7 @@ def nodes() -> list[type]:
     from .hf_lm import HFLM
     from .masked import Masked
     from .prompt import Prompt
+    from .smc import TokenSmc
     from .table_lm import ModelTableLM
     from .transforms.epsilon import LMEpsilon
     from .transforms.eta import LMEta
@@ -22,4 +24,4 @@ def nodes() -> list[type]:
     from .transforms.typical import LMTypical
 
     return [Prompt, ModelTableLM, Generate, Masked, *constraint_nodes(), Greedy, Beam, BestOfN, LMTemperature,
-            LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon, LMRepetitionPenalty, HFLM]
+            LMTopK, LMTopP, LMMinP, LMTypical, LMEta, LMEpsilon, LMRepetitionPenalty, HFLM, Awrs, TokenSmc]
