@@ -49,6 +49,17 @@ CASES = {
 }
 
 
+NOTES = """Notes:
+- genlm's `coerce` keeps only tokens made of its potential's alphabet (the date FSA: '0'-'9' and '-') and its
+  AWRS prunes the others before walking, unasked and uncounted (logZ = the kept mass). Our lm.awrs tests every
+  candidate, so on the date regex it counts more evaluations per token; on the same pruned row the two agree
+  (tests/test_lm_genlm_parity.py, SmolLM2 test). Evaluations are cheap either way: a DFA step per candidate.
+- JSON: our constraint.json_schema is compact (no whitespace, llguidance); genlm's JsonSchema accepts any JSON
+  whitespace; its AWRS needed thousands of evaluations per sample and its particles died (valid 0/1). Ours did
+  not: with exact prefix semantics an AWRS draw never enters a dead end (only a forced EOS at the budget can).
+- Times are min / median over the repeats; each sample starts from the prompt (fresh KV cache / cleared trie)."""
+
+
 def strategy(kind: str) -> type | None:
     """Our node class of `kind`, or None when this branch does not register it."""
     return {c.__node_kind__: c for c in lm_nodes.nodes()}.get(kind)
@@ -194,7 +205,7 @@ def main() -> int:
         evaluations_table(ours, theirs),
         f"## (b) wall time per constrained sample (SMC with AWRS proposals, ESS threshold 0.5; "
         f"{args.repeats} repeats; genlm JSON: 1 repeat, capped at {args.genlm_json_timeout:.0f} s)",
-        table(header, timing)])
+        table(header, timing), NOTES])
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "lm_constrained.md").write_text(text + "\n")
