@@ -13,6 +13,7 @@ def nodes() -> list[type]:
     from .hf_lm import HFLM
     from .masked import Masked
     from .prompt import Prompt
+    from .speculative import Speculative
     from .smc import TokenSmc
     from .table_lm import ModelTableLM
     from .transforms import nodes as transform_nodes
@@ -27,6 +28,7 @@ def nodes() -> list[type]:
         Beam,
         BestOfN,
         Masked,
+        Speculative,
         Awrs,
         TokenSmc,
         *constraint_nodes(),

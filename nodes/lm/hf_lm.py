@@ -121,8 +121,8 @@ def check_folder(folder: Path) -> None:
 
 
 def transformers_module() -> Any:
-    """transformers, imported offline (HF_HUB_OFFLINE), or a NodeError saying how to install it."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """transformers, or a NodeError saying how to install it. Every load passes local_files_only=True, so
+    nothing is ever fetched from a hub (setting HF_HUB_OFFLINE here would change the whole process)."""
     try:
         import transformers
     except ImportError as e:

@@ -57,7 +57,7 @@ class HFLanguageModel(LanguageModel):
         logp, cache = self.forward(state, block, cache, window)
         return logp, state.replace(cache=cache, cached=state.length.clone())
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may edit the log-probs in place
     def forward(self, state: TokenState, block: Block, cache: KVCache | None,
                 window: int) -> tuple[torch.Tensor, KVCache]:
         """Feed the block; the window's log-probs (B, W, V) and the cache extended by the block's columns."""

@@ -87,7 +87,8 @@ def plan_block(state: TokenState, window: int, cache: KVCache | None) -> Block:
     length, dev = state.length, state.device  # (B,)
     cached = state.cached if cache is not None else torch.zeros_like(length)
     need = length - window  # (B,) the token whose output is the window's first distribution
-    reuse = (need == cached - 1) & (cache.seen == cached) if cache is not None else torch.zeros_like(length, dtype=torch.bool)
+    no = torch.zeros_like(length, dtype=torch.bool)
+    reuse = no if cache is None else (need == cached - 1) & (cache.seen == cached)  # (B,)
     start = torch.where(reuse, cached, torch.minimum(cached, need))  # (B,)
     n = length - start  # (B,) tokens to feed
     width = int(n.max())
