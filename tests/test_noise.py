@@ -156,3 +156,13 @@ def test_gumbel_max_draws_the_categorical():
     freq = torch.bincount((logits + g).argmax(1), minlength=4).double() / 40000
     p = torch.softmax(logits, 0)
     assert ((freq - p).abs() < 5 * (p * (1 - p) / 40000).sqrt()).all(), (freq, p)
+
+
+def test_all_zero_keys_are_not_a_fixed_point():
+    """mix64(0) = 0: seed 0, step 0, slot 0, particle 0 must still draw ordinary values, not the
+    extreme radius and zero angle of an all-zero hash."""
+    src = NoiseSource(0)
+    z = src.normal(torch.tensor([0]), 0, (8,), dtype=torch.float64)[0]  # (8,)
+    assert float(z.abs().max()) < 5 and bool((z != 0).all()), z
+    u = src.uniform(torch.tensor([0]), 0, (8,))[0]
+    assert float(u.min()) > 1e-9 and float(u.max()) < 1 - 1e-9, u

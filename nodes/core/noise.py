@@ -103,14 +103,15 @@ def given_keys(keys: torch.Tensor) -> RowKeys:
 
 
 def hash_blocks(row_keys: RowKeys, count: int, out: torch.Tensor, fill: Fill, floats: int) -> None:
-    """For the rows of out (B, count, W) and counters 0..count-1, call fill(z, tmp, floats, out
-    block) per block of (R, C) hashes, z = mix64(mix64(key) + counter * GOLDEN): each row a
-    SplitMix64 stream from its key. Blocks of about CHUNK hashes on CPU (cache locality), one
-    block on CUDA (launch-bound); elementwise, so blocks change no value. Row keys are made per
-    block (no (B,) temporary); fill may overwrite z, which lives in the block's output bytes
+    """For the rows of out (B, count, W) and counters c = 0..count-1, call fill(z, tmp, floats, out
+    block) per block of (R, C) hashes, z = mix64(mix64(key) + (c + 1) * GOLDEN): each row a
+    SplitMix64 stream from its key (from c + 1, as SplitMix64 does: mix64(0) = 0, so an all-zero
+    key would otherwise be a fixed point). Blocks of about CHUNK hashes on CPU (cache locality),
+    one block on CUDA (launch-bound); elementwise, so blocks change no value. Row keys are made
+    per block (no (B,) temporary); fill may overwrite z, which lives in the block's output bytes
     when they are at least 8 per hash."""
     b, device = out.shape[0], out.device
-    counter = torch.arange(count, dtype=torch.int64, device=device) * GOLDEN  # (C,) wraps like uint64
+    counter = torch.arange(1, count + 1, dtype=torch.int64, device=device) * GOLDEN  # (C,) from 1: mix64(0) = 0
     on_cpu = device.type == "cpu"
     cols = max(1, min(count, CHUNK)) if on_cpu else max(1, count)
     rows = max(1, min(b, CHUNK // cols if on_cpu else b))  # whole rows, or a part of one row
@@ -153,6 +154,21 @@ def _uniform53(z: torch.Tensor, tmp: torch.Tensor, work: list[torch.Tensor], out
     """Hashes z (R, C) -> float64 uniforms out (R, C, 1): (top 53 bits + 1/2) / 2^53, in (0, 1)."""
     torch.bitwise_right_shift(z, 11, out=tmp).bitwise_and_(_mask(11))
     out[..., 0].copy_(tmp).add_(0.5).mul_(UNIT53)  # L + 1/2 < 2^53 is exact in float64, as is * 2^-53
+
+
+def pairs_from_inputs_(cells: torch.Tensor) -> torch.Tensor:
+    """In place: float32 cells (..., 2) whose bytes hold one int64 hash input x each
+    (cells.view(torch.int64)) become the normal pairs of mix64(x), as in normal_pairs; in blocks
+    of CHUNK on CPU. For callers that lay out their own counters (the Brownian tree)."""
+    flat = cells.view(-1, 2)  # (N, 2) float32, contiguous
+    n, on_cpu = flat.shape[0], cells.device.type == "cpu"
+    size = max(1, min(n, CHUNK) if on_cpu else n)
+    scratch = Scratch(0, size, cells.device, floats=2, own_hashes=False)
+    for first in range(0, n, size):
+        block = flat[first:first + size].view(1, -1, 2)  # (1, C, 2)
+        z, tmp, *work = scratch.views((1, block.shape[1]), block)  # (1, C) each: z is the inputs
+        _box_muller(_mix64_(z, tmp), tmp, work, block)
+    return cells
 
 
 def normal_pairs(row_keys: RowKeys, rows: int, pairs: int, dtype: torch.dtype = torch.float64,
