@@ -13,8 +13,8 @@ midpoint m of a grid interval [a, b] gets
 W(m) = W(a) + (m - a) / (b - a) * (W(b) - W(a)) + sqrt((m - a)(b - m) / (b - a)) * Z_m.
 Each grid point is the midpoint of exactly one interval, so Z_m is keyed by its integer grid
 position (which encodes level and index) and drawn with NoiseSource's hash
-(nodes/core/noise.py) from the particle's key, under a tag that keeps tree draws apart from
-per-step draws. Unrolled, the bisection is Levy's series over the DEPTH + 1 grid points on a
+(nodes/core/noise.py) from the particle's tree stream: pair p of Z_m is the Box-Muller pair of
+mix64(key + m * NODE_MUL + (p + 1) * GOLDEN), the key tagged apart from per-step draws. Unrolled, the bisection is Levy's series over the DEPTH + 1 grid points on a
 query's path from the top, W(t) = sum_l c_l(t) Z_l, with c_l = std_l * tent_l(t): the tent
 rises linearly in sigma from 0 at the ends of the interval m_l bisects to 1 at m_l. Truncated
 at DEPTH, W is linear inside each leaf. An increment W(t1) - W(t0) draws each shared node
@@ -25,7 +25,7 @@ Inside a leaf (relative width 27.6 / 2^20 = 2.6e-5) it is linear, which removes 
 quarter leaf of variance at each end of a step: a step of relative length r keeps at least
 1 - 1.3e-5 / r of its variance (99% at r = 1e-3, far below practical schedules' steps).
 Sigma below SIGMA_LO reads as SIGMA_LO (W = 0: a step to sigma = 0 is a step to SIGMA_LO);
-sigma above SIGMA_HI is an error. W is float64 throughout; a query costs at most DEPTH + 1
+sigma above SIGMA_HI is an error. W is summed in float64 (the normals are float32-exact); a query costs at most DEPTH + 1
 normals per element, an increment at most twice that."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ LEAF = (math.log(SIGMA_HI) - LOG_LO) / 2 ** DEPTH  # log-width of one leaf
 TOP = 1 << DEPTH  # grid positions run 0..TOP
 NODE_MUL = _signed(0xC2B2AE3D27D4EB4F)
 TREE_TAG = _signed(0x165667B19E3779F9)  # keeps tree keys apart from NoiseSource's step keys
-CHUNK = 1 << 20  # normals held at once (8 MiB of float64): bounds the memory of wide draws
+CHUNK = 1 << 20  # tree normals held at once (4 MiB of float32): bounds the memory of wide draws
 
 
 def grid_sigma(pos: torch.Tensor) -> torch.Tensor:
