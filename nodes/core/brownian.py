@@ -14,8 +14,9 @@ W(m) = W(a) + (m - a) / (b - a) * (W(b) - W(a)) + sqrt((m - a)(b - m) / (b - a))
 Each grid point is the midpoint of exactly one interval, so Z_m is keyed by its integer grid
 position (which encodes level and index) and drawn with NoiseSource's hash
 (nodes/core/noise.py) from the particle's tree stream: pair p of Z_m is the Box-Muller pair of
-mix64(key + m * NODE_MUL + (p + 1) * GOLDEN), the key tagged apart from per-step draws. Unrolled, the bisection is Levy's series over the DEPTH + 1 grid points on a
-query's path from the top, W(t) = sum_l c_l(t) Z_l, with c_l = std_l * tent_l(t): the tent
+mix64(key + m * NODE_MUL + (p + 1) * GOLDEN), the key tagged apart from per-step draws.
+Unrolled, the bisection is Levy's series over the DEPTH + 1 grid points on a query's path
+from the top, W(t) = sum_l c_l(t) Z_l, with c_l = std_l * tent_l(t): the tent
 rises linearly in sigma from 0 at the ends of the interval m_l bisects to 1 at m_l. Truncated
 at DEPTH, W is linear inside each leaf. An increment W(t1) - W(t0) draws each shared node
 (the top levels of both paths) once, with coefficient c_l(t1) - c_l(t0).
@@ -25,8 +26,8 @@ Inside a leaf (relative width 27.6 / 2^20 = 2.6e-5) it is linear, which removes 
 quarter leaf of variance at each end of a step: a step of relative length r keeps at least
 1 - 1.3e-5 / r of its variance (99% at r = 1e-3, far below practical schedules' steps).
 Sigma below SIGMA_LO reads as SIGMA_LO (W = 0: a step to sigma = 0 is a step to SIGMA_LO);
-sigma above SIGMA_HI is an error. W is summed in float64 (the normals are float32-exact); a query costs at most DEPTH + 1
-normals per element, an increment at most twice that."""
+sigma above SIGMA_HI is an error. W is summed in float64 (the normals are float32 values); a
+query costs at most DEPTH + 1 normal pairs per two elements, an increment at most twice that."""
 from __future__ import annotations
 
 import math
