@@ -127,12 +127,15 @@ def test_an_sde_solution_converges_under_refinement_on_one_path():
     assert gap["brownian"][2] < gap["step"][2] / 10, gap
 
 
-def test_path_geometry_shared_across_particles_is_bit_identical():
-    """Computing the path terms once per distinct time and gathering equals computing them per particle."""
-    from samplegraph.nodes.core.brownian import path_terms, shared_path_terms
-
-    gen = torch.Generator().manual_seed(3)
-    t = torch.exp(torch.randn(300, generator=gen, dtype=torch.float64) * 3)  # (300,)
-    for times in (torch.cat([t, t[:100], t[:7]]), torch.full((513,), 3.7, dtype=torch.float64)):
-        for per_particle, shared in zip(path_terms(times), shared_path_terms(times)):
-            assert torch.equal(per_particle, shared)
+def test_lockstep_and_mixed_batches_draw_the_same_increments():
+    """Particles in lockstep share one path geometry (no gather); in a batch with other times they
+    are gathered: a particle's increment is bit-identical either way, for any sample shape."""
+    p = torch.arange(40)
+    src = NoiseSource(2)
+    for shape in ((3,), (2, 2), (1,)):
+        lockstep = src.brownian(p, torch.tensor(7.0), torch.tensor(5.5), shape, F64)  # (40, *shape)
+        sigma = torch.where(p % 3 == 0, 7.0, torch.linspace(0.1, 30.0, 40, dtype=F64))  # (40,) a third at 7.0
+        nxt = torch.where(p % 3 == 0, 5.5, sigma * 0.8)
+        mixed = src.brownian(p, sigma, nxt, shape, F64)
+        assert torch.equal(mixed[p % 3 == 0], lockstep[p % 3 == 0])
+        assert not torch.isclose(mixed[p % 3 != 0], lockstep[p % 3 != 0]).any()

@@ -126,10 +126,13 @@ def test_coarse_guidance_pools_images_and_pulls_samples_to_the_target(ring):
         errs.append(float(((sample(node.run(ring), n=512) @ torch.tensor([0.6, 0.8], dtype=F64)) - 0.9).abs().mean()))
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.2, errs
     node = CoarseGuidance(target=[0.9], matrix=[[0.6, 0.8]], sigma_y=0.1, data_std=1.0)
+    # 16 steps leave a discretisation error: mean |A x0 - y| at 8192 samples is euler 0.262, heun 0.123,
+    # dpmpp_2m 0.164, euler_ancestral 0.238, unipc 0.143 (no guidance: 2.5-2.7); at 1024 samples its standard
+    # error is about 0.01 (seeds 0-7: euler 0.252-0.285), so 0.3 is the worst solver plus 4 standard errors
     for solver in SOLVERS:
-        err = float(((sample(node.run(ring), solver, n=256, steps=16) @ torch.tensor([0.6, 0.8], dtype=F64)) - 0.9)
+        err = float(((sample(node.run(ring), solver, n=1024, steps=16) @ torch.tensor([0.6, 0.8], dtype=F64)) - 0.9)
                     .abs().mean())
-        assert err < 0.25, (solver, err)
+        assert err < 0.3, (solver, err)
 
 
 def test_coarse_guidance_errors_name_the_field(ring):

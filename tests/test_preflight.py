@@ -48,10 +48,10 @@ def test_a_latent_that_cannot_fit_is_a_located_error_before_anything_runs(rt, tm
     monkeypatch.setattr(preflight, "available_bytes", lambda device: 1_000_000)
     events: list = []
     with pytest.raises(WorkflowError) as err:
-        rt.run(QUICK, overrides={**SMALL, "noise.batch": 10_000}, on_event=events.append, out_dir=tmp_path)
+        rt.run(QUICK, overrides={**SMALL, "noise.batch": 40_000}, on_event=events.append, out_dir=tmp_path)
     (problem,) = err.value.problems
     assert (problem.node, problem.where) == ("noise", "param 'batch'")
-    assert "needs about 2.6 MB (10000 x [2] float32 noise), but only 1.0 MB of CPU memory" in problem.message
+    assert "needs about 2.6 MB (40000 x [2] float32 noise), but only 1.0 MB of CPU memory" in problem.message
     assert problem.hint == "lower 'batch' or 'shape'" and started(events) == []
     assert rt.run(QUICK, overrides=SMALL, out_dir=tmp_path).report.status == "ok"  # 64 particles fit
 

@@ -50,13 +50,15 @@ def test_rejection_sampling_matches_exact_tilted_target():
     reward, lam = RewardQuadratic(center=[1.0, 1.5], scale=1.0).run(), 1.0
     q = tilted(GMM, reward, lam)
     ctx = NodeContext.detached(seed=4)
-    x = Rejection(lam=lam).run(GMM, SIGMAS, DpmppSde(noise="step"), latent(20_000, 4), reward, ctx)
+    x = Rejection(lam=lam).run(GMM, SIGMAS, DpmppSde(noise="step"), latent(80_000, 4), reward, ctx)
     ref = q.sample(20_000, torch.Generator().manual_seed(1))
     mass = q.mode_weights_of(x)
     plain_ref = GMM.sample(20_000, torch.Generator().manual_seed(2))
     sw = sliced_wasserstein(x, ref, 32, torch.Generator().manual_seed(0))
     sw_plain = sliced_wasserstein(plain_ref, ref, 32, torch.Generator().manual_seed(0))
-    # measured: acceptance 0.15, mode masses within 0.01 of exact, sw 0.03 (untilted p: 1.2)
+    # measured: acceptance 0.17, mode masses within 0.01 of exact, sw 0.044-0.058 over seeds 4-9 (untilted p: 1.2;
+    # exact samples of the same size: 0.011-0.029). 80000 latents, ~13700 accepted: from 20000 (~3400 accepted)
+    # SW2 ranged 0.051-0.089 over the same seeds, too noisy for the bound
     assert 0.05 < ctx.metrics["acceptance_rate"] < 0.5 and x.shape[0] == ctx.metrics["accepted"]
     assert torch.allclose(mass, q.weights, atol=0.03), (mass, q.weights)
     assert sw < 0.08 and sw_plain > 0.5, (sw, sw_plain)

@@ -35,8 +35,8 @@ def svdd(m: int, alpha: float = ALPHA, n: int = 2000, seed: int = 1, **kw) -> tu
 
 def test_svdd_approaches_tilted_target_as_candidates_grow():
     """SVDD with the posterior-mean value is approximate (r(E[x0|x_t]) is not the soft value), so the
-    tolerance is looser than SMC's: measured mass error 0.387, 0.087, 0.044, 0.021 and SW2 2.21, 0.82,
-    0.52, 0.33 for M = 1, 4, 16, 64 (exact-vs-exact SW2 floor at 2000 samples: 0.11-0.23)."""
+    tolerance is looser than SMC's: measured (seed 1) mass error 0.373, 0.085, 0.022, 0.028 and SW2 2.14, 0.83,
+    0.35, 0.41 for M = 1, 4, 16, 64 (exact-vs-exact SW2 floor at 2000 samples, seeds 1-6: 0.03-0.26)."""
     q = tilted(GMM, REWARD, 1.0 / ALPHA)
     ref = q.sample(50_000, torch.Generator().manual_seed(9))
     err, sw = {}, {}
@@ -46,7 +46,9 @@ def test_svdd_approaches_tilted_target_as_candidates_grow():
         err[m] = abs(float((x[:, 0] > 0).double().mean()) - float(q.weights[1]))
         sw[m] = sliced_wasserstein(x, ref, 16, torch.Generator().manual_seed(0))
     assert err[1] > err[4] > err[16] and err[64] < err[4] and err[64] < 0.05, err
-    assert sw[1] > sw[4] > sw[16] > sw[64] and sw[64] < 0.45, sw
+    # SW2 from M=16 to 64 (seeds 1-6, new noise: 0.35-0.49 -> 0.16-0.41) is within the exact-vs-exact noise of
+    # 2000 samples, so only the orderings well beyond that noise are asserted
+    assert sw[1] > sw[4] > sw[16] and sw[4] > sw[64] and sw[64] < 0.45, sw
     assert ctx.metrics["particle_nfe"] == 2000 * 64 * (59 + 29)  # 2 NFE/step (1 at sigma 0) + 29 value calls
 
 

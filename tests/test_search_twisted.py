@@ -44,14 +44,18 @@ def test_twisted_converges_and_beats_the_prior_proposal():
     ref = q.sample(50_000, torch.Generator().manual_seed(9))
     twisted = {n: errors(tds(1000, n, keep="one")[0], q, ref) for n in (1, 4, 16, 64)}
     prior = {n: errors(tds(1000, n, keep="one", proposal="prior")[0], q, ref) for n in (1, 4)}
-    # measured (seed 1), N = 1, 4, 16, 64: twisted err 0.069, 0.013, 0.007, 0.000; sw 0.74, 0.25, 0.16, 0.12
-    #                                        prior   err 0.389, 0.066, 0.020, 0.015; sw 2.20, 0.70, 0.31, 0.28
+    # measured (seed 1), N = 1, 4, 16, 64: twisted err 0.092, 0.029, 0.001, 0.018; sw 0.85, 0.41, 0.11, 0.28
+    #                                        prior   err 0.387, 0.076, 0.033, 0.005; sw 2.19, 0.77, 0.44, 0.13
     # from N=16 on the two are within the noise of 1000 samples (seed 2, N=16: sw twisted 0.16, prior 0.10)
     err, sw = ({n: v[i] for n, v in twisted.items()} for i in (0, 1))
     assert err[1] > err[4] and err[1] > err[16] and err[64] < 0.02, err
-    assert sw[1] > sw[4] > sw[16] and sw[64] < sw[4] and sw[64] < 0.2, sw
-    for n in (1, 4):
-        assert twisted[n][0] < 0.5 * prior[n][0] and twisted[n][1] < 0.5 * prior[n][1], (n, twisted[n], prior[n])
+    # SW2 of 1000 draws is noisy: exact-vs-exact 0.06-0.37 over seeds 1-6, and N = 4, 16, 64 (0.18-0.41,
+    # 0.11-0.32, 0.10-0.28) overlap even at 4000 groups; the mass error above is the precise statistic, SW2 only
+    # has to show N=1 far off and the rest within the noise floor
+    assert sw[1] > 1.5 * max(sw[4], sw[16], sw[64]) and sw[64] < 0.4, sw
+    for n in (1, 4):  # SW2 only at N=1: at N=4 twisted's SW2 (0.18-0.41) is at the noise floor (seed 1: 0.41 / 0.77)
+        sw_ok = n > 1 or twisted[n][1] < 0.5 * prior[n][1]
+        assert twisted[n][0] < 0.5 * prior[n][0] and sw_ok, (n, twisted[n], prior[n])
 
 
 @pytest.mark.parametrize("proposal", ["twisted", "prior"])

@@ -180,15 +180,21 @@ STOCHASTIC = [FlowSde(), FlowSde(frame="linear"), FlowSde(diffusion="constant", 
 
 @pytest.mark.parametrize("sampler", STOCHASTIC, ids=[repr(s) for s in STOCHASTIC])
 def test_distribution_at_50_steps(sampler):
-    """8 equal modes, std 0.5: mode weights within 0.03 total variation, per-mode variance within 10%."""
+    """8 equal modes, std 0.5, 32768 samples: mode weights within 0.03 total variation, the pooled within-mode
+    variance within 7% and every mode's variance within 4 standard errors (1 / sqrt(n_k)) of the pooled one.
+    The pooled variance is a real discretisation bias at 50 steps, not noise: measured 1.01-1.02 (1.04 for
+    the constant g) over seeds 0-5, 1.00 at 100 steps; one mode's variance from 1024 samples has a 3% standard
+    error, which is why a per-mode 10% bound at 8192 samples failed for some seeds."""
     sigmas = Karras(steps=50).run()
-    x = solve(sampler, start(8192, sigmas, torch.float32), sigmas).double()
+    x = solve(sampler, start(32768, sigmas, torch.float32), sigmas).double()
     weights = GMM.mode_weights_of(x)  # (8,)
     assert 0.5 * float((weights - GMM.weights).abs().sum()) < 0.03, weights
     mode = GMM.assign(x)  # (N,)
-    for k in range(8):
-        var = x[mode == k].var(0).mean() / 0.25
-        assert abs(float(var) - 1) < 0.1, (k, float(var))
+    counts = torch.bincount(mode, minlength=8).double()  # (8,)
+    var = torch.stack([x[mode == k].var(0).mean() / 0.25 for k in range(8)])  # (8,) relative to 0.25
+    pooled = float((var * counts).sum() / counts.sum())
+    assert abs(pooled - 1) < 0.07, (pooled, var)
+    assert bool(((var - pooled).abs() < 4 / counts.sqrt()).all()), (pooled, var, counts)
 
 
 @pytest.mark.parametrize("sampler", [FlowSde(), FlowSde(frame="linear", diffusion="sigma", scale=2.0),

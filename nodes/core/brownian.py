@@ -13,9 +13,10 @@ midpoint m of a grid interval [a, b] gets
 W(m) = W(a) + (m - a) / (b - a) * (W(b) - W(a)) + sqrt((m - a)(b - m) / (b - a)) * Z_m.
 Each grid point is the midpoint of exactly one interval, so Z_m is keyed by its integer grid
 position (which encodes level and index) and drawn with NoiseSource's hash
-(nodes/core/noise.py) from the particle's key, under a tag that keeps tree draws apart from
-per-step draws. Unrolled, the bisection is Levy's series over the DEPTH + 1 grid points on a
-query's path from the top, W(t) = sum_l c_l(t) Z_l, with c_l = std_l * tent_l(t): the tent
+(nodes/core/noise.py) from the particle's tree stream: pair p of Z_m is the Box-Muller pair of
+mix64(key + m * NODE_MUL + (p + 1) * GOLDEN), the key tagged apart from per-step draws.
+Unrolled, the bisection is Levy's series over the DEPTH + 1 grid points on a query's path
+from the top, W(t) = sum_l c_l(t) Z_l, with c_l = std_l * tent_l(t): the tent
 rises linearly in sigma from 0 at the ends of the interval m_l bisects to 1 at m_l. Truncated
 at DEPTH, W is linear inside each leaf. An increment W(t1) - W(t0) draws each shared node
 (the top levels of both paths) once, with coefficient c_l(t1) - c_l(t0).
@@ -25,8 +26,8 @@ Inside a leaf (relative width 27.6 / 2^20 = 2.6e-5) it is linear, which removes 
 quarter leaf of variance at each end of a step: a step of relative length r keeps at least
 1 - 1.3e-5 / r of its variance (99% at r = 1e-3, far below practical schedules' steps).
 Sigma below SIGMA_LO reads as SIGMA_LO (W = 0: a step to sigma = 0 is a step to SIGMA_LO);
-sigma above SIGMA_HI is an error. W is float64 throughout; a query costs at most DEPTH + 1
-normals per element, an increment at most twice that."""
+sigma above SIGMA_HI is an error. W is summed in float64 (the normals are float32 values); a
+query costs at most DEPTH + 1 normal pairs per two elements, an increment at most twice that."""
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ import math
 import torch
 
 from ...graph.errors import NodeError
-from .noise import _signed, mix64, normal_from_keys, particle_key
+from .noise import GOLDEN, _signed, mix64, pairs_from_inputs_, particle_key
 
 SIGMA_LO, SIGMA_HI = 1e-6, 1e6  # the path's domain; every practical noise level is inside
 DEPTH = 20  # 2^20 leaves over log(SIGMA_HI / SIGMA_LO) = 27.6: relative leaf width 2.6e-5
@@ -43,7 +44,7 @@ LEAF = (math.log(SIGMA_HI) - LOG_LO) / 2 ** DEPTH  # log-width of one leaf
 TOP = 1 << DEPTH  # grid positions run 0..TOP
 NODE_MUL = _signed(0xC2B2AE3D27D4EB4F)
 TREE_TAG = _signed(0x165667B19E3779F9)  # keeps tree keys apart from NoiseSource's step keys
-CHUNK = 1 << 16  # normals drawn at once: larger draws are slower per normal (cache)
+CHUNK = 1 << 20  # tree normals held at once (4 MiB of float32): bounds the memory of wide draws
 
 
 def grid_sigma(pos: torch.Tensor) -> torch.Tensor:
@@ -54,11 +55,17 @@ def grid_sigma(pos: torch.Tensor) -> torch.Tensor:
 T_LO, T_HI = float(grid_sigma(torch.tensor(0))), float(grid_sigma(torch.tensor(TOP)))  # the domain on the grid
 
 
+def tree_key(seed: int, particle: torch.Tensor) -> torch.Tensor:
+    """The key (B,) of each particle's tree stream, apart from its per-step draws by TREE_TAG."""
+    return mix64(particle_key(seed, particle) ^ TREE_TAG)
+
+
 def brownian_path(seed: int, particle: torch.Tensor, sigma: torch.Tensor, numel: int) -> torch.Tensor:
     """W(sigma) (B, numel) float64 of particles (B,) at their own times sigma (B,)."""
     particle = particle.to(torch.int64)  # (B,)
-    pos, coef = shared_path_terms(check_times(sigma.to(device=particle.device, dtype=torch.float64)))  # (B, L+1)
-    return draw_sum(particle_key(seed, particle), pos, coef, numel)
+    t = check_times(sigma.to(device=particle.device, dtype=torch.float64))  # (B,)
+    times, row = torch.unique(t, return_inverse=True)  # (U,) distinct times, (B,)
+    return draw_sum(tree_key(seed, particle), *path_terms(times), row, numel)
 
 
 def brownian_increment(seed: int, particle: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
@@ -71,24 +78,35 @@ def brownian_increment(seed: int, particle: torch.Tensor, sigma: torch.Tensor, s
     b = particle.shape[0]
     t0 = check_times(sigma.to(device=device, dtype=torch.float64).expand(b))  # (B,)
     t1 = check_times(sigma_next.to(device=device, dtype=torch.float64).expand(b))  # (B,)
-    pos0, c0 = shared_path_terms(t0)  # (B, L+1)
-    pos1, c1 = shared_path_terms(t1)  # (B, L+1)
-    shared = pos0 == pos1  # (B, L+1) nodes on both paths (the top levels): drawn once
-    apart = ~shared.all(0)  # (L+1,) levels where some particle's paths differ
-    pos = torch.cat([pos0, pos1[:, apart]], dim=1)  # (B, K)
-    coef = torch.cat([torch.where(shared, c1 - c0, -c0), torch.where(shared, 0.0, c1)[:, apart]], dim=1)  # (B, K)
-    w = draw_sum(particle_key(seed, particle), pos, coef, math.prod(shape))  # (B, E)
+    (s0, s1), row = distinct_steps(t0, t1)  # (U,) each, (B,)
+    terms = increment_terms(s0, s1)  # (U, K) each
+    w = draw_sum(tree_key(seed, particle), *terms, row, math.prod(shape))  # (B, E)
     dt = (t1 - t0).abs()[:, None]  # (B, 1)
     z = torch.where(dt > 0, w / dt.sqrt().clamp(min=1e-300), 0.0)  # (B, E)
     return z.to(dtype).reshape(b, *shape)
 
 
-def shared_path_terms(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """path_terms of times t (B,), computed once per distinct time: particles in lockstep share one
-    path geometry (a third of an increment's cost when computed per particle), rows are gathered."""
-    times, row = torch.unique(t, return_inverse=True)  # (U,), (B,)
-    pos, coef = path_terms(times)  # (U, L+1)
-    return pos[row], coef[row]  # (B, L+1)
+def distinct_steps(t0: torch.Tensor, t1: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The distinct steps (t0, t1) (U,) of per-particle steps (B,) and each particle's row (B,)
+    (1-D uniques: torch.unique over rows is orders of magnitude slower; lockstep: no sort)."""
+    if bool((t0 == t0[:1]).all() & (t1 == t1[:1]).all()):
+        return (t0[:1], t1[:1]), torch.zeros_like(t0, dtype=torch.int64)
+    u0, r0 = torch.unique(t0, return_inverse=True)  # (U0,), (B,)
+    u1, r1 = torch.unique(t1, return_inverse=True)  # (U1,), (B,)
+    ids, row = torch.unique(r0 * u1.shape[0] + r1, return_inverse=True)  # (U,), (B,)
+    return (u0[ids // u1.shape[0]], u1[ids % u1.shape[0]]), row
+
+
+def increment_terms(t0: torch.Tensor, t1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid positions and coefficients (U, K) of W(t1) - W(t0) for steps t0 -> t1 (U,): the nodes
+    on both paths (the top levels) once, with c1 - c0. Columns: t0's path, then t1's nodes at the
+    levels where some step's paths part (coefficient 0 on the steps that share that node)."""
+    (pos0, pos1), (c0, c1) = (part.chunk(2) for part in path_terms(torch.cat([t0, t1])))  # (U, L+1) each
+    shared = pos0 == pos1  # (U, L+1)
+    apart = ~shared.all(0)  # (L+1,)
+    pos = torch.cat([pos0, pos1[:, apart]], dim=1)  # (U, K)
+    coef = torch.cat([torch.where(shared, c1 - c0, -c0), torch.where(shared, 0.0, c1)[:, apart]], dim=1)  # (U, K)
+    return pos, coef
 
 
 def path_terms(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,19 +125,28 @@ def path_terms(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, torch.cat([top, std * tent], dim=1)
 
 
-def draw_sum(base: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, numel: int) -> torch.Tensor:
-    """sum_k coef_k * Z(pos_k) (B, numel) on the paths keyed by base (B,), for grid positions and
-    coefficients (B, K); drawn a few columns at a time to bound memory, added column by column
-    so that the rounding does not depend on the batch."""
-    w = coef.new_zeros(base.shape[0], numel)  # (B, E)
-    keys = mix64(base[:, None] ^ (pos * NODE_MUL + TREE_TAG))  # (B, K)
-    step = max(1, CHUNK // max(1, base.shape[0] * numel))
-    for first in range(0, keys.shape[1], step):
-        part = keys[:, first:first + step]  # (B, C)
-        z = normal_from_keys(part.reshape(-1), numel).reshape(*part.shape, numel)  # (B, C, E)
-        for k in range(part.shape[1]):
-            w = w + coef[:, first + k, None] * z[:, k]
-    return w
+def draw_sum(key: torch.Tensor, pos: torch.Tensor, coef: torch.Tensor, row: torch.Tensor, numel: int) -> torch.Tensor:
+    """sum_k coef_k * Z(pos_k) (B, numel) on the paths of tree keys (B,): grid positions and
+    coefficients (U, K) per distinct time, row (B,) the one of each particle (particles in
+    lockstep share one: nothing is gathered). Pair p of Z(pos) is the Box-Muller pair of
+    mix64(key + pos * NODE_MUL + (p + 1) * GOLDEN). A few nodes at a time to bound memory, added node
+    by node in order, so that the rounding does not depend on the batch."""
+    b, pairs = key.shape[0], (numel + 1) // 2  # whole normal pairs: an odd numel's last sine is dropped
+    node, coef = (pos * NODE_MUL).T, coef.T  # (K, U) each
+    if pos.shape[0] > 1:
+        node, coef = node[:, row], coef[:, row]  # (K, B)
+    start = key[:, None] + torch.arange(1, pairs + 1, device=key.device) * GOLDEN  # (B, P) wraps like uint64
+    w = coef.new_zeros(b, 2 * pairs)  # (B, 2P) float64
+    term = torch.empty_like(w)
+    cols = max(1, CHUNK // max(1, b * 2 * pairs))
+    for first in range(0, node.shape[0], cols):
+        nodes = node[first:first + cols]  # (C, 1 | B)
+        cells = torch.empty(nodes.shape[0], b, pairs, 2, dtype=torch.float32, device=key.device)  # (C, B, P, 2)
+        torch.add(nodes[:, :, None], start[None], out=cells.view(torch.int64)[..., 0])  # (C, B, P) hash inputs
+        z = pairs_from_inputs_(cells).view(nodes.shape[0], b, 2 * pairs)  # (C, B, 2P) normals
+        for k in range(nodes.shape[0]):
+            w.add_(torch.mul(z[k], coef[first + k, :, None], out=term))  # float64 coef_k Z_k
+    return w[:, :numel]
 
 
 def check_times(t: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,24 @@
 """NoiseSource: noise as a function, not a stream (docs/ARCHITECTURE.md, "The contracts").
 
-Every normal number is a pure function of (seed, particle id, step, slot, element index):
-a counter-based hash (the SplitMix64 finaliser, Steele et al. 2014) turned into normals by
-Box-Muller. Draws therefore do not depend on how the batch was cut or ordered, on the
-device, or on what was drawn before, so re-runs, cache hits and forked search branches are
-reproducible. Integer arithmetic wraps in int64 exactly like uint64, so the bits are exact."""
+Every draw is a pure function of (seed, particle id, step, slot, element index): a
+counter-based hash (the SplitMix64 finaliser, Steele et al. 2014) of a per-row key plus the
+element's counter. Draws therefore do not depend on how the batch was cut or ordered, on the
+chunking, or on what was drawn before, so re-runs, cache hits and forked search branches are
+reproducible. Integer arithmetic wraps in int64 exactly like uint64, so the bits are exact.
+
+Normals: one 64-bit hash per PAIR of normals (elements 2p and 2p + 1 of a row: pair p hashes
+the row's SplitMix64 stream at p). Its low 32 bits give the radius uniform u = (k + 1/2) / 2^32,
+never 0 or 1, its high 32 bits the angle theta in [-pi, pi); Box-Muller
+(Box & Muller 1958) gives r cos(theta) to element 2p and r sin(theta) to 2p + 1, with
+r = sqrt(-2 log u), in float32 (relative error ~1e-7) and then cast to the dtype asked for
+(so float64 draws equal float32 draws exactly). Tails: r <= sqrt(66 log 2) = 6.76, i.e. the
+radius is truncated with probability P(R > 6.76) = 2^-33 = 1.2e-10 per pair; |z| > 6.76 never
+occurs (true probability 1.3e-11 per normal). Across devices the draws agree up to the last-ulp
+differences of each device's float32 log, sin and cos."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -18,17 +29,24 @@ def _signed(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
 
+def _wrap(c: int) -> int:
+    """Any Python int as the int64 with the same low 64 bits (uint64 arithmetic)."""
+    return _signed(c % (1 << 64))
+
+
 GOLDEN = _signed(0x9E3779B97F4A7C15)
 MIX1 = _signed(0xBF58476D1CE4E5B9)
 MIX2 = _signed(0x94D049BB133111EB)
 PARTICLE_MUL = _signed(0xD1B54A32D192ED03)
 STEP_MUL = _signed(0xABC98388FB8FAC03)
 SLOT_MUL = _signed(0x8CB92BA72F3D8DD7)
+UNIFORM_TAG = _signed(0xE7037ED1A0B428DB)  # keeps uniform() keys apart from normal() keys
 
-
-CHUNK = 1 << 15  # elements hashed at once: the int64 scratch stays in L2, so each pass is cache-speed
-UNIT = 1.0 / (1 << 53)  # the spacing of 53-bit uniforms
-TWO_PI = 2.0 * math.pi
+CHUNK = 1 << 15  # hashes per block: the scratch (28 bytes per hash) stays in L2, each pass is cache-speed
+LOW32 = 0xFFFFFFFF
+UNIT32 = 2.0 ** -32  # the spacing of 32-bit uniforms
+UNIT53 = 2.0 ** -53  # the spacing of 53-bit uniforms
+ANGLE = 2.0 * math.pi * UNIT32  # radians per step of a signed 32-bit angle
 
 
 def _mask(k: int) -> int:
@@ -51,78 +69,187 @@ def _mix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def _uniform53_(bits: torch.Tensor, tmp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Top 53 bits -> float64 uniform in (0, 1), never 0 (safe for log), written to out.
-    (L + 0.5) * UNIT in one op as UNIT/2 + UNIT * L: L * UNIT is exact, so both round once, alike."""
-    torch.bitwise_right_shift(bits, 11, out=tmp).bitwise_and_(_mask(11))
-    return torch.add(out.new_tensor(0.5 * UNIT), tmp, alpha=UNIT, out=out)
-
-
 def particle_key(seed: int, particle: torch.Tensor) -> torch.Tensor:
     """The hashed (seed, particle) key (B,) int64 that every draw of a particle starts from."""
-    key = torch.mul(particle, PARTICLE_MUL).add_(_signed((seed * GOLDEN) % (1 << 64)))  # (B,) wraps like uint64
+    key = torch.mul(particle, PARTICLE_MUL).add_(_wrap(seed * GOLDEN))  # (B,) wraps like uint64
     return _mix64_(key, torch.empty_like(key))
 
 
-def normal_from_keys(base: torch.Tensor, numel: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """`numel` standard normals (B, numel) per key of base (B,): element e hashes the counters
-    2e and 2e + 1 into two uniforms, Box-Muller in float64, then cast to dtype. Computed in blocks
-    of about CHUNK elements, in place, for cache locality; elementwise, so blocks change no value."""
-    out = torch.empty(base.shape[0], numel, dtype=dtype, device=base.device)  # (B, E)
-    counter = torch.arange(numel, dtype=torch.int64, device=base.device) * 2 * GOLDEN  # (E,) wraps like uint64
-    on_cpu = base.device.type == "cpu"  # CUDA: one block, its kernels are launch-bound, not cache-bound
-    cols = max(1, min(numel, CHUNK)) if on_cpu else max(1, numel)
-    rows = max(1, CHUNK // cols) if on_cpu else max(1, base.shape[0])
-    scratch = Scratch(min(rows, base.shape[0]) * cols, base.device)
-    for r in range(0, base.shape[0], rows):
-        for c in range(0, numel, cols):
-            block_normals(base[r:r + rows], counter[c:c + cols], out[r:r + rows, c:c + cols], scratch)
+class Scratch:
+    """Work buffers of one draw, reused by its blocks (fresh buffers would cost a page fault per
+    page per block): the block's row keys, an int64 buffer and `floats` float32 buffers per hash,
+    and the hashes themselves unless they fit in the block's own output."""
+
+    def __init__(self, rows: int, size: int, device: torch.device, floats: int, own_hashes: bool):
+        self.rows = torch.empty(rows, dtype=torch.int64, device=device)  # (R,) row keys
+        self.ints = torch.empty(1 + own_hashes, size, dtype=torch.int64, device=device)  # (1|2, N)
+        self.floats = torch.empty(floats, size, dtype=torch.float32, device=device)  # (F, N)
+
+    def views(self, shape: tuple[int, int], out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """z, tmp and the float buffers as (R, C) tensors; z in out's bytes when it has room."""
+        n = shape[0] * shape[1]
+        tmp, *z = (buf[:n].view(shape) for buf in self.ints)
+        z = z[0] if z else out.view(-1).view(torch.int64)[:n].view(shape)  # out is contiguous per block
+        return (z, tmp, *(buf[:n].view(shape) for buf in self.floats))
+
+
+RowKeys = Callable[[int, int, torch.Tensor], object]  # (first row, end row, out (R,)): writes row keys
+Fill = Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor], None]
+
+
+def given_keys(keys: torch.Tensor) -> RowKeys:
+    """RowKeys reading a tensor of keys (B,)."""
+    return lambda first, end, buf: buf.copy_(keys[first:end])
+
+
+def hash_blocks(row_keys: RowKeys, count: int, out: torch.Tensor, fill: Fill, floats: int) -> None:
+    """For the rows of out (B, count, W) and counters c = 0..count-1, call fill(z, tmp, floats, out
+    block) per block of (R, C) hashes, z = mix64(mix64(key) + (c + 1) * GOLDEN): each row a
+    SplitMix64 stream from its key (from c + 1, as SplitMix64 does: mix64(0) = 0, so an all-zero
+    key would otherwise be a fixed point). Blocks of about CHUNK hashes on CPU (cache locality),
+    one block on CUDA (launch-bound); elementwise, so blocks change no value. Row keys are made
+    per block (no (B,) temporary); fill may overwrite z, which lives in the block's output bytes
+    when they are at least 8 per hash."""
+    b, device = out.shape[0], out.device
+    counter = torch.arange(1, count + 1, dtype=torch.int64, device=device) * GOLDEN  # (C,) from 1: mix64(0) = 0
+    on_cpu = device.type == "cpu"
+    cols = max(1, min(count, CHUNK)) if on_cpu else max(1, count)
+    rows = max(1, min(b, CHUNK // cols if on_cpu else b))  # whole rows, or a part of one row
+    scratch = Scratch(rows, rows * cols, device, floats, out.shape[2] * out.element_size() < 8)
+    for r in range(0, b, rows):
+        base = scratch.rows[:min(rows, b - r)]  # (R,)
+        row_keys(r, r + base.shape[0], base)
+        _mix64_(base, scratch.ints[0, :base.shape[0]])
+        for c in range(0, count, cols):
+            block = out[r:r + rows, c:c + cols]  # (R, C, W) contiguous: whole rows, or a part of one row
+            z, tmp, *work = scratch.views(block.shape[:2], block)  # (R, C) each
+            _mix64_(_add_outer(base, counter[c:c + cols], z), tmp)
+            fill(z, tmp, work, block)
+
+
+def _add_outer(base: torch.Tensor, counter: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out (R, C) = base (R,)[:, None] + counter (C,)[None, :]; a few columns one by one (a
+    broadcast over short rows is slow on CPU), the same integers either way."""
+    if counter.shape[0] > 8 or base.shape[0] == 1:
+        return torch.add(base[:, None], counter[None, :], out=out)
+    for c in range(counter.shape[0]):
+        torch.add(base, counter[c], out=out[:, c])
     return out
 
 
-class Scratch:
-    """Work buffers of one normal_from_keys call, reused by its blocks: fresh buffers would cost
-    a page fault per page per block."""
+def _box_muller(z: torch.Tensor, tmp: torch.Tensor, work: list[torch.Tensor], out: torch.Tensor) -> None:
+    """Hashes z (R, C) -> normal pairs out (R, C, 2): radius from the low 32 bits, angle from the high."""
+    radius, angle = work  # (R, C) float32 each
+    half = torch.tensor(0.5 * UNIT32, dtype=torch.float32, device=z.device)
+    torch.bitwise_and(z, LOW32, out=tmp)  # k in [0, 2^32)
+    torch.add(half, tmp, alpha=UNIT32, out=radius)  # u = (k + 1/2) / 2^32 in (0, 1): k * 2^-32 is exact
+    radius.log_().mul_(-2.0).sqrt_()
+    torch.mul(torch.bitwise_right_shift(z, 32, out=tmp), ANGLE, out=angle)  # the signed high half: [-pi, pi)
+    trig = tmp.view(-1).view(torch.float32)[:radius.numel()].view(radius.shape)  # tmp's bytes, free now
+    torch.mul(radius, torch.cos(angle, out=trig), out=out[..., 0])  # z is spent: out may overwrite it
+    torch.mul(radius, torch.sin(angle, out=trig), out=out[..., 1])
 
-    def __init__(self, size: int, device: torch.device):
-        self.ints = torch.empty(2, size, dtype=torch.int64, device=device)  # (2, N) key, shift scratch
-        self.floats = torch.empty(2, size, dtype=torch.float64, device=device)  # (2, N) radius, angle
 
-    def views(self, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        """The four buffers as (R, C) tensors."""
-        n = shape[0] * shape[1]
-        return tuple(buf[:n].view(shape) for buf in (*self.ints, *self.floats))
+def _uniform53(z: torch.Tensor, tmp: torch.Tensor, work: list[torch.Tensor], out: torch.Tensor) -> None:
+    """Hashes z (R, C) -> float64 uniforms out (R, C, 1): (top 53 bits + 1/2) / 2^53, in (0, 1)."""
+    torch.bitwise_right_shift(z, 11, out=tmp).bitwise_and_(_mask(11))
+    out[..., 0].copy_(tmp).add_(0.5).mul_(UNIT53)  # L + 1/2 < 2^53 is exact in float64, as is * 2^-53
 
 
-def block_normals(base: torch.Tensor, counter: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> None:
-    """Normals of keys base (R,) at element counters (C,) written into out (R, C)."""
-    z, tmp, radius, angle = scratch.views((base.shape[0], counter.shape[0]))  # (R, C) each
-    _mix64_(torch.add(base[:, None], counter[None, :], out=z), tmp)  # (R, C) hash of the counter 2e
-    _uniform53_(z, tmp, radius).log_().mul_(-2.0).sqrt_()
-    _mix64_(torch.add(base[:, None], counter[None, :] + GOLDEN, out=z), tmp)  # (R, C) hash of 2e + 1
-    _uniform53_(z, tmp, angle).mul_(TWO_PI).cos_()
-    out.copy_(radius.mul_(angle))
+def pairs_from_inputs_(cells: torch.Tensor) -> torch.Tensor:
+    """In place: float32 cells (..., 2) whose bytes hold one int64 hash input x each
+    (cells.view(torch.int64)) become the normal pairs of mix64(x), as in normal_pairs; in blocks
+    of CHUNK on CPU. For callers that lay out their own counters (the Brownian tree)."""
+    flat = cells.view(-1, 2)  # (N, 2) float32, contiguous
+    n, on_cpu = flat.shape[0], cells.device.type == "cpu"
+    size = max(1, min(n, CHUNK) if on_cpu else n)
+    scratch = Scratch(0, size, cells.device, floats=2, own_hashes=False)
+    for first in range(0, n, size):
+        block = flat[first:first + size].view(1, -1, 2)  # (1, C, 2)
+        z, tmp, *work = scratch.views((1, block.shape[1]), block)  # (1, C) each: z is the inputs
+        _box_muller(_mix64_(z, tmp), tmp, work, block)
+    return cells
+
+
+def normal_pairs(row_keys: RowKeys, rows: int, pairs: int, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """2 * pairs standard normals (B, 2P) per row: pair p of the row's hash stream gives
+    elements 2p (r cos) and 2p + 1 (r sin)."""
+    out = torch.empty(rows, pairs, 2, dtype=dtype, device=device)  # (B, P, 2)
+    hash_blocks(row_keys, pairs, out, _box_muller, floats=2)
+    return out.view(rows, 2 * pairs)
+
+
+def normal_from_keys(keys: torch.Tensor, numel: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """`numel` standard normals (B, numel) per row key (B,): normal_pairs, the last sine dropped
+    when numel is odd."""
+    return _odd_cut(normal_pairs(given_keys(keys), keys.shape[0], (numel + 1) // 2, dtype, keys.device), numel)
+
+
+def _odd_cut(pairs: torch.Tensor, numel: int) -> torch.Tensor:
+    """The first numel columns of normal pairs (B, 2P), contiguous."""
+    return pairs if pairs.shape[1] == numel else pairs[:, :numel].contiguous()
+
+
+def uniform_from_keys(row_keys: RowKeys, rows: int, numel: int, device: torch.device | str) -> torch.Tensor:
+    """`numel` float64 uniforms in (0, 1) (B, numel) per row: one hash per element."""
+    out = torch.empty(rows, numel, 1, dtype=torch.float64, device=device)  # (B, E, 1)
+    hash_blocks(row_keys, numel, out, _uniform53, floats=0)
+    return out.view(rows, numel)
 
 
 class NoiseSource:
-    """Standard normal draws keyed by (seed, particle, step, slot); batch-split invariant."""
+    """Standard normal (and uniform) draws keyed by (seed, particle, step, slot); batch-split invariant."""
 
     def __init__(self, seed: int):
         self.seed = int(seed)
+        self.seed_key = int(mix64(torch.tensor([_wrap(self.seed * GOLDEN)]))[0])  # mix64(seed * GOLDEN)
 
     def __repr__(self) -> str:
         return f"NoiseSource(seed={self.seed})"
+
+    def row_keys(self, particle: torch.Tensor, step: torch.Tensor | int, slot: int, tag: int = 0) -> RowKeys:
+        """The keys of (particle, step, slot) rows, particle * PARTICLE_MUL ^ K (then hashed by
+        hash_blocks) with K = mix64((step * STEP_MUL + slot * SLOT_MUL + tag) ^ mix64(seed * GOLDEN)),
+        computed once for a scalar step; the tag separates kinds of draws (normal, uniform)."""
+        step_t = torch.as_tensor(step, dtype=torch.int64, device=particle.device).reshape(-1)  # (1,) or (B,)
+        offset = _wrap(slot * SLOT_MUL + tag)
+        k = mix64(torch.mul(step_t, STEP_MUL).add_(offset).bitwise_xor_(self.seed_key))  # (1,) or (B,)
+
+        def keys(first: int, end: int, buf: torch.Tensor) -> None:
+            torch.mul(particle[first:end], PARTICLE_MUL, out=buf).bitwise_xor_(k if k.shape[0] == 1 else k[first:end])
+        return keys
 
     def normal(self, particle: torch.Tensor, step: torch.Tensor | int, shape: tuple[int, ...],
                slot: int = 0, dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> torch.Tensor:
         """Normals of shape (B, *shape) for particle ids (B,) at step (B,) or a scalar step."""
-        device = torch.device(device) if device is not None else particle.device
-        particle = particle.to(device=device, dtype=torch.int64)  # (B,)
-        step_t = torch.as_tensor(step, dtype=torch.int64, device=device).expand_as(particle)  # (B,)
-        key = particle_key(self.seed, particle).bitwise_xor_(step_t * STEP_MUL + _signed(slot * SLOT_MUL % (1 << 64)))  # (B,)
-        base = _mix64_(key, torch.empty_like(key))  # (B,)
-        return normal_from_keys(base, math.prod(shape), dtype).reshape(particle.shape[0], *shape)
+        particle, numel = _ids(particle, device), math.prod(shape)  # (B,)
+        z = normal_pairs(self.row_keys(particle, step, slot), particle.shape[0], (numel + 1) // 2, dtype,
+                         particle.device)  # (B, 2P)
+        return _odd_cut(z, numel).reshape(particle.shape[0], *shape)
+
+    def uniform(self, particle: torch.Tensor, step: torch.Tensor | int, shape: tuple[int, ...],
+                slot: int = 0, dtype: torch.dtype = torch.float64,
+                device: torch.device | str | None = None) -> torch.Tensor:
+        """Uniforms in (0, 1) of shape (B, *shape), keyed like normal (for tokens, step = the
+        token position): 53-bit float64, cast to dtype and kept off 0 and 1 there."""
+        particle = _ids(particle, device)  # (B,)
+        keys = self.row_keys(particle, step, slot, UNIFORM_TAG)
+        u = uniform_from_keys(keys, particle.shape[0], math.prod(shape), particle.device)
+        u = u.reshape(particle.shape[0], *shape)
+        if dtype == torch.float64:
+            return u
+        info = torch.finfo(dtype)
+        return u.to(dtype).clamp_(info.tiny, 1.0 - info.eps / 2)
+
+    def gumbel(self, particle: torch.Tensor, step: torch.Tensor | int, shape: tuple[int, ...],
+               slot: int = 0, dtype: torch.dtype = torch.float64,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """Standard Gumbel draws -log(-log(u)) (B, *shape) of uniform's u, in float64 then cast
+        (Gumbel-max sampling: argmax(logits + g) is a categorical draw)."""
+        u = self.uniform(particle, step, shape, slot, torch.float64, device)
+        return u.log_().neg_().log_().neg_().to(dtype)
 
     def brownian(self, particle: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
                  shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
@@ -137,3 +264,9 @@ class NoiseSource:
              slot: int = 0) -> torch.Tensor:
         """Normals shaped, typed and placed like `x` (B, ...)."""
         return self.normal(particle, step, tuple(x.shape[1:]), slot, x.dtype, x.device)
+
+
+def _ids(particle: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """Particle ids (B,) as int64 on the device asked for (default: where they are)."""
+    device = torch.device(device) if device is not None else particle.device
+    return particle.to(device=device, dtype=torch.int64)

@@ -14,9 +14,11 @@ from ..core.noise import INITIAL_STEP
 from ..core.sigmas import Sigmas
 
 
-# Peak bytes per element of NoiseSource.normal: its int64 hash chain and float64 Box-Muller
-# temporaries, measured as the peak-RSS growth of a 4M-element draw (108-120 bytes), plus margin.
-NOISE_WORK_BYTES = 128
+# Peak bytes per element of NoiseSource.normal: the output (its hashes live in the output's bytes)
+# plus, for an odd numel, the trimmed copy; CPU blocks add a fixed < 1 MiB, CUDA's one block 8 bytes
+# per element. Measured as the peak-RSS growth of 4M-element CPU draws: 4-8 bytes (float32/float64),
+# 21 bytes (float64, 3 per row); 32 leaves room for CUDA's scratch.
+NOISE_WORK_BYTES = 32
 
 
 @node("latent.noise", version=1)
