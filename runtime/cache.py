@@ -35,7 +35,7 @@ from ..nodes.core.tensorfile import safetensors_bytes
 from . import values
 from .preflight import writable_dir_problem
 
-FORMAT = 1
+FORMAT = 2  # 2: the counter-based noise was redefined (issue 9), so format-1 entries of seeded nodes hold other draws
 TMP_SUFFIX = ".tmp"
 STALE_TMP_S = 3600.0  # a put writes one file; a temporary file this old belongs to no live put
 Outputs = dict[str, Any]

@@ -75,7 +75,7 @@ def test_sound_entry_of_another_version_is_a_miss_not_corruption(tmp_path):
 
 def test_runtime_reports_an_undecodable_entry_as_its_own_event_and_recomputes(tmp_path, monkeypatch):
     runtime(tmp_path).run(DOC)
-    monkeypatch.setattr("samplegraph.runtime.cache.FORMAT", 2)  # as if a newer version reads these files
+    monkeypatch.setattr("samplegraph.runtime.cache.FORMAT", cache.FORMAT + 1)  # as if a newer version reads these files
     events: list = []
     again = runtime(tmp_path).run(DOC, on_event=events.append)
     assert statuses(again) == {"t": "miss", "s": "miss"}

@@ -14,17 +14,15 @@ SAMPLE, GUMBEL, ACCEPT, DRAFT, RESIDUAL, BONUS = 0, 1, 2, 3, 4, 5
 
 def gumbel(noise: NoiseSource, particle: torch.Tensor, position: torch.Tensor, size: int,
            slot: int = GUMBEL) -> torch.Tensor:
-    """(B, size) float64 standard Gumbel keys -log(-log U), U = Phi(Z) of the source's normals Z; the
-    log of U comes from log_ndtr, so no key is infinite."""
-    z = noise.normal(particle, position, (size,), slot=slot, dtype=torch.float64)  # (B, size)
-    return -torch.log(-torch.special.log_ndtr(z))
+    """(B, size) float64 standard Gumbel keys -log(-log U) of the source's 53-bit uniforms (never 0 or 1,
+    so no key is infinite)."""
+    return noise.gumbel(particle, position, (size,), slot=slot)  # (B, size)
 
 
 def uniform(noise: NoiseSource, particle: torch.Tensor, position: torch.Tensor, size: int = 1,
             slot: int = ACCEPT) -> torch.Tensor:
-    """(B, size) float64 uniforms in (0, 1]: Phi of the source's normals."""
-    z = noise.normal(particle, position, (size,), slot=slot, dtype=torch.float64)  # (B, size)
-    return torch.exp(torch.special.log_ndtr(z))
+    """(B, size) float64 uniforms in (0, 1), 53-bit, one hash each."""
+    return noise.uniform(particle, position, (size,), slot=slot)  # (B, size)
 
 
 def categorical(noise: NoiseSource, logp: torch.Tensor, particle: torch.Tensor, position: torch.Tensor,
