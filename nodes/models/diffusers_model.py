@@ -20,10 +20,9 @@ from ..api import Node, node
 from .labelled import Labelled
 from .networks.diffusers_net import DiffusersDenoiser, DiffusersNet, scheduler_sampling
 from .parametrisation import TimestepMode
-from .safetensors_model import file_state
+from .safetensors_model import file_state, refuse_pickles
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SUPPORTED = ("UNet2DModel", "DiTTransformer2DModel")
 TEXT_CONDITIONED = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel",
                     "PixArtTransformer2DModel", "SanaTransformer2DModel", "Transformer2DModel")
@@ -149,11 +148,7 @@ def check_weights(folder: Path) -> None:
     """safetensors weights exist; pickle-only checkpoints are refused without being opened."""
     if (folder / WEIGHTS).is_file() or (folder / f"{WEIGHTS}.index.json").is_file():
         return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLES)
-    if pickles:
-        raise NodeError(f"'{folder / pickles[0]}' is a pickle checkpoint, and samplegraph never unpickles files "
-                        f"(loading one can run arbitrary code); convert it to '{WEIGHTS}' (diffusers: "
-                        f"save_pretrained(..., safe_serialization=True)) where you trust it")
+    refuse_pickles(folder, "", f"'{WEIGHTS}'")
     raise NodeError(f"'{folder}' has no '{WEIGHTS}' (nor a sharded '{WEIGHTS}.index.json')")
 
 

@@ -8,11 +8,25 @@ from typing import Any
 
 from pydantic import Field
 
+from ...graph.errors import NodeError
+
 from ..api import Node, node
 from .labelled import Labelled
 from .networks.conditional import ConditionalNetwork
 from .networks.mlp_denoiser import MLPDenoiser, load_mlp
 from .sampling import EDMSampling, RectifiedFlowSampling
+
+
+PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # checkpoint suffixes that unpickle when loaded
+
+
+def refuse_pickles(folder: Path, where: str, convert_to: str) -> None:
+    """A NodeError naming the first pickle checkpoint in `folder`, if any, without opening it."""
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLES)
+    if pickles:
+        raise NodeError(f"{where}'{folder / pickles[0]}' is a pickle checkpoint, and samplegraph never unpickles "
+                        f"files (loading one can run arbitrary code); convert it to {convert_to} "
+                        f"(save_pretrained(..., safe_serialization=True)) where you trust it")
 
 
 def file_state(path: Path) -> list[int] | None:
