@@ -25,9 +25,9 @@ FIXED_FILE_STATE = [1234, 5678]  # weights' size and mtime differ between checko
 
 
 def pin_file_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replace every `file_state` (weights' size/mtime) in the model modules with a constant."""
+    """Replace every `file_state` (weights' size/mtime) in the node modules with a constant."""
     Registry.default()  # imports the model modules
-    for module in [m for name, m in sys.modules.items() if name.startswith("samplegraph.nodes.models")]:
+    for module in [m for name, m in sys.modules.items() if name.startswith("samplegraph.nodes")]:
         if hasattr(module, "file_state"):
             monkeypatch.setattr(module, "file_state", lambda path: FIXED_FILE_STATE)
 
