@@ -135,3 +135,9 @@ def test_generations_round_trip_through_the_cache_encoding():
     back = Generations.cache_decode(tensors, meta)
     assert back.rows() == g.rows() and back.rows()[2] == {"text": "ab", "token_ids": [3], "log_weight": 2.0,
                                                          "group": 1, "finished": False}
+
+
+def test_a_bool_mask_selects_its_true_rows():
+    s = state3()
+    picked = s[torch.tensor([True, False, True])]
+    assert picked.cache.rows.tolist() == [0, 2] and picked.length.tolist() == [1, 1]

@@ -213,7 +213,7 @@ class Awrs(Node):
                                                 stats, self.estimator, self.max_accepts)
             if i == 0:
                 check_first_step(live & ~extended, at_budget)
-            budget.count_tokens(group.cpu(), extended)
+            budget.count_tokens(group, extended)
             log_w += inc
             ctx.progress(i + 1, self.max_new_tokens)
         ctx.record(**budget.report(), **evaluations.report(), **stats.report(),

@@ -130,6 +130,6 @@ class Beam(Node):
         nxt_token = torch.zeros(state.batch, dtype=torch.long, device=dev)
         nxt_score = torch.full((state.batch,), -math.inf, dtype=torch.float64, device=dev)
         src[dest], nxt_token[dest], nxt_score[dest] = parent[gk, kk], token[gk, kk], ranked[gk, kk]
-        budget.count_tokens(torch.cat([gi, gk]).cpu(), torch.ones(gi.numel() + gk.numel(), dtype=torch.bool))
+        budget.count_tokens(torch.cat([gi, gk]), torch.ones(gi.numel() + gk.numel(), dtype=torch.bool))
         nxt = sub[pos[src]].append(nxt_token, logp=nxt_score - score[src])
         return nxt, nxt_score

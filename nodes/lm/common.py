@@ -44,8 +44,8 @@ class TokenBudget:
         return lm.next_logprobs(state, window)
 
     def count_tokens(self, group: torch.Tensor, appended: torch.Tensor) -> None:
-        """Account appended (B,) bool tokens to their groups (B,)."""
-        self.tokens += torch.bincount(group[appended].cpu(), minlength=self.groups)
+        """Account appended (B,) bool tokens to their groups (B,) (either on any device)."""
+        self.tokens += torch.bincount(group.cpu()[appended.cpu()], minlength=self.groups)
 
     def report(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.started

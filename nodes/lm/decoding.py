@@ -32,7 +32,7 @@ def decode(lm: LanguageModel, state: TokenState, group: torch.Tensor, choose: Ch
         logp = logp[:, 0]  # (L, V)
         token = choose(logp, state)  # (L,)
         state = state.append(token, logp.gather(1, token[:, None])[:, 0], eos=lm.vocab.is_eos(token))
-        budget.count_tokens(group[rows].cpu(), torch.ones(state.batch, dtype=torch.bool))
+        budget.count_tokens(group[rows], torch.ones(state.batch, dtype=torch.bool))
         last = step == max_new_tokens - 1
         leaving = torch.ones_like(state.done) if last else state.done  # (L,)
         if bool(leaving.any()):

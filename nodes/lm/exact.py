@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 
 from .model import LanguageModel
-from .state import TokenState
 
 
 def enumerate_sequences(lm: LanguageModel, prompt: Sequence[int], max_new_tokens: int,
@@ -60,7 +59,3 @@ def empirical(items: Sequence) -> dict:
         counts[it] += 1.0 / len(items)
     return dict(counts)
 
-
-def states_of(state: TokenState) -> list[tuple[int, ...]]:
-    """The generated id sequences of a state's rows."""
-    return [tuple(state.generated(i)) for i in range(state.batch)]

@@ -28,10 +28,10 @@ class Masked(Node):
     particles: int = Field(1, ge=1, description="rows per prompt")
     max_new_tokens: int = Field(32, ge=1, description="tokens generated at most per row")
 
-    def run(self, lm: LanguageModel, prompts: Prompts, constraint: Potential, ctx: NodeContext) -> Generations:
+    def run(self, lm: LanguageModel, prompt: Prompts, constraint: Potential, ctx: NodeContext) -> Generations:
         """One constrained text per row, weighted by its product of local normalisers (a row cut by
         max_new_tokens keeps the weight of its prefix and is marked unfinished)."""
-        state, group, groups = start_rows(lm, prompts, self.particles, self.max_new_tokens, ctx.device)
+        state, group, groups = start_rows(lm, prompt, self.particles, self.max_new_tokens, ctx.device)
         evaluations, budget = Evaluations(), TokenBudget(groups)
         potential = CountingPotential(constraint.bind(lm.vocab), evaluations)
         log_w = torch.zeros(state.batch, dtype=torch.float64)  # (B,)

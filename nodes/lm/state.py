@@ -32,7 +32,9 @@ def _index(idx: torch.Tensor | slice | Sequence[int] | int, device: torch.device
         idx = [idx]
     if isinstance(idx, slice):
         raise TypeError("index a TokenState with row indices, not a slice")
-    return torch.as_tensor(idx, dtype=torch.long, device=device)
+    idx = torch.as_tensor(idx, device=device)
+    # a bool mask selects its True rows (as_tensor(..., long) would turn it into row indices 0 and 1)
+    return idx.nonzero().flatten() if idx.dtype == torch.bool else idx.long()
 
 
 @dataclass(frozen=True)
