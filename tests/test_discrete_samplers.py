@@ -13,14 +13,15 @@ from samplegraph.graph.errors import NodeError
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.discrete.denoiser import CountingDiscreteDenoiser
-from samplegraph.nodes.discrete.exact import empirical, exact_distribution, expected_tv, total_variation
+from samplegraph.nodes.discrete.exact import (all_sequences, empirical, exact_distribution, expected_tv,
+                                              sequence_logprob, total_variation)
 from samplegraph.nodes.discrete.exact_model import ModelExactDiscrete
 from samplegraph.nodes.discrete.sample import DiscreteSample
 from samplegraph.nodes.discrete.sampler import run_discrete
 from samplegraph.nodes.discrete.samplers.ancestral import Ancestral
 from samplegraph.nodes.discrete.samplers.first_hitting import FirstHitting
 from samplegraph.nodes.discrete.samplers.tau_leaping import TauLeaping
-from samplegraph.nodes.discrete.samplers.uniform import Uniform
+from samplegraph.nodes.discrete.samplers.uniform import Uniform, uniform_bridge
 from samplegraph.nodes.discrete.schedules.linear import Linear, LinearSchedule
 from samplegraph.nodes.discrete.schedules.polynomial import PolynomialSchedule
 from samplegraph.nodes.discrete.state import DiscreteState
@@ -92,7 +93,7 @@ def test_infill_reproduces_the_exact_conditional(sampler, steps):
 def test_step_samplers_converge_to_the_exact_distribution(sampler, noise, final):
     tvs = []
     for steps in (4, 16, final):
-        out, nfe, den = draw(sampler, steps, noise)
+        out, _, den = draw(sampler, steps, noise)
         tvs.append(tv_to_exact(out, den))
     print(f"\n{type(sampler).__name__} TV at steps 4, 16, {final}: {[round(t, 4) for t, _ in tvs]} "
           f"(tolerance {tvs[0][1]:.4f})")
@@ -190,3 +191,23 @@ def test_exact_metric_rejects_a_model_it_cannot_enumerate():
     out, _, den = draw(FirstHitting(), 4, n=4)
     with pytest.raises(NodeError, match="must be model.exact_discrete"):
         MetricDiscreteExact().run(out, CountingDiscreteDenoiser(den), NodeContext.detached())
+
+
+def test_uniform_bridge_is_the_enumerated_reverse_marginal():
+    den = ModelExactDiscrete(length=3, noise="uniform").run()
+    seqs = all_sequences(den)  # (N, 3)
+    prior = sequence_logprob(den, seqs).exp()  # (N,) p(x0)
+    x_t = torch.tensor([0, 3, 1])
+    a_t, a_s, k = 0.3, 0.7, den.vocab.size
+
+    def kernel(a: float, to: torch.Tensor, frm: torch.Tensor) -> torch.Tensor:  # (N, N) prod_l q(to_l | frm_l)
+        return (a * (to[None] == frm[:, None]).double() + (1 - a) / k).prod(-1)
+
+    joint = prior[:, None] * kernel(a_s, seqs, seqs)  # (x0, x_s) p(x0) q(x_s | x0)
+    p_s = joint.sum(0) * kernel(a_t / a_s, x_t[None], seqs)[:, 0]  # (N,) p(x_s, x_t)
+    p_s = p_s / p_s.sum()
+    exact = torch.stack([torch.zeros(k, dtype=torch.float64).index_add(0, seqs[:, pos], p_s) for pos in range(3)])
+    logp = den(x_t[None], torch.tensor([1 - a_t], dtype=torch.float64))  # (1, 3, K): linear alpha = 1 - t
+    bridge = uniform_bridge(logp, x_t[None], torch.tensor([a_t], dtype=torch.float64),
+                            torch.tensor([a_s], dtype=torch.float64))
+    assert torch.allclose(bridge[0].exp(), exact, atol=1e-12)

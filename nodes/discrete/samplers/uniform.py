@@ -41,7 +41,7 @@ def uniform_bridge(logp: torch.Tensor, tokens: torch.Tensor, a_t: torch.Tensor, 
 
 @node("discrete_sampler.uniform", version=1)
 class Uniform(DiscreteSampler):
-    """The exact per-position reverse step of uniform-noise diffusion, x_s ~ sum_x0 p(x0|x_t) q(x_s|x_t,x0) (Austin et al. 2021)."""
+    """Uniform-noise reverse steps x_s ~ sum_x0 p(x0 | x_t) q(x_s | x_t, x0) per position (Austin et al. 2021, D3PM)."""
 
     noise_kinds: ClassVar[frozenset[str]] = frozenset({"uniform"})
 
