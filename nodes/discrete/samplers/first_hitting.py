@@ -1,5 +1,5 @@
 """discrete_sampler.first_hitting: the first-hitting sampler of Zheng et al. 2024 ("Masked Diffusion
-Models are Secretly Time-Agnostic Masked Models and Exploit Inaccurate Categorical Sampling", Sec. 3).
+Models are Secretly Time-Agnostic Masked Models and Exploit Inaccurate Categorical Sampling").
 
 In the reverse masked process each of the n masked positions becomes clean at an independent time
 whose law is alpha; the first of them to do so, going down from t, hits at t' with
@@ -26,7 +26,7 @@ def free_masked(state: DiscreteState, den: DiscreteDenoiser) -> torch.Tensor:
 
 @node("discrete_sampler.first_hitting", version=1)
 class FirstHitting(DiscreteSampler):
-    """One token per step at the first-hitting time of the masked positions (Zheng et al. 2024, Alg. 1)."""
+    """One token per step at the first-hitting time of the masked positions (Zheng et al. 2024)."""
 
     def finished(self, state: DiscreteState, schedule: MaskSchedule, den: DiscreteDenoiser) -> torch.Tensor:
         """No masked position left (the schedule's step count is not used)."""

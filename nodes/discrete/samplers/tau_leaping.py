@@ -1,5 +1,5 @@
 """discrete_sampler.tau_leaping: tau-leaping of the reverse masked CTMC (Campbell et al. 2022, "A
-Continuous Time Framework for Discrete Denoising Models", Sec. 4.2).
+Continuous Time Framework for Discrete Denoising Models").
 
 The reverse rate of a masked position at time t to token v is lambda(t) p(x0 = v | x_t), with
 lambda(t) = -alpha'(t) / (1 - alpha(t)); clean tokens have rate 0 (absorbing noise never changes
