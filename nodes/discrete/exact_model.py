@@ -63,7 +63,9 @@ class ExactDiscrete(DiscreteDenoiser):
 
 def posterior(start: torch.Tensor, trans: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
     """(B, L, C) float64 p(x_l = c | evidence) of a Markov chain (start (C,), trans (C, C)) with
-    per-position evidence likelihoods (B, L, C): scaled forward-backward."""
+    per-position evidence likelihoods (B, L, C): scaled forward-backward. Evidence of probability 0
+    (a sampler's independent draws can give EOS then a token) gets the evidence itself, normalised
+    (uniform at masked positions), so the sampler can finish and metrics count the row impossible."""
     b, length, c = evidence.shape
     fwd = torch.empty_like(evidence)
     f = start[None, :] * evidence[:, 0]  # (B, C)
@@ -76,7 +78,9 @@ def posterior(start: torch.Tensor, trans: torch.Tensor, evidence: torch.Tensor) 
         g = (evidence[:, pos + 1] * bwd[:, pos + 1]) @ trans.T  # (B, C)
         bwd[:, pos] = g / g.sum(-1, keepdim=True)
     joint = fwd * bwd  # (B, L, C)
-    return joint / joint.sum(-1, keepdim=True)
+    post = joint / joint.sum(-1, keepdim=True)
+    impossible = torch.isnan(post).any(-1).any(-1)  # (B,) evidence the chain cannot produce (0 / 0)
+    return torch.where(impossible[:, None, None], evidence / evidence.sum(-1, keepdim=True), post)
 
 
 def chain_of(n_tokens: int, start: list[float], transitions: list[list[float]] | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 
 def nodes() -> list[type]:
     from .classifier_accuracy import ClassifierAccuracy
+    from .discrete_exact import MetricDiscreteExact
     from .diversity import Diversity
     from .frechet_distance import FrechetDistance
     from .gmm_log_likelihood import GMMLogLikelihood
@@ -11,4 +12,5 @@ def nodes() -> list[type]:
     from .sliced_wasserstein import SlicedWasserstein
 
     return [SlicedWasserstein, ClassifierAccuracy, FrechetDistance, MetricPrecisionRecall, Diversity,
-            GMMLogLikelihood, MetricModeWeights]
+            GMMLogLikelihood, MetricModeWeights,
+            MetricDiscreteExact]

@@ -2,5 +2,14 @@
 
 
 def nodes() -> list[type]:
+    from .ancestral import Ancestral
+    from .first_hitting import FirstHitting
+    from .tau_leaping import TauLeaping
+    from .uniform import Uniform
+
     return [
+        Ancestral,
+        FirstHitting,
+        TauLeaping,
+        Uniform,
     ]
