@@ -2,5 +2,16 @@
 
 
 def nodes() -> list[type]:
+    from .best_of_n import DiscreteBestOfN
+    from .reward import TextPotential
+    from .reward import TokenCount
+    from .smc import DiscreteSmc
+    from .svdd import DiscreteSvdd
+
     return [
+        TokenCount,
+        TextPotential,
+        DiscreteSmc,
+        DiscreteSvdd,
+        DiscreteBestOfN,
     ]
