@@ -6,6 +6,7 @@ def nodes() -> list[type]:
     from .reward import TextPotential
     from .reward import TokenCount
     from .smc import DiscreteSmc
+    from .split_gibbs import SplitGibbs
     from .svdd import DiscreteSvdd
 
     return [
@@ -14,4 +15,5 @@ def nodes() -> list[type]:
         DiscreteSmc,
         DiscreteSvdd,
         DiscreteBestOfN,
+        SplitGibbs,
     ]
