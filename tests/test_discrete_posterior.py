@@ -9,12 +9,15 @@ rule in a random order, so its sequences are exact draws of the model (an MDLM a
 several positions at once would add a factorisation bias that would blur what these tests measure)."""
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from samplegraph.graph.errors import NodeError
+from samplegraph.nodes.api import node
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.discrete.denoiser import DiscreteDenoiser
@@ -33,6 +36,7 @@ from samplegraph.nodes.discrete.schedules.linear import LinearSchedule
 from samplegraph.nodes.discrete.state import DiscreteState
 from samplegraph.nodes.discrete.template import DiscreteInfill, DiscreteTemplate
 from samplegraph.nodes.lm.constraints.regex import RegexConstraint
+from samplegraph.runtime.api import Runtime
 
 L = 5
 BETA = 1.0  # reward.token_count('b') per occurrence; alpha = 1
@@ -296,3 +300,21 @@ def test_split_gibbs_keeps_the_anchors_of_an_infill_template(uden):
     assert bool((out.tokens[:, [0, 3]] == torch.tensor([0, 1])).all())
     with pytest.raises(NodeError, match="uniform-noise kernel"):
         SplitGibbs().run(ModelExactDiscrete(length=L).run(), SCHED, OneAtATime(), all_masked(1), REWARD, ctx())
+
+
+@node("test.one_at_a_time", version=1)
+class OneAtATimeNode(OneAtATime):
+    """The exact test proposal as a node, standing in for discrete_sampler.ancestral until the merge."""
+
+
+def test_steering_workflow_runs_end_to_end_with_the_test_sampler(tmp_path):
+    """workflows/pending/mdm_steer.json (moves to workflows/ once discrete_sampler.ancestral exists)."""
+    path = Path(__file__).resolve().parents[1] / "workflows" / "pending" / "mdm_steer.json"
+    wf = json.loads(path.read_text())
+    assert wf["nodes"]["sampler"]["kind"] == "discrete_sampler.ancestral"
+    wf["nodes"]["sampler"]["kind"] = "test.one_at_a_time"
+    result = Runtime(device="cpu", nodes=[OneAtATimeNode]).run(wf, out_dir=tmp_path)
+    texts = result["smc"].texts
+    assert len(texts) == 64 and all(re.fullmatch("a[abc]*b", t) for t in texts)
+    lines = (tmp_path / "mdm_steer.jsonl").read_text().splitlines()
+    assert len(lines) == 64 and json.loads(lines[0])["text"] in texts
