@@ -36,7 +36,7 @@ FINAL_STEP = -3  # resampling-generator key of the final resampling, distinct fr
 
 @node("discrete.smc", version=1)
 class DiscreteSmc(Node):
-    """Implements twisted SMC (Wu et al. 2023) for masked diffusion: x0-estimate reward potentials, exact final weights."""
+    """Implements twisted SMC (Wu et al. 2023) over diffusion particles: x0-estimate potentials, exact final weights."""
 
     uses_seed: ClassVar[bool] = True
     particles: int = Field(16, ge=1, le=1_000_000, description="particles per template text")

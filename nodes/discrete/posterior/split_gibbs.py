@@ -66,12 +66,13 @@ def coupling(x: torch.Tensor, z: torch.Tensor, alpha: float, clean: int) -> torc
 
 @node("discrete.split_gibbs", version=1)
 class SplitGibbs(Node):
-    """Implements SGDD (Chu et al. 2025, Alg. 1): alternating diffusion prior steps and MH likelihood steps, annealed eta."""
+    """Implements SGDD (Chu et al. 2025): alternating diffusion prior steps and MH likelihood steps, annealed eta."""
 
     uses_seed: ClassVar[bool] = True
     particles: int = Field(1, ge=1, le=1_000_000, description="independent chains per template text")
     iterations: int = Field(20, ge=1, le=10_000, description="prior / likelihood alternations")
-    mh_steps: int = Field(20, ge=1, le=100_000, description="Metropolis-Hastings single-site updates per likelihood step")
+    mh_steps: int = Field(20, ge=1, le=100_000, description="single-site Metropolis-Hastings updates per likelihood "
+                          "step")
     t_max: float = Field(0.9, gt=0, le=1, description="coupling level eta of the first iteration (diffusion time)")
     t_min: float = Field(0.02, gt=0, le=1, description="coupling level of the last iteration (-> 0: exact target)")
 

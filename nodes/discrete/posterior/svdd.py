@@ -33,7 +33,7 @@ from .reward import SequenceReward
 
 @node("discrete.svdd", version=1)
 class DiscreteSvdd(Node):
-    """Implements SVDD-PM for discrete diffusion (Li et al. 2024, Alg. 1): M children per step, one kept w.p. ~ exp(v/alpha)."""
+    """Implements SVDD-PM for discrete diffusion (Li et al. 2024, Alg. 1): M children a step, one kept ~exp(v/alpha)."""
 
     uses_seed: ClassVar[bool] = True
     particles: int = Field(1, ge=1, le=1_000_000, description="independent steered samples per template text")
