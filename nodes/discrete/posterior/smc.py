@@ -9,7 +9,11 @@ twisted SMC, Wu et al. 2023; FK steering's "difference" potential, Singhal et al
 intermediate values only steer (lower variance), they never bias. The x0 estimate is the denoiser's
 per-position argmax by default (deterministic: no extra noise in the weights) or one factorised draw;
 an intermediate value is at least `value_floor`, so a constraint (-inf) broken by an estimate steers
-away from a particle without killing it (only the finished sequence's reward can be -inf)."""
+away from a particle without killing it (only the finished sequence's reward can be -inf). The default
+-2 is measured (regex 'a[abc]*b' on model.exact_discrete, 16 particles x 1024 groups, TV to the exact
+conditional): floor 0 (no steering, plain importance sampling) 0.059, -2 0.048, -5 0.195: a hard
+floor over-steers, and the few surviving lineages of sequences whose estimates broke the constraint
+carry huge final weights (consistent as N grows, but slowly: 0.10 at N = 1024)."""
 from __future__ import annotations
 
 from typing import ClassVar, Literal
