@@ -38,7 +38,8 @@ class DiscreteBestOfN(Node):
         r = scored(reward, state.tokens, den, group, budget).cpu()  # (G N,)
         best = r.reshape(groups, self.n).argmax(1) + torch.arange(groups) * self.n  # (G,)
         ctx.add_nfe(budget.calls)
-        ctx.record(**budget.report(), reward_mean=float(r.mean()), best_reward_mean=float(r[best].mean()))
+        ctx.record(**budget.report(), denoiser_rows=den.rows, reward_mean=float(r.mean()),
+                   best_reward_mean=float(r[best].mean()))
         if self.keep == "all":
             return DiscreteSamples.of_state(state, denoiser, log_weight=r, group=group)
         return DiscreteSamples.of_state(state[best.to(state.device)], denoiser, log_weight=r[best], group=group[best])

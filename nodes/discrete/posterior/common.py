@@ -22,19 +22,19 @@ Estimate = Literal["argmax", "sample"]
 
 
 class BudgetDiscreteDenoiser(DiscreteDenoiser):
-    """Charges every batched call to a search Budget (per group of the rows it sees); delegates the rest.
-
-    Set `group` (B,) to the group ids of the rows the next call will see."""
+    """Charges every batched call to a search Budget; delegates the rest. A call on the whole batch is
+    charged per group (set `group` (B,) to the rows' group ids); a call on a subset of rows (unfinished
+    rows, a sampler's x0 cache) cannot be attributed, so it counts as a call and in `rows` only."""
 
     def __init__(self, inner: DiscreteDenoiser, budget: Budget, group: torch.Tensor):
         self.inner, self.budget, self.group = inner, budget, group
         self.vocab, self.mask_id, self.length = inner.vocab, inner.mask_id, inner.length
+        self.rows = 0  # rows of every call, attributed or not
 
     def __call__(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if tokens.shape[0] != self.group.shape[0]:
-            raise NodeError(f"search: the sampler called the denoiser on {tokens.shape[0]} rows but the strategy "
-                            f"holds {self.group.shape[0]} particles; use a sampler that steps the whole batch")
-        self.budget.charge_denoiser(self.group, 1)
+        whole = tokens.shape[0] == self.group.shape[0]
+        self.budget.charge_denoiser(self.group if whole else self.group[:0], 1)
+        self.rows += tokens.shape[0]
         return self.inner(tokens, t)
 
     def encode(self, text: str, where: str = "text") -> list[int]:

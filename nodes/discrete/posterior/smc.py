@@ -85,8 +85,9 @@ class DiscreteSmc(Node):
             every_group = torch.ones(groups, dtype=torch.bool, device=p.log_w.device)
             p = resample_alive(p, self.resampler, resample_generator(seed, FINAL_STEP), FINAL_STEP, every_group, ())[0]
         ctx.add_nfe(budget.calls)
-        ctx.record(**budget.report(), steps=k, resamplings=resamplings, final_ess_mean=float(final_ess.mean()),
-                   log_z=[float(z) for z in log_z], log_z_mean=float(log_z.mean()))
+        ctx.record(**budget.report(), denoiser_rows=den.rows, steps=k, resamplings=resamplings,
+                   final_ess_mean=float(final_ess.mean()), log_z=[float(z) for z in log_z],
+                   log_z_mean=float(log_z.mean()))
         return DiscreteSamples.of_state(p.state, denoiser, log_weight=normalised_log_w(p), group=p.group)
 
 

@@ -103,7 +103,7 @@ class SplitGibbs(Node):
             ctx.progress(i + 1, self.iterations)
         r = scored(reward, x, den, group, budget)
         ctx.add_nfe(budget.calls)
-        ctx.record(**budget.report(), iterations=self.iterations, reward_mean=float(r.mean()))
+        ctx.record(**budget.report(), denoiser_rows=den.rows, iterations=self.iterations, reward_mean=float(r.mean()))
         return DiscreteSamples.of_state(state.replace(tokens=x), denoiser, log_weight=r.cpu(), group=group)
 
     @staticmethod

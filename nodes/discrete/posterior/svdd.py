@@ -65,5 +65,5 @@ class DiscreteSvdd(Node):
             ctx.progress(k, schedule.steps)
         masked_fraction_error(p.state, den)
         ctx.add_nfe(budget.calls)
-        ctx.record(**budget.report(), steps=k, reward_mean=float(v.mean()))
+        ctx.record(**budget.report(), denoiser_rows=den.rows, steps=k, reward_mean=float(v.mean()))
         return DiscreteSamples.of_state(p.state, denoiser, log_weight=v, group=group)
