@@ -19,6 +19,7 @@ Precision = Literal["float64", "float32"]
 
 # slots: one per kind of choice made at a step, so no two choices share numbers
 TOKEN, UNMASK, TIME, REMASK, ORDER, ACCEPT, RESAMPLE = 0, 1, 2, 3, 4, 5, 6
+VALUE = 8  # x0 draws of search strategies' value estimates (7 is template.INIT)
 
 
 def uniform(noise: NoiseSource, particle: torch.Tensor, step: torch.Tensor | int, shape: tuple[int, ...],

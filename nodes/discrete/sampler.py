@@ -58,15 +58,22 @@ def run_discrete(sampler: DiscreteSampler, den: DiscreteDenoiser, schedule: Mask
     """Step the unfinished rows until every row is finished; rows finish independently."""
     sampler.check(den)
     state = sampler.init(state, schedule)
-    while True:
-        active = ~sampler.finished(state, schedule, den)  # (B,)
-        if not bool(active.any()):
-            return state
-        if bool(active.all()):
-            state = sampler.step(den, schedule, state, noise)
-        else:
-            idx = active.nonzero().flatten()
-            state = state.put(idx, sampler.step(den, schedule, state[idx], noise))
+    while bool((~sampler.finished(state, schedule, den)).any()):
+        state = step_unfinished(sampler, den, schedule, state, noise)
+    return state
+
+
+def step_unfinished(sampler: DiscreteSampler, den: DiscreteDenoiser, schedule: MaskSchedule, state: DiscreteState,
+                    noise: NoiseSource) -> DiscreteState:
+    """One step of the rows not finished yet (finished rows unchanged): the loop body of run_discrete,
+    shared with the search strategies that drive a sampler over particles."""
+    active = ~sampler.finished(state, schedule, den)  # (B,)
+    if bool(active.all()):
+        return sampler.step(den, schedule, state, noise)
+    if not bool(active.any()):
+        return state
+    idx = active.nonzero().flatten()
+    return state.put(idx, sampler.step(den, schedule, state[idx], noise))
 
 
 def masked_fraction_error(state: DiscreteState, den: DiscreteDenoiser) -> None:

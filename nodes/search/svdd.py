@@ -62,7 +62,16 @@ class Svdd(Node):
 
     def choose(self, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Index (B,) of the kept candidate per row of v (B, M): categorical exp(v/alpha), or argmax for alpha 0."""
-        if self.alpha == 0:
-            return v.argmax(1).cpu()
-        probs = torch.softmax(v.cpu() / self.alpha, 1)  # (B, M)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)  # (B,)
+        return soft_choice(v, self.alpha, gen)
+
+
+def soft_choice(v: torch.Tensor, alpha: float, gen: torch.Generator) -> torch.Tensor:
+    """SVDD's selection (Li et al. 2024, Alg. 1 line 5): index (B,) per row of values v (B, M) drawn
+    w.p. ~ exp(v / alpha), argmax for alpha 0; a row whose values are all -inf chooses uniformly."""
+    v = v.cpu().to(torch.float64)
+    dead = torch.isneginf(v).all(1, keepdim=True)  # (B, 1)
+    v = torch.where(dead, torch.zeros_like(v), v)  # (B, M)
+    if alpha == 0:
+        return v.argmax(1)
+    probs = torch.softmax(v / alpha, 1)  # (B, M)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)  # (B,)
