@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from samplegraph.graph.errors import NodeError
-from samplegraph.nodes.api import node
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.discrete.denoiser import DiscreteDenoiser
@@ -309,18 +308,11 @@ def test_split_gibbs_infill_keeps_the_anchors_and_nears_the_exact_conditional(ud
         SplitGibbs().run(ModelExactDiscrete(length=L).run(), SCHED, OneAtATime(), all_masked(1), REWARD, ctx())
 
 
-@node("test.one_at_a_time", version=1)
-class OneAtATimeNode(OneAtATime):
-    """The exact test proposal as a node, standing in for discrete_sampler.ancestral until the merge."""
-
-
-def test_steering_workflow_runs_end_to_end_with_the_test_sampler(tmp_path):
-    """workflows/pending/mdm_steer.json (moves to workflows/ once discrete_sampler.ancestral exists)."""
-    path = Path(__file__).resolve().parents[1] / "workflows" / "pending" / "mdm_steer.json"
+def test_steering_workflow_runs_end_to_end(tmp_path):
+    """workflows/mdm_steer.json with the real discrete_sampler.ancestral."""
+    path = Path(__file__).resolve().parents[1] / "workflows" / "mdm_steer.json"
     wf = json.loads(path.read_text())
-    assert wf["nodes"]["sampler"]["kind"] == "discrete_sampler.ancestral"
-    wf["nodes"]["sampler"]["kind"] = "test.one_at_a_time"
-    result = Runtime(device="cpu", nodes=[OneAtATimeNode]).run(wf, out_dir=tmp_path)
+    result = Runtime(device="cpu").run(wf, out_dir=tmp_path)
     texts = result["smc"].texts
     assert len(texts) == 64 and all(re.fullmatch("a[abc]*b", t) for t in texts)
     lines = (tmp_path / "mdm_steer.jsonl").read_text().splitlines()
