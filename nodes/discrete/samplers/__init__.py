@@ -3,6 +3,7 @@
 
 def nodes() -> list[type]:
     from .ancestral import Ancestral
+    from .confidence import Confidence
     from .first_hitting import FirstHitting
     from .tau_leaping import TauLeaping
     from .uniform import Uniform
@@ -12,4 +13,5 @@ def nodes() -> list[type]:
         FirstHitting,
         TauLeaping,
         Uniform,
+        Confidence,
     ]
