@@ -5,6 +5,7 @@ def nodes() -> list[type]:
     from .ancestral import Ancestral
     from .confidence import Confidence
     from .first_hitting import FirstHitting
+    from .remdm import ReMDM
     from .tau_leaping import TauLeaping
     from .uniform import Uniform
 
@@ -14,4 +15,5 @@ def nodes() -> list[type]:
         TauLeaping,
         Uniform,
         Confidence,
+        ReMDM,
     ]
