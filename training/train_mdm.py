@@ -34,7 +34,7 @@ from samplegraph.nodes.lm.char_lm import EOS, FIRST_CHAR, CharTransformer
 from samplegraph.nodes.lm.grammar import Corpus, corpus
 from samplegraph.nodes.models.networks.checkpoint import save_network
 
-STEPS, BATCH, LR, WARMUP, LENGTH, T_MIN = 4000, 64, 3e-3, 100, 65, 1e-3
+STEPS, BATCH, LR, WARMUP, LENGTH, T_MIN = 12000, 64, 3e-3, 100, 65, 1e-3
 TRAIN_SEED, HELDOUT_SEED, HELDOUT, DRAWS, ELBO_SEED = 0, 1, 2000, 8, 2
 CHECK_STRINGS, CHECK_DRAWS = 200, 4  # the small held-out NELBO the tests recompute from the file
 SAMPLES, SAMPLE_SEED = 1000, 3
@@ -128,8 +128,9 @@ def validity(net: CharTransformer, lang: Corpus, n: int, seed: int) -> dict[str,
             "valid_logprob": sum(good) / max(len(good), 1), "distinct": len({t for t, _ in rows}) / n}
 
 
-def train(config: MDMConfig, steps: int, seed: int = TRAIN_SEED) -> tuple[CharTransformer, list[float]]:
-    """AdamW with a linear warm-up then cosine decay to 0, on BATCH fresh grammar strings per step."""
+def train(config: MDMConfig, steps: int, batch: int = BATCH,
+          seed: int = TRAIN_SEED) -> tuple[CharTransformer, list[float]]:
+    """AdamW with a linear warm-up then cosine decay to 0, on `batch` fresh grammar strings per step."""
     torch.manual_seed(seed)
     lang, gen = corpus(), torch.Generator().manual_seed(seed)
     net = build_mdm(config)
@@ -139,7 +140,7 @@ def train(config: MDMConfig, steps: int, seed: int = TRAIN_SEED) -> tuple[CharTr
         opt, lambda i: min((i + 1) / warm, 0.5 * (1 + math.cos(math.pi * i / steps))))
     losses = []
     for _ in range(steps):
-        loss = mdlm_loss(net, encode_batch(lang.sample(gen, BATCH), config), gen)
+        loss = mdlm_loss(net, encode_batch(lang.sample(gen, batch), config), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -189,7 +191,7 @@ def main() -> None:
     lang = corpus()
     config = default_config(lang).model_copy(update={"d_model": args.d_model, "layers": args.layers})
     cpu = time.process_time()
-    net, losses = train(config, args.steps)
+    net, losses = train(config, args.steps, args.batch)
     seconds = time.process_time() - cpu
     chunk = max(1, len(losses) // 10)
     for i in range(0, len(losses), chunk):
@@ -201,7 +203,7 @@ def main() -> None:
     print(f"trained {args.steps} steps in {seconds:.0f} CPU s, {params} parameters; {scores}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_network(net, net.config, args.out, {"training": {
-        "script": "training/train_mdm.py", "steps": args.steps, "batch": BATCH, "seed": TRAIN_SEED,
+        "script": "training/train_mdm.py", "steps": args.steps, "batch": args.batch, "seed": TRAIN_SEED,
         "cpu_s": round(seconds), "parameters": params, "check": {"strings": CHECK_STRINGS, "draws": CHECK_DRAWS,
                                                                    "seed": ELBO_SEED}, **scores}},
                  dtype=torch.float16)

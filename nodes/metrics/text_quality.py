@@ -38,7 +38,8 @@ class MetricTextQuality(Node):
     entropy (Zheng et al. 2024) of generated texts."""
 
     perplexity: bool = Field(True, description="score the texts with the LM (input 'lm', or the shipped char LM)")
-    constraint: str | None = Field(None, description="a Python regex; reports the fraction of texts matching it in full")
+    constraint: str | None = Field(None, description="a Python regex; reports the fraction of texts matching it "
+                                   "in full")
 
     def external_state(self) -> Any:
         """The shipped char LM's file state (it scores perplexity when no 'lm' input is given)."""
@@ -54,6 +55,7 @@ class MetricTextQuality(Node):
         out = TextQuality(validity=valid_fraction(logprobs), valid_logprob=mean_valid_logprob(logprobs),
                           mean_logprob=sum(logprobs) / len(logprobs), perplexity=ppl,
                           entropy=mean_entropy(texts.texts), distinct=distinct_fraction(texts.texts),
-                          constraint=math.nan if self.constraint is None else regex_fraction(texts.texts, self.constraint))
+                          constraint=(math.nan if self.constraint is None
+                                      else regex_fraction(texts.texts, self.constraint)))
         ctx.record(**{f"text_{k}": v for k, v in out._asdict().items()}, texts=len(texts))
         return out
