@@ -4,6 +4,7 @@ schedules, templates, discrete samplers and the generic loop, posterior samplers
 
 def nodes() -> list[type]:
     from .exact_model import ModelExactDiscrete
+    from .mdm import ModelMDM
     from .posterior import nodes as posterior_nodes
     from .sample import DiscreteSample
     from .samplers import nodes as sampler_nodes
@@ -12,6 +13,7 @@ def nodes() -> list[type]:
 
     return [
         ModelExactDiscrete,
+        ModelMDM,
         DiscreteTemplate,
         DiscreteInfill,
         DiscreteSample,

@@ -7,5 +7,6 @@ def nodes() -> list[type]:
     from .plot_samples import PlotSamples
     from .save_tensor import SaveTensor
     from .save_texts import SaveTexts
+    from .save_unmask_order import SaveUnmaskOrder
 
-    return [SaveTensor, SaveTexts, PlotSamples, ImageGrid, ClassGrid]
+    return [SaveTensor, SaveTexts, PlotSamples, ImageGrid, ClassGrid, SaveUnmaskOrder]

@@ -55,11 +55,12 @@ class CharLMConfig(BaseModel):
 
 
 class Block(torch.nn.Module):
-    """Pre-norm transformer block: causal multi-head self-attention then a 4x GELU MLP."""
+    """Pre-norm transformer block: multi-head self-attention (causal, or bidirectional for the masked
+    diffusion model of nodes/discrete/mdm.py) then a 4x GELU MLP."""
 
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, causal: bool = True):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.norm1, self.norm2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
         self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
         self.mlp = torch.nn.Sequential(torch.nn.Linear(d, 4 * d), torch.nn.GELU(), torch.nn.Linear(4 * d, d))
@@ -69,16 +70,17 @@ class Block(torch.nn.Module):
         b, n, d = h.shape  # (B, N, D) at positions pos (B, N)
         q, k, v = self.qkv(self.norm1(h)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         k_all, v_all, k_pos = keys(k, v)  # (B, H, Tk, Dh) twice, (B, Tk) positions
-        mask = k_pos[:, None, None, :] <= pos[:, None, :, None]  # (B, 1, N, Tk): causal by position
+        mask = k_pos[:, None, None, :] <= pos[:, None, :, None] if self.causal else None  # (B, 1, N, Tk) by position
         a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, H, N, Dh)
         h = h + self.proj(a.transpose(1, 2).reshape(b, n, d))
         return h + self.mlp(self.norm2(h))
 
 
 class CharTransformer(torch.nn.Module):
-    """Token and position embeddings, `layers` blocks, a final norm and the tied output head."""
+    """Token and position embeddings, `layers` blocks (causal or bidirectional), a final norm and the tied
+    output head."""
 
-    def __init__(self, config: CharLMConfig):
+    def __init__(self, config: CharLMConfig, causal: bool = True):
         super().__init__()
         self.config = config
         d = config.d_model
@@ -86,15 +88,16 @@ class CharTransformer(torch.nn.Module):
             raise NodeError(f"d_model={d} must be a multiple of heads={config.heads}")
         self.tok = torch.nn.Embedding(config.vocab_size, d)
         self.pos = torch.nn.Embedding(config.context, d)
-        self.blocks = torch.nn.ModuleList(Block(d, config.heads) for _ in range(config.layers))
+        self.blocks = torch.nn.ModuleList(Block(d, config.heads, causal) for _ in range(config.layers))
         self.norm = torch.nn.LayerNorm(d)
         for p in self.parameters():
             if p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.02)
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, store: KeyStore | None = None) -> torch.Tensor:
-        """Logits (B, N, V) of the next token after each of ids (B, N) at positions pos (B, N); without a
-        store the N tokens attend causally to each other (training), with one to the cached keys too."""
+        """Logits (B, N, V) of the next token after each of ids (B, N) at positions pos (B, N) (bidirectional:
+        of the token at each position); without a store the N tokens attend to each other (training),
+        with one to the cached keys too."""
         h = self.tok(ids) + self.pos(pos)  # (B, N, D)
         for i, block in enumerate(self.blocks):
             h = block(h, pos, (lambda k, v: (k, v, pos)) if store is None else (lambda k, v, i=i: store(i, k, v)))

@@ -10,7 +10,8 @@ def nodes() -> list[type]:
     from .mode_weights import MetricModeWeights
     from .precision_recall import MetricPrecisionRecall
     from .sliced_wasserstein import SlicedWasserstein
+    from .text_quality import MetricTextQuality
 
     return [SlicedWasserstein, ClassifierAccuracy, FrechetDistance, MetricPrecisionRecall, Diversity,
             GMMLogLikelihood, MetricModeWeights,
-            MetricDiscreteExact]
+            MetricDiscreteExact, MetricTextQuality]
