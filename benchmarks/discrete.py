@@ -41,7 +41,9 @@ from samplegraph.nodes.discrete.draws import categorical
 from samplegraph.nodes.discrete.mdm import load_mdm
 from samplegraph.nodes.discrete.sampler import DiscreteSampler, run_discrete
 from samplegraph.nodes.discrete.samplers.ancestral import Ancestral
+from samplegraph.nodes.discrete.samplers.confidence import Confidence
 from samplegraph.nodes.discrete.samplers.first_hitting import FirstHitting
+from samplegraph.nodes.discrete.samplers.remdm import ReMDM
 from samplegraph.nodes.discrete.samplers.tau_leaping import TauLeaping
 from samplegraph.nodes.discrete.samples import DiscreteSamples
 from samplegraph.nodes.discrete.schedules.linear import LinearSchedule
@@ -108,7 +110,13 @@ def mdm_samplers() -> list[tuple[str, Callable[[], DiscreteSampler], list[int]]]
     return [("ancestral (MDLM, x0 cache)", lambda: Ancestral(), grid),
             ("ancestral (no cache)", lambda: Ancestral(reuse_x0=False), grid),
             ("tau-leaping", lambda: TauLeaping(), grid),
-            ("first-hitting", lambda: FirstHitting(), [1])]
+            ("first-hitting", lambda: FirstHitting(), [1]),
+            ("confidence top-k (T = 1)", lambda: Confidence(), grid),
+            ("margin top-k (T = 1)", lambda: Confidence(score="margin"), grid),
+            ("entropy top-k (T = 1)", lambda: Confidence(score="entropy"), grid),
+            ("confidence, LLaDA blocks of 13", lambda: Confidence(block_length=13), [5, 10, 20, 40, 80, 160]),
+            ("ReMDM cap eta 0.04", lambda: ReMDM(), grid),
+            ("ReMDM rescale eta 0.5", lambda: ReMDM(strategy="rescale", eta=0.5), grid)]
 
 
 def section_quality(args: argparse.Namespace) -> str:
