@@ -91,7 +91,7 @@ def test_heldout_nelbo_from_the_file_matches_the_training_report(den):
     assert train_mdm.check_nelbo(den.net, corpus()) == pytest.approx(report["check_nelbo"], abs=1e-4)
     # an upper bound on the model's NLL: never below the data's entropy by more than estimator noise
     assert report["nelbo_per_string"] > report["grammar_nll_per_string"] - 0.3
-    assert 0.6 < report["valid"] <= report["in_language"]  # floor: retrained weights must not regress below it
+    assert 0.7 < report["valid"] <= report["in_language"]  # floor: retrained weights must not regress below it
 
 
 def test_a_saved_folder_loads_through_path_with_identical_outputs(den, tmp_path):

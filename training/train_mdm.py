@@ -16,9 +16,26 @@ from a one-token-at-a-time random-order sampler (exact ancestral sampling of the
 joint; evaluation only, the sampler nodes live in nodes/discrete/samplers/). All scores are those of
 the saved float16 weights. Deterministic: fixed seeds, one CPU thread, deterministic algorithms.
 From the repository root:
-    python training/train_mdm.py [--steps N] [--out PATH]
+    python training/train_mdm.py [--steps N] [--batch B] [--out PATH]
 
-Measured here: see RESULTS below (filled in from the run that wrote the shipped file)."""
+Measured here (1 thread, 2 cores shared with other jobs; d_model 64, 3 layers, 4 heads, L 65: 157,248
+parameters, 318 kB in float16). Held-out: 2000 strings x 8 draws; validity: 1000 samples ("valid" = in
+the language and only EOS after the text; "in lang." counts the text before the first EOS only).
+Grammar on the same strings: 12.174 nats/string, 0.7749 nats/token; exact entropy 12.172 nats/string,
+rate 0.7690 nats/token.
+
+    steps  batch  params  CPU s   NELBO/string  NELBO/token  valid   in lang.  distinct
+     4000*    64    458k    591        16.117       1.0259   46.4%    47.7%     94.0%
+     6000     64    157k    412        15.326       0.9755   50.9%    54.4%     92.8%
+    12000     64    157k    841        13.471       0.8575   65.8%    67.1%     89.4%
+     7000    128    157k    980        13.300       0.8466   68.8%    69.8%     90.9%
+    18000     64    157k   1283        13.041       0.8301   73.8%    74.6%     91.1%   <- shipped (defaults)
+     6500    192    157k   1421        12.984       0.8265   73.7%    73.9%     90.5%
+    (* d_model 96, 4 layers)
+
+The issue's target (> 80% valid) is not reached in this budget: validity still rises with training
+(~+8-15 points per doubling of strings seen), the NELBO's gap to the entropy (0.87 nats/string) is what
+the samples pay for."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +51,7 @@ from samplegraph.nodes.lm.char_lm import EOS, FIRST_CHAR, CharTransformer
 from samplegraph.nodes.lm.grammar import Corpus, corpus
 from samplegraph.nodes.models.networks.checkpoint import save_network
 
-STEPS, BATCH, LR, WARMUP, LENGTH, T_MIN = 12000, 64, 3e-3, 100, 65, 1e-3
+STEPS, BATCH, LR, WARMUP, LENGTH, T_MIN = 18000, 64, 3e-3, 100, 65, 1e-3
 TRAIN_SEED, HELDOUT_SEED, HELDOUT, DRAWS, ELBO_SEED = 0, 1, 2000, 8, 2
 CHECK_STRINGS, CHECK_DRAWS = 200, 4  # the small held-out NELBO the tests recompute from the file
 SAMPLES, SAMPLE_SEED = 1000, 3
