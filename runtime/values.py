@@ -27,6 +27,20 @@ def is_plain(value: Any) -> bool:
     return False
 
 
+def same_plain(a: Any, b: Any) -> bool:
+    """Equality of plain data in which NaN equals NaN (a NaN metric round-trips through msgpack
+    exactly) and types must match (a tuple comes back as a list: not the same value)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_plain(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_plain(a[k], b[k]) for k in a)
+    return a == b
+
+
 def encode(value: Any, port_type: type) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """(tensors, meta) for one output of the declared `port_type`, or None when it can only live
     in memory: whatever is written must be what `decode(port_type, ...)` rebuilds exactly."""
@@ -36,7 +50,7 @@ def encode(value: Any, port_type: type) -> tuple[dict[str, torch.Tensor], dict[s
         tensors, meta = value.cache_encode()
         return ({k: t.detach().cpu().contiguous() for k, t in tensors.items()},
                 {"kind": "object", "meta": meta})
-    if is_plain(value) and msgpack.unpackb(msgpack.packb(value), raw=False) == value:
+    if is_plain(value) and same_plain(msgpack.unpackb(msgpack.packb(value), raw=False), value):
         # the round-trip test keeps tuples (which come back as lists) in memory
         return {}, {"kind": "plain", "value": value}
     return None

@@ -379,3 +379,14 @@ def test_runtime_disk_cache_stays_within_its_byte_bound(tmp_path):
 def test_disk_cache_root_expands_the_home_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert DiskCache("~/.cache/samplegraph").root == tmp_path / ".cache" / "samplegraph"
+
+
+def test_nan_and_infinite_floats_go_to_disk_and_come_back(tmp_path):
+    """A metric of NaN (e.g. 'no valid sample') is plain data: stored and read back, not memory-only."""
+    import math
+    disk = DiskCache(tmp_path)
+    outputs = {"a": math.nan, "b": -math.inf, "c": [1.0, math.nan]}
+    assert disk.put("n" * 64, outputs, {"a": float, "b": float, "c": list}, {"m": math.nan})
+    got = disk.get("n" * 64, {"a": float, "b": float, "c": list}, torch.device("cpu"))
+    assert math.isnan(got.outputs["a"]) and got.outputs["b"] == -math.inf and math.isnan(got.outputs["c"][1])
+    assert math.isnan(got.metrics["m"])

@@ -128,3 +128,11 @@ def test_template_errors_name_the_problem():
 def test_total_variation_of_identical_and_disjoint_distributions():
     p = {(0,): 0.5, (1,): 0.5}
     assert total_variation(p, p) == 0.0 and total_variation(p, {(2,): 1.0}) == 1.0
+
+
+def test_texts_of_different_lengths_end_in_fixed_eos_padding():
+    den = ModelExactDiscrete(length=6).run()
+    tokens, fixed = DiscreteInfill(text=["a_", "_b_c"]).run().encode(den)
+    eos, m = den.eos_id, den.mask_id
+    assert tokens.tolist() == [[0, m, eos, eos], [m, 1, m, 2]]
+    assert fixed.tolist() == [[True, False, True, True], [False, True, False, True]]

@@ -309,11 +309,12 @@ def test_split_gibbs_infill_keeps_the_anchors_and_nears_the_exact_conditional(ud
 
 
 def test_steering_workflow_runs_end_to_end(tmp_path):
-    """workflows/mdm_steer.json with the real discrete_sampler.ancestral."""
+    """workflows/mdm_steer.json: SMC steers the trained model.mdm to dates of the 2000s (17.5% of its
+    training language) with a regex potential on the decoded x0 estimates; every final particle matches."""
     path = Path(__file__).resolve().parents[1] / "workflows" / "mdm_steer.json"
     wf = json.loads(path.read_text())
     result = Runtime(device="cpu").run(wf, out_dir=tmp_path)
     texts = result["smc"].texts
-    assert len(texts) == 64 and all(re.fullmatch("a[abc]*b", t) for t in texts)
+    assert len(texts) == 32 and all(re.fullmatch("20[0-9]{2}-[0-9]{2}-[0-9]{2}", t) for t in texts)
     lines = (tmp_path / "mdm_steer.jsonl").read_text().splitlines()
-    assert len(lines) == 64 and json.loads(lines[0])["text"] in texts
+    assert len(lines) == 32 and json.loads(lines[0])["text"] in texts

@@ -28,7 +28,8 @@ class Template:
 
     def encode(self, den: DiscreteDenoiser) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (G, L) with the mask id (masked models) or -1 (uniform models) at holes, and the
-        fixed (G, L) bool of known positions; NodeError when a row is longer than the model's context."""
+        fixed (G, L) bool of known positions; rows shorter than the longest end in fixed EOS padding
+        (the text ends there). NodeError when a row is longer than the model's context."""
         rows, fixed = [], []
         for g, pieces in enumerate(self.rows):
             ids: list[int] = []
@@ -53,9 +54,10 @@ class Template:
                                 f"of {den.length}; shorten it")
             rows.append(ids)
             fixed.append(known)
-        if len({len(r) for r in rows}) > 1:
-            raise NodeError(f"{self.source}: every text must have the same number of positions, got "
-                            f"{[len(r) for r in rows]}")
+        width = max(len(r) for r in rows)  # shorter texts end there: fixed EOS padding, as in training
+        eos = min(den.vocab.eos)
+        rows = [r + [eos] * (width - len(r)) for r in rows]
+        fixed = [f + [True] * (width - len(f)) for f in fixed]
         return torch.tensor(rows, dtype=torch.long), torch.tensor(fixed, dtype=torch.bool)
 
     def start(self, den: DiscreteDenoiser, per_row: int, noise: NoiseSource,
