@@ -41,7 +41,9 @@ class ReMDM(DiscreteSampler):
 
     def sigma(self, a_t: torch.Tensor, a_s: torch.Tensor, last: torch.Tensor, psi: torch.Tensor,
               decoded: torch.Tensor) -> torch.Tensor:
-        """(B, L) remasking probabilities of decoded positions (zero elsewhere and on the last step)."""
+        """(B, L) sigma_t of every position (0 on the last step): the row's sigma for `cap` and `rescale`;
+        for `conf` each decoded token's share, 0 at masked positions (whose sigma enters their decoding
+        probability, eq. 6)."""
         sigma_max = torch.clamp((1.0 - a_s) / a_t.clamp(min=1e-300), max=1.0)  # (B,) eq. 7
         sigma_max = torch.where(last, torch.zeros_like(sigma_max), sigma_max)
         if self.strategy == "cap":
@@ -51,8 +53,8 @@ class ReMDM(DiscreteSampler):
         else:
             neg = torch.where(decoded, -psi, torch.full_like(psi, -math.inf))  # (B, L)
             share = torch.softmax(torch.where(decoded.any(-1, keepdim=True), neg, torch.zeros_like(neg)), -1)
-            sig = share * (self.eta * sigma_max)[:, None]
-        return torch.where(decoded, sig, torch.zeros_like(psi))
+            return torch.where(decoded, share * (self.eta * sigma_max)[:, None], torch.zeros_like(psi))
+        return sig
 
     def step(self, den: DiscreteDenoiser, schedule: MaskSchedule, state: DiscreteState,
              noise: NoiseSource) -> DiscreteState:
