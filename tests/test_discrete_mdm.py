@@ -17,14 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from samplegraph.graph.errors import NodeError
 from samplegraph.nodes.core.context import NodeContext
-from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.discrete.draws import ORDER, TOKEN, categorical, uniform
 from samplegraph.nodes.discrete.mdm import MASK, WEIGHTS, ModelMDM, save_mdm_folder
 from samplegraph.nodes.discrete.sample import DiscreteSample
 from samplegraph.nodes.discrete.sampler import DiscreteSampler
 from samplegraph.nodes.discrete.samples import DiscreteSamples
 from samplegraph.nodes.discrete.schedules.linear import LinearSchedule
-from samplegraph.nodes.discrete.state import GIVEN, DiscreteState
+from samplegraph.nodes.discrete.state import GIVEN
 from samplegraph.nodes.discrete.template import DiscreteInfill, DiscreteTemplate
 from samplegraph.nodes.io.save_unmask_order import GREY, RAMP, SaveUnmaskOrder, step_colour
 from samplegraph.nodes.lm.char_lm import BOS, EOS, char_logprobs, load_char_lm

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from samplegraph.nodes.lm.char_lm import BOS, EOS, FIRST_CHAR, WEIGHTS, CharLMConfig, CharTransformer, load_char_lm
 from samplegraph.nodes.lm.grammar import Corpus, corpus
-from samplegraph.nodes.models.networks.checkpoint import save_network
+from samplegraph.nodes.models.networks.checkpoint import round_weights, save_network
 
 STEPS, BATCH, LR, WARMUP = 2000, 64, 3e-3, 100
 TRAIN_SEED, HELDOUT_SEED, HELDOUT = 0, 1, 2000
@@ -93,14 +93,6 @@ def train(config: CharLMConfig, steps: int, seed: int = TRAIN_SEED) -> tuple[Cha
     return net.eval(), losses
 
 
-def rounded(net: CharTransformer, dtype: torch.dtype) -> CharTransformer:
-    """The net with its weights rounded to dtype and back (what loading the saved file gives)."""
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(p.to(dtype).to(p.dtype))
-    return net
-
-
 def fit(net: CharTransformer, lang: Corpus) -> dict[str, float]:
     """Held-out per-token cross-entropy of the model and of the grammar itself, and the exact entropy rate."""
     strings = heldout_strings(lang)
@@ -124,7 +116,7 @@ def main() -> None:
     for i in range(0, len(losses), chunk):
         part = losses[i:i + chunk]
         print(f"steps {i:5d}-{i + len(part) - 1:5d}: mean loss {sum(part) / len(part):.4f}")
-    scores = {k: round(v, 6) for k, v in fit(rounded(net, torch.float16), lang).items()}
+    scores = {k: round(v, 6) for k, v in fit(round_weights(net, torch.float16), lang).items()}
     print(f"trained {args.steps} steps in {seconds:.0f} s; held-out nats/token: model {scores['heldout_ce']:.4f}, "
           f"grammar on the same strings {scores['grammar_ce']:.4f}, exact entropy rate {scores['entropy_rate']:.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from samplegraph.nodes.discrete.mdm import MASK, WEIGHTS, MDMConfig, build_mdm, load_mdm
 from samplegraph.nodes.lm.char_lm import EOS, FIRST_CHAR, CharTransformer
 from samplegraph.nodes.lm.grammar import Corpus, corpus
-from samplegraph.nodes.models.networks.checkpoint import save_network
+from samplegraph.nodes.models.networks.checkpoint import round_weights, save_network
 
 STEPS, BATCH, LR, WARMUP, LENGTH, T_MIN = 18000, 64, 3e-3, 100, 65, 1e-3
 TRAIN_SEED, HELDOUT_SEED, HELDOUT, DRAWS, ELBO_SEED = 0, 1, 2000, 8, 2
@@ -167,14 +167,6 @@ def train(config: MDMConfig, steps: int, batch: int = BATCH,
     return net.eval(), losses
 
 
-def rounded(net: CharTransformer, dtype: torch.dtype) -> CharTransformer:
-    """The net with its weights rounded to dtype and back (what loading the saved file gives)."""
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(p.to(dtype).to(p.dtype))
-    return net
-
-
 def heldout_strings(lang: Corpus, n: int = HELDOUT) -> list[bytes]:
     return lang.sample(torch.Generator().manual_seed(HELDOUT_SEED), n)
 
@@ -214,7 +206,7 @@ def main() -> None:
     for i in range(0, len(losses), chunk):
         part = losses[i:i + chunk]
         print(f"steps {i:5d}-{i + len(part) - 1:5d}: mean loss {sum(part) / len(part):.4f}", flush=True)
-    net = rounded(net, torch.float16)
+    net = round_weights(net, torch.float16)
     params = sum(p.numel() for p in net.parameters())
     scores = {k: round(v, 6) for k, v in {**fit(net, lang), **validity(net, lang, SAMPLES, SAMPLE_SEED)}.items()}
     print(f"trained {args.steps} steps in {seconds:.0f} CPU s, {params} parameters; {scores}", flush=True)

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..api import Node, node
+from ..lm.table_lm import check_chain_weights
 from ..lm.vocab import Vocabulary
 from .denoiser import DiscreteDenoiser
 from .schedule import MaskSchedule
@@ -118,14 +119,7 @@ class ModelExactDiscrete(Node):
     @model_validator(mode="after")
     def _shapes(self) -> ModelExactDiscrete:
         n = len(self.tokens)
-        rows = [("start", self.start)] + [(f"transitions[{i}]", r) for i, r in enumerate(self.transitions or [])]
-        if self.transitions is not None and len(self.transitions) != n:
-            raise ValueError(f"transitions needs {n} rows (one per token), got {len(self.transitions)}")
-        for name, row in rows:
-            if len(row) != n + 1:
-                raise ValueError(f"{name} needs {n + 1} weights ({n} tokens, then EOS), got {len(row)}")
-            if any(not math.isfinite(w) or w < 0 for w in row) or sum(row) <= 0:
-                raise ValueError(f"{name} must be finite weights >= 0 with a positive sum")
+        check_chain_weights(n, self.start, self.transitions)
         if (n + 1) ** self.length > MAX_SEQUENCES:
             raise ValueError(f"{n + 1}^{self.length} sequences is too many to enumerate (at most {MAX_SEQUENCES}); "
                              "use fewer tokens or a shorter length")

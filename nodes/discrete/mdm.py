@@ -24,7 +24,7 @@ from pydantic import Field
 
 from ...graph.errors import NodeError
 from ..api import Node, node
-from ..lm.char_lm import EOS, FIRST_CHAR, CharLMConfig, CharTransformer
+from ..lm.char_lm import EOS, CharLMConfig, CharTransformer
 from ..lm.vocab import Vocabulary
 from ..models.networks.checkpoint import load_network, save_network
 from ..models.safetensors_model import file_state, refuse_pickles

@@ -45,6 +45,19 @@ class TableLM(LanguageModel):
         return self.table.to(state.device)[last], state.replace(cached=state.length.clone())  # (B, W, V)
 
 
+def check_chain_weights(n: int, start: list[float], transitions: list[list[float]] | None) -> None:
+    """ValueError naming the row when start or a transition row of a chain over n tokens then EOS is not
+    n + 1 finite weights >= 0 with a positive sum, or when there are not n transition rows."""
+    rows = [("start", start)] + [(f"transitions[{i}]", r) for i, r in enumerate(transitions or [])]
+    if transitions is not None and len(transitions) != n:
+        raise ValueError(f"transitions needs {n} rows (one per token), got {len(transitions)}")
+    for name, row in rows:
+        if len(row) != n + 1:
+            raise ValueError(f"{name} needs {n + 1} weights ({n} tokens, then EOS), got {len(row)}")
+        if any(not math.isfinite(w) or w < 0 for w in row) or sum(row) <= 0:
+            raise ValueError(f"{name} must be finite weights >= 0 with a positive sum")
+
+
 def table_of(n_tokens: int, start: list[float], transitions: list[list[float]] | None) -> torch.Tensor:
     """(V, V) log-probabilities, V = n_tokens + 2 (EOS, BOS); BOS and EOS rows follow `start`; BOS never follows."""
     rows = [start] * n_tokens if transitions is None else transitions
@@ -77,15 +90,7 @@ class ModelTableLM(Node):
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelTableLM:
-        n = len(self.tokens)
-        rows = [("start", self.start)] + [(f"transitions[{i}]", r) for i, r in enumerate(self.transitions or [])]
-        if self.transitions is not None and len(self.transitions) != n:
-            raise ValueError(f"transitions needs {n} rows (one per token), got {len(self.transitions)}")
-        for name, row in rows:
-            if len(row) != n + 1:
-                raise ValueError(f"{name} needs {n + 1} weights ({n} tokens, then EOS), got {len(row)}")
-            if any(not math.isfinite(w) or w < 0 for w in row) or sum(row) <= 0:
-                raise ValueError(f"{name} must be finite weights >= 0 with a positive sum")
+        check_chain_weights(len(self.tokens), self.start, self.transitions)
         return self
 
     def run(self) -> LanguageModel:

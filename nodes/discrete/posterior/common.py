@@ -10,7 +10,7 @@ import torch
 from ....graph.errors import NodeError
 from ...core.noise import NoiseSource
 from ...search.budget import Budget
-from ..denoiser import DiscreteDenoiser
+from ..denoiser import CountingDiscreteDenoiser, DiscreteDenoiser
 from ..draws import VALUE, categorical
 from ..sampler import DiscreteSampler
 from ..schedule import MaskSchedule
@@ -21,27 +21,19 @@ from .reward import SequenceReward
 Estimate = Literal["argmax", "sample"]
 
 
-class BudgetDiscreteDenoiser(DiscreteDenoiser):
-    """Charges every batched call to a search Budget; delegates the rest. A call on the whole batch is
+class BudgetDiscreteDenoiser(CountingDiscreteDenoiser):
+    """Charges every batched call to a search Budget, and counts calls and rows. A call on the whole batch is
     charged per group (set `group` (B,) to the rows' group ids); a call on a subset of rows (unfinished
     rows, a sampler's x0 cache) cannot be attributed, so it counts as a call and in `rows` only."""
 
     def __init__(self, inner: DiscreteDenoiser, budget: Budget, group: torch.Tensor):
-        self.inner, self.budget, self.group = inner, budget, group
-        self.vocab, self.mask_id, self.length = inner.vocab, inner.mask_id, inner.length
-        self.rows = 0  # rows of every call, attributed or not
+        super().__init__(inner)
+        self.budget, self.group = budget, group
 
     def __call__(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         whole = tokens.shape[0] == self.group.shape[0]
         self.budget.charge_denoiser(self.group if whole else self.group[:0], 1)
-        self.rows += tokens.shape[0]
-        return self.inner(tokens, t)
-
-    def encode(self, text: str, where: str = "text") -> list[int]:
-        return self.inner.encode(text, where)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.inner.decode(ids)
+        return super().__call__(tokens, t)
 
 
 def start(den: DiscreteDenoiser, sampler: DiscreteSampler, schedule: MaskSchedule, template: Template, per_row: int,

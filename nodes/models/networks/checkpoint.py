@@ -78,3 +78,11 @@ def _config_of(meta: dict[str, str], path: Path, example: str) -> dict[str, Any]
         return json.loads(meta["config"])
     except json.JSONDecodeError as e:
         raise NodeError(f"model file '{path}': its metadata 'config' is not JSON ({e})") from None
+
+
+def round_weights(net: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The net with its weights rounded to dtype and back in place: what loading it saved in dtype gives."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(p.to(dtype).to(p.dtype))
+    return net
