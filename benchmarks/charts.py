@@ -11,9 +11,12 @@ Curves = dict[str, list[tuple[float, float]]]
 
 
 def line_chart(curves: Curves, path: Path, title: str, x_label: str, y_label: str,
-               reference: tuple[str, float] | None = None) -> None:
-    """Curves on log10(x) against linear y; `reference` draws a labelled horizontal line (e.g. the data's value)."""
-    w, h, left, top, right, bottom = 1200, 760, 90, 56, 380, 72
+               reference: tuple[str, float] | None = None, log_y: bool = False) -> None:
+    """Curves on log10(x) against y (log10(y) with log_y); `reference` draws a labelled horizontal line."""
+    if log_y:
+        curves = {k: [(x, math.log10(y)) for x, y in v] for k, v in curves.items()}
+        reference = None if reference is None else (reference[0], math.log10(reference[1]))
+    w, h, left, top, right, bottom = 1200, 760, 90, 70, 380, 72
     img = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=14)
@@ -30,7 +33,7 @@ def line_chart(curves: Curves, path: Path, title: str, x_label: str, y_label: st
     for k in range(6):
         y = y_lo + k * (y_hi - y_lo) / 5
         draw.line([(left, at(1, y)[1]), (left + pw, at(1, y)[1])], fill=(228, 228, 228))
-        draw.text((left - 8, at(1, y)[1]), f"{y:.3g}", fill="black", font=font, anchor="rm")
+        draw.text((left - 8, at(1, y)[1]), f"{10 ** y if log_y else y:.3g}", fill="black", font=font, anchor="rm")
     for e in range(math.floor(x_lo), math.ceil(x_hi) + 1):
         for m in (1, 2, 5):
             x = m * 10.0 ** e
@@ -40,8 +43,8 @@ def line_chart(curves: Curves, path: Path, title: str, x_label: str, y_label: st
                 draw.text((px, top + ph + 8), f"{x:g}", fill="black", font=font, anchor="mt")
     draw.rectangle([left, top, left + pw, top + ph], outline="black")
     draw.text((left + pw / 2, h - 24), x_label, fill="black", font=font, anchor="mm")
-    draw.text((left + pw / 2, 24), title, fill="black", font=font, anchor="mm")
-    draw.text((12, top - 22), y_label, fill="black", font=font)
+    draw.text((left + pw / 2, 20), title, fill="black", font=font, anchor="mm")
+    draw.text((12, top - 22), y_label + (" (log scale)" if log_y else ""), fill="black", font=font)
     legend_y = top
     if reference is not None:
         ry = at(1, reference[1])[1]

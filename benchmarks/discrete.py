@@ -149,7 +149,20 @@ def plot_quality(rows: list[Scored], out: Path) -> None:
             if r.evals_per_sample > 0:
                 curves.setdefault(r.method, []).append((r.evals_per_sample, getattr(r, metric)))
         line_chart(curves, out / f"discrete_{metric}.png", f"model.mdm: {label} vs denoiser evaluations per sample",
-                   "network evaluations per sample", label, reference=("corpus strings", getattr(ref, metric)))
+                   "network evaluations per sample", label, reference=("corpus strings", getattr(ref, metric)),
+                   log_y=metric == "gen_ppl")
+
+
+def rows_of_table(path: Path) -> list[Scored]:
+    """The quality rows back from a written discrete_quality.md (to redraw the plots: --plot-only)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != len(HEADERS) or cells[0] in ("method", "---") or set(cells[0]) <= {"-"}:
+            continue
+        num = [float(c.rstrip("%")) for c in cells[2:]]
+        rows.append(Scored(cells[0], cells[1], num[0], num[1], num[2], num[3], num[4] / 100, num[5], num[6], num[7]))
+    return rows
 
 
 def zipf_logp(vocab: int, exponent: float) -> torch.Tensor:
@@ -217,8 +230,12 @@ def main() -> None:
     p.add_argument("--zipf-steps", type=int, nargs="+", default=[1024])
     p.add_argument("--zipf-rows", type=int, default=2000)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--plot-only", action="store_true", help="redraw the quality plots from discrete_quality.md")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.plot_only:
+        plot_quality(rows_of_table(Path(args.out) / "discrete_quality.md"), Path(args.out))
+        return
     for name in args.sections:
         text = SECTIONS[name](args)
         print(text, flush=True)
