@@ -24,12 +24,13 @@ def nodes() -> list[type]:
     from .lcm import Lcm
     from .lms import Lms
     from .plan import Plan
+    from .pndm import Pndm
     from .restart import Restart
     from .sample import Sample
     from .time_shift import TimeShift
     from .unipc import UniPC
 
-    ode = [Euler, Heun, Dpm2, Lms, DpmSolver, DpmAdaptive, Dpmpp2M, Dpmpp2S, Dpmpp3M, Ipndm]  # k-diffusion family
+    ode = [Euler, Heun, Dpm2, Lms, DpmSolver, DpmAdaptive, Dpmpp2M, Dpmpp2S, Dpmpp3M, Ipndm, Pndm]  # k-diffusion family
     stochastic = [EulerAncestral, Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart]
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
