@@ -27,6 +27,7 @@ from samplegraph.nodes.samplers.euler_ancestral import EulerAncestral
 from samplegraph.nodes.samplers.flow_sde import FlowSde
 from samplegraph.nodes.samplers.heun import Heun
 from samplegraph.nodes.samplers.plan import Plan, Planned
+from samplegraph.nodes.samplers.pndm import Pndm
 from samplegraph.nodes.samplers.restart import Restart
 from samplegraph.nodes.samplers.time_shift import TimeShift
 from samplegraph.nodes.schedules.karras import Karras
@@ -151,16 +152,17 @@ def test_particles_at_different_noise_levels_share_a_step(sampler):
 
 
 def declared_nfe(sampler: Sampler, step: int) -> int:
-    """step_nfe, or for a plan the step_nfe of the sampler whose segment `step` is in (its step_nfe is their max)."""
+    """nfe_at(step), or for a plan the step_nfe of the sampler whose segment `step` is in (its step_nfe is their max)."""
     if isinstance(sampler, Planned):
         return sampler.samplers[sum(step >= s for s in sampler.switch_at)].step_nfe
-    return sampler.step_nfe
+    return sampler.nfe_at(step)
 
 
 # Parameters that change the cost of a step: step_nfe must follow them.
 NFE_CASES = [("dpm_solver(solver_order=1)", DpmSolver(solver_order=1)),
              ("dpm_solver(solver_order=2)", DpmSolver(solver_order=2)),
-             ("dpm_adaptive(solver_order=2)", DpmAdaptive(solver_order=2))]
+             ("dpm_adaptive(solver_order=2)", DpmAdaptive(solver_order=2)),
+             ("pndm(warmup=plms)", Pndm(warmup="plms"))]
 
 
 @cases(SAMPLERS + NFE_CASES)

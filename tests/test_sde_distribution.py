@@ -25,6 +25,7 @@ from samplegraph.nodes.samplers.dpmpp_2m_sde import Dpmpp2MSde
 from samplegraph.nodes.samplers.dpmpp_2s_ancestral import Dpmpp2SAncestral
 from samplegraph.nodes.samplers.dpmpp_3m_sde import Dpmpp3MSde
 from samplegraph.nodes.samplers.dpmpp_sde import DpmppSde
+from samplegraph.nodes.samplers.er_sde import ErSde
 from samplegraph.nodes.samplers.euler_ancestral import EulerAncestral
 from samplegraph.nodes.samplers.restart import Restart
 from samplegraph.nodes.schedules.karras import Karras
@@ -34,7 +35,7 @@ F64 = torch.float64
 D, N, STD = 4, 4096, 0.5
 MODEL = ModelGMM(preset="custom", means=[[6.0, 0, 0, 0], [-6.0, 0, 0, 0], [0, 6.0, 0, 0]], std=STD,
                  weights=[0.5, 0.3, 0.2]).run()
-SAMPLERS = [Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart]
+SAMPLERS = [Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart, ErSde]
 
 
 def schedule(steps: int) -> Sigmas:
@@ -85,10 +86,12 @@ def test_euler_ancestral_bias_is_its_own_and_vanishes_with_steps():
 
 
 # (eta = 0 limit, step counts where its rate shows): DPM-Solver++(3M) is order 2 but looks like 2.8
-# below ~128 steps (test_ode_solvers.py, nodes/samplers/dpmpp_3m.py)
+# below ~128 steps (test_ode_solvers.py, nodes/samplers/dpmpp_3m.py). ER-SDE's noise-free limit is its
+# 'ode' noise scale (f = sigma); solver_order 3 measures 2.0 (nodes/samplers/er_sde.py)
 ODE_LIMITS = [(s, STEP_COUNTS) for s in (EulerAncestral(eta=0), Dpm2Ancestral(eta=0), Dpmpp2SAncestral(eta=0),
                                          DpmppSde(eta=0), Dpmpp2MSde(eta=0), Dpmpp2MSde(eta=0, solver_type="heun"))] \
-    + [(Dpmpp3MSde(eta=0), [128, 256, 512])]
+    + [(Dpmpp3MSde(eta=0), [128, 256, 512])] \
+    + [(ErSde(noise_scale="ode", solver_order=k), STEP_COUNTS) for k in (1, 2, 3)]
 
 
 def test_eta_zero_limits_converge_with_the_declared_order():

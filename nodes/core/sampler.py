@@ -45,6 +45,11 @@ class Sampler(Node):
         """Batched denoiser calls per step before the last (adaptive: per attempt); `nfe_per_step` by default."""
         return self.nfe_per_step
 
+    def nfe_at(self, step: int) -> int:
+        """Batched denoiser calls of step `step` (not the last): step_nfe unless a warm start costs more
+        than the steps after it (sampler.pndm's Runge-Kutta start), when step_nfe is the most a step takes."""
+        return self.step_nfe
+
     @property
     def draws_noise(self) -> bool:
         """True when this configuration draws noise, so its results depend on the seed (unless a schedule

@@ -16,6 +16,7 @@ def nodes() -> list[type]:
     from .dpmpp_3m import Dpmpp3M
     from .dpmpp_3m_sde import Dpmpp3MSde
     from .dpmpp_sde import DpmppSde
+    from .er_sde import ErSde
     from .euler import Euler
     from .euler_ancestral import EulerAncestral
     from .flow_sde import FlowSde
@@ -24,13 +25,14 @@ def nodes() -> list[type]:
     from .lcm import Lcm
     from .lms import Lms
     from .plan import Plan
+    from .pndm import Pndm
     from .restart import Restart
     from .sample import Sample
     from .time_shift import TimeShift
     from .unipc import UniPC
 
-    ode = [Euler, Heun, Dpm2, Lms, DpmSolver, DpmAdaptive, Dpmpp2M, Dpmpp2S, Dpmpp3M, Ipndm]  # k-diffusion family
-    stochastic = [EulerAncestral, Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart]
+    ode = [Euler, Heun, Dpm2, Lms, DpmSolver, DpmAdaptive, Dpmpp2M, Dpmpp2S, Dpmpp3M, Ipndm, Pndm]  # k-diffusion family
+    stochastic = [EulerAncestral, Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart, ErSde]
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
     return [Sample, *ode, *stochastic, *vp_family, *wrappers]

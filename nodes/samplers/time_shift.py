@@ -65,6 +65,9 @@ class TimeShifted(Sampler):
     def step_nfe(self) -> int:
         return self.inner.step_nfe
 
+    def nfe_at(self, step: int) -> int:
+        return self.inner.nfe_at(step)
+
     @property
     def draws_noise(self) -> bool:
         return self.inner.draws_noise
