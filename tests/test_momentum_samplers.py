@@ -3,7 +3,6 @@ the convergence orders the paper states (HB first order; GHVB order k, consisten
 and the divergence damping on the linear test equation where PLMS-4 blows up."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
