@@ -6,7 +6,6 @@ import torch
 
 from samplegraph.graph.errors import NodeError
 from samplegraph.nodes.core.denoiser import CountingDenoiser
-from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.core.sampler import run_steps
 from samplegraph.nodes.core.state import State
 from samplegraph.nodes.guidance.epsilon_scaling import EpsilonScaling
