@@ -65,7 +65,7 @@ class HeavyBall(Sampler):
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History: the velocity, then the base's own (plms: last solver_order - 1 slopes; dpmpp_2m: last x0)."""
         state = super().init(x, sigmas, particle)
-        extra = {"euler": 0, "plms": (self.solver_order or 1) - 1, "dpmpp_2m": 1}[self.base]
+        extra = self.solver_order - 1 if self.base == "plms" else int(self.base == "dpmpp_2m")
         return state.replace(history=tuple(torch.zeros_like(x) for _ in range(1 + extra)))
 
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
