@@ -10,10 +10,11 @@ def nodes() -> list[type]:
     from .cfg_rescale import CFGRescale
     from .cfg_zero_star import CFGZeroStar
     from .classifier import ClassifierGuidance
+    from .epsilon_scaling import EpsilonScaling
     from .coarse import CoarseGuidance
     from .gfcg import GFCG
     from .reward_gradient import RewardGradient
     from .skip_layer import SkipLayerGuidance
 
     return [CFG, CFGRescale, APG, CFGZeroStar, Autoguidance, ClassifierGuidance, CFGPP, GFCG, RewardGradient,
-            CoarseGuidance, SkipLayerGuidance, CADS]
+            CoarseGuidance, SkipLayerGuidance, CADS, EpsilonScaling]

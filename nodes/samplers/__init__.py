@@ -20,6 +20,8 @@ def nodes() -> list[type]:
     from .euler import Euler
     from .euler_ancestral import EulerAncestral
     from .flow_sde import FlowSde
+    from .ghvb import Ghvb
+    from .hb import HeavyBall
     from .heun import Heun
     from .ipndm import Ipndm
     from .lcm import Lcm
@@ -34,5 +36,6 @@ def nodes() -> list[type]:
     ode = [Euler, Heun, Dpm2, Lms, DpmSolver, DpmAdaptive, Dpmpp2M, Dpmpp2S, Dpmpp3M, Ipndm, Pndm]  # k-diffusion family
     stochastic = [EulerAncestral, Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart, ErSde]
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
+    momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    return [Sample, *ode, *stochastic, *vp_family, *wrappers]
+    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers]

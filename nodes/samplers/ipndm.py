@@ -49,11 +49,18 @@ class Ipndm(Sampler):
         sigma, sigma_next = state.sigma, state.sigma_next  # (B,)
         x0 = denoise(state.x, sigma)  # (B, ...)
         d = to_d(state.x, sigma, x0)  # (B, ...)
-        rows = torch.tensor(AB, dtype=state.x.dtype, device=state.x.device)  # (4, 4)
-        w = rows[(state.step.clamp(max=self.solver_order - 1))]  # (B, 4)
-        slope = bcast(w[:, 0], d) * d  # (B, ...)
-        for j, d_j in enumerate(state.history, start=1):
-            slope = slope + bcast(w[:, j], d_j) * d_j  # (B, ...)
+        slope = ab_slope(AB, state.step.clamp(max=self.solver_order - 1), d, state.history)  # (B, ...)
         x = state.x + bcast(sigma_next - sigma, d) * slope  # (B, ...)
         x = torch.where(bcast(sigma_next == 0, x), x0, x)  # (B, ...) ComfyUI's denoising last step
         return state.advance(x=x, denoised=x0, history=(d, *state.history[:-1]) if state.history else ())
+
+
+def ab_slope(table: tuple[tuple[float, ...], ...], row: torch.Tensor, newest: torch.Tensor,
+             older: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """sum_j w_j v_{i-j} (B, ...) with the weights table[row] (row (B,)) of the newest slope and the older
+    ones (newest first); table rows are padded with zeros to 4 (shared with sampler.hb and sampler.ghvb)."""
+    w = torch.tensor(table, dtype=newest.dtype, device=newest.device)[row]  # (B, 4)
+    slope = bcast(w[:, 0], newest) * newest  # (B, ...)
+    for j, v_j in enumerate(older, start=1):
+        slope = slope + bcast(w[:, j], v_j) * v_j  # (B, ...)
+    return slope
