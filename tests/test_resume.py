@@ -153,11 +153,10 @@ def test_killed_cli_run_resumes_bit_identical(tmp_path, sig):
     ref = Runtime(cache=False).run(doc, out_dir=tmp_path / "ref")
     proc = cli(wf, tmp_path / "cache", tmp_path / "a")
     deadline = time.monotonic() + 60
-    target = random.randrange(every, steps // 2, every)  # a random checkpoint, however fast the machine samples
-    while (latest_checkpoint(tmp_path / "cache") or 0) < target:  # the sample node is running
+    while latest_checkpoint(tmp_path / "cache") is None:  # the sample node is running
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.002)
-    time.sleep(random.uniform(0.0, 0.01))  # then a random step after it
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.8))  # a random step
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
