@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from samplegraph.nodes.lm.char_lm import BOS, EOS, FIRST_CHAR, WEIGHTS, CharLMConfig, CharTransformer, load_char_lm
 from samplegraph.nodes.lm.grammar import Corpus, corpus
 from samplegraph.nodes.models.networks.checkpoint import round_weights, save_network
+from samplegraph.nodes.models.networks.optim import warmup_cosine_adamw
 
 STEPS, BATCH, LR, WARMUP = 2000, 64, 3e-3, 100
 TRAIN_SEED, HELDOUT_SEED, HELDOUT = 0, 1, 2000
@@ -77,10 +78,7 @@ def train(config: CharLMConfig, steps: int, seed: int = TRAIN_SEED) -> tuple[Cha
     torch.manual_seed(seed)
     lang, gen = corpus(), torch.Generator().manual_seed(seed)
     net = CharTransformer(config)
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.01, betas=(0.9, 0.98))
-    warm = min(WARMUP, max(1, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warm, 0.5 * (1 + math.cos(math.pi * i / steps))))
+    opt, sched = warmup_cosine_adamw(net, LR, steps, WARMUP)
     losses = []
     for _ in range(steps):
         nll, count = token_nll(net, lang.sample(gen, BATCH))

@@ -50,6 +50,7 @@ from samplegraph.nodes.discrete.mdm import MASK, WEIGHTS, MDMConfig, build_mdm, 
 from samplegraph.nodes.lm.char_lm import EOS, FIRST_CHAR, CharTransformer
 from samplegraph.nodes.lm.grammar import Corpus, corpus
 from samplegraph.nodes.models.networks.checkpoint import round_weights, save_network
+from samplegraph.nodes.models.networks.optim import warmup_cosine_adamw
 
 STEPS, BATCH, LR, WARMUP, LENGTH, T_MIN = 18000, 64, 3e-3, 100, 65, 1e-3
 TRAIN_SEED, HELDOUT_SEED, HELDOUT, DRAWS, ELBO_SEED = 0, 1, 2000, 8, 2
@@ -151,10 +152,7 @@ def train(config: MDMConfig, steps: int, batch: int = BATCH,
     torch.manual_seed(seed)
     lang, gen = corpus(), torch.Generator().manual_seed(seed)
     net = build_mdm(config)
-    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.01, betas=(0.9, 0.98))
-    warm = min(WARMUP, max(1, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warm, 0.5 * (1 + math.cos(math.pi * i / steps))))
+    opt, sched = warmup_cosine_adamw(net, LR, steps, WARMUP)
     losses = []
     for _ in range(steps):
         loss = mdlm_loss(net, encode_batch(lang.sample(gen, batch), config), gen)

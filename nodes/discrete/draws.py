@@ -19,7 +19,8 @@ Precision = Literal["float64", "float32"]
 
 # slots: one per kind of choice made at a step, so no two choices share numbers
 TOKEN, UNMASK, TIME, REMASK, ORDER, ACCEPT, RESAMPLE = 0, 1, 2, 3, 4, 5, 6
-VALUE = 8  # x0 draws of search strategies' value estimates (7 is template.INIT)
+INIT = 7  # the uniform tokens a uniform-noise model's holes start from (template.py)
+VALUE = 8  # x0 draws of search strategies' value estimates
 
 
 def uniform(noise: NoiseSource, particle: torch.Tensor, step: torch.Tensor | int, shape: tuple[int, ...],

@@ -12,10 +12,9 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.noise import NoiseSource
 from .denoiser import DiscreteDenoiser
-from .draws import uniform
+from .draws import INIT, uniform
 from .state import DiscreteState
 
-INIT = 7  # noise slot of the uniform-noise start (a draw no sampler step shares)
 
 
 @dataclass(frozen=True)
