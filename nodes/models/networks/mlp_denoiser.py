@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .blocks import run_blocks
 from .checkpoint import load_network, save_network
 
 EXAMPLE = '{"shape": [64], "hidden": 256, "layers": 3, "classes": 10}'
@@ -84,11 +85,11 @@ class MLPDenoiser(torch.nn.Module):
             raise ValueError("this network has no class input (config classes = 0)")
         return self.label.weight[self.config.classes if label is None else label].detach()  # (E,)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, label: int | torch.Tensor | None = None,
-                skip: frozenset[int] = frozenset()) -> torch.Tensor:
-        """F (B, *shape) of the scaled input x (B, *shape) at network time t (B,) for `label` (None = null class;
-        an int tensor (B,) of labels or a float tensor (B, E) of class embeddings), with the residual blocks
-        in `skip` left out."""
+    def embed(self, x: torch.Tensor, t: torch.Tensor,
+              label: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden state h (B, W) and embedding e (B, E) of the scaled input x (B, *shape) at network time t (B,)
+        for `label` (None = null class; an int tensor (B,) of labels or a float tensor (B, E) of class
+        embeddings)."""
         b = x.shape[0]
         angles = t.to(x.dtype)[:, None] * self.freqs.to(x.dtype)  # (B, E/2)
         e = self.time(torch.cat([angles.cos(), angles.sin()], dim=1))  # (B, E)
@@ -99,10 +100,17 @@ class MLPDenoiser(torch.nn.Module):
             labels = torch.full((b,), null if label is None else label, device=x.device) \
                 if label is None or isinstance(label, int) else label.to(x.device)  # (B,)
             e = e + self.label(labels.long()).to(x.dtype)  # (B, E)
-        h = self.inp(x.reshape(b, -1))  # (B, W)
-        for i, block in enumerate(self.blocks):
-            h = h if i in skip else block(h, e)  # (B, W)
+        return self.inp(x.reshape(b, -1)), e  # (B, W), (B, E)
+
+    def head(self, h: torch.Tensor, e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """F (B, *shape) from the last hidden state h (B, W)."""
         return self.out(h).reshape(x.shape)  # (B, *shape)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label: int | torch.Tensor | None = None,
+                skip: frozenset[int] = frozenset()) -> torch.Tensor:
+        """F (B, *shape) of the scaled input x (B, *shape) at network time t (B,) for `label`, with the residual
+        blocks in `skip` left out (networks/blocks.py: embed -> blocks -> head)."""
+        return run_blocks(self, x, t, label, skip)
 
 
 class SkippedBlocks(torch.nn.Module):
