@@ -144,6 +144,24 @@ def latest_checkpoint(cache: Path) -> int | None:
     return max(steps, default=None)
 
 
+def interrupt_cli_run(wf: Path, cache: Path, out: Path, sig: signal.Signals, steps: int, every: int) -> tuple:
+    """Start the CLI, signal it once its checkpoint passes a random step, and wait: (returncode, stderr).
+
+    The target is a checkpoint, not a delay: on a loaded machine this process may be descheduled for
+    longer than any fixed sleep, so the signal is sent as soon as it sees the step it chose."""
+    target = every * random.randint(1, steps // every // 2)  # a random checkpoint in the first half
+    proc = cli(wf, cache, out)
+    deadline = time.monotonic() + 60
+    while (latest_checkpoint(cache) or 0) < target:
+        if proc.poll() is not None:  # finished (or failed) before this process saw the target checkpoint
+            break
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_killed_cli_run_resumes_bit_identical(tmp_path, sig):
     steps, every = 3000, 50
@@ -151,23 +169,20 @@ def test_killed_cli_run_resumes_bit_identical(tmp_path, sig):
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(doc))
     ref = Runtime(cache=False).run(doc, out_dir=tmp_path / "ref")
-    proc = cli(wf, tmp_path / "cache", tmp_path / "a")
-    deadline = time.monotonic() + 60
-    while latest_checkpoint(tmp_path / "cache") is None:  # the sample node is running
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 0.8))  # a random step
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    for attempt in range(3):  # a run that ends before the signal lands (a starved test process) is retried
+        code, err = interrupt_cli_run(wf, tmp_path / f"cache{attempt}", tmp_path / "a", sig, steps, every)
+        if code != 0:
+            break
+    cache = tmp_path / f"cache{attempt}"
     if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
+        assert code == 130, err
         report = json.loads((tmp_path / "a" / "report.json").read_text())
         assert report["status"] == "cancelled" and "noise" in [n["node"] for n in report["nodes"]]
     else:
-        assert proc.returncode == -signal.SIGKILL
-    last = latest_checkpoint(tmp_path / "cache")
+        assert code == -signal.SIGKILL
+    last = latest_checkpoint(cache)
     assert last is not None and 0 < last < steps, "interrupted after sampling ended: make it longer"
-    again = cli(wf, tmp_path / "cache", tmp_path / "b")
+    again = cli(wf, cache, tmp_path / "b")
     _, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     # the re-run starts at the last checkpoint on disk, which is fewer than `every` steps behind the kill
