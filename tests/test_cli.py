@@ -210,3 +210,11 @@ def test_debug_after_the_subcommand_version_threads_and_quiet_help():
         proc = cli("run", "wf.json", "--threads", bad)
         assert proc.returncode == 2 and "--threads" in proc.stderr and "Traceback" not in proc.stderr
     assert "progress" in cli("run", "--help").stdout
+
+
+def test_python_dash_m_samplegraph_is_the_same_command_line():
+    proc = subprocess.run([sys.executable, "-m", "samplegraph", "--version"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "samplegraph 0.1.0"
+    assert subprocess.run([sys.executable, "-m", "samplegraph", "nodes", "--bogus"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600).returncode == 2

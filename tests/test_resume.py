@@ -132,11 +132,13 @@ def test_failed_run_writes_report(tmp_path):
     assert report["status"] == "failed" and "noise" in [n["node"] for n in report["nodes"]]
 
 
-def cli(wf: Path, cache: Path, out: Path) -> subprocess.Popen:
+def cli(wf: Path, cache: Path, out: Path, niceness: int = 0) -> subprocess.Popen:
+    """The CLI run of `wf` in a child process; `niceness` > 0 lowers its priority (see interrupt_cli_run)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_PARENT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(wf), "--cache-dir", str(cache),
                              "--out", str(out), "--quiet", "--threads", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
 
 
 def latest_checkpoint(cache: Path) -> int | None:
@@ -148,9 +150,10 @@ def interrupt_cli_run(wf: Path, cache: Path, out: Path, sig: signal.Signals, ste
     """Start the CLI, signal it once its checkpoint passes a random step, and wait: (returncode, stderr).
 
     The target is a checkpoint, not a delay: on a loaded machine this process may be descheduled for
-    longer than any fixed sleep, so the signal is sent as soon as it sees the step it chose."""
+    longer than any fixed sleep, so the signal is sent as soon as it sees the step it chose, and the child
+    runs at the lowest priority so that under contention it is the one that waits (idle, it runs at full speed)."""
     target = every * random.randint(1, steps // every // 2)  # a random checkpoint in the first half
-    proc = cli(wf, cache, out)
+    proc = cli(wf, cache, out, niceness=19)
     deadline = time.monotonic() + 60
     while (latest_checkpoint(cache) or 0) < target:
         if proc.poll() is not None:  # finished (or failed) before this process saw the target checkpoint
