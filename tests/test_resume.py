@@ -133,12 +133,21 @@ def test_failed_run_writes_report(tmp_path):
 
 
 def cli(wf: Path, cache: Path, out: Path, niceness: int = 0) -> subprocess.Popen:
-    """The CLI run of `wf` in a child process; `niceness` > 0 lowers its priority (see interrupt_cli_run)."""
+    """The CLI run of `wf` in a child process, `niceness` > 0 lowering its priority (see interrupt_cli_run)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_PARENT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(wf), "--cache-dir", str(cache),
                              "--out", str(out), "--quiet", "--threads", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+                            preexec_fn=lambda: child_setup(niceness))
+
+
+def child_setup(niceness: int) -> None:
+    """In the CLI child before exec: SIGINT back to its default (a test run started as a background job of a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt), and a
+    lower priority when niceness > 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if niceness:
+        os.nice(niceness)
 
 
 def latest_checkpoint(cache: Path) -> int | None:
