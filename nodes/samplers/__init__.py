@@ -29,6 +29,7 @@ def nodes() -> list[type]:
     from .plan import Plan
     from .pndm import Pndm
     from .restart import Restart
+    from .sa_solver import SaSolver
     from .sample import Sample
     from .time_shift import TimeShift
     from .unipc import UniPC
@@ -38,4 +39,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers]
+    fast_ii = [SaSolver]  # issue 14: SA-Solver, AMO, IIA
+    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii]
