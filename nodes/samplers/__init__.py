@@ -2,6 +2,7 @@
 
 
 def nodes() -> list[type]:
+    from .amo import Amo
     from .ddim import Ddim
     from .ddpm import Ddpm
     from .deis import Deis
@@ -39,5 +40,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    fast_ii = [SaSolver]  # issue 14: SA-Solver, AMO, IIA
+    fast_ii = [SaSolver, Amo]  # issue 14: SA-Solver, AMO, IIA
     return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii]
