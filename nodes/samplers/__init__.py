@@ -24,6 +24,8 @@ def nodes() -> list[type]:
     from .ghvb import Ghvb
     from .hb import HeavyBall
     from .heun import Heun
+    from .iia import Iia
+    from .iia_fit import IiaFit
     from .ipndm import Ipndm
     from .lcm import Lcm
     from .lms import Lms
@@ -40,5 +42,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    fast_ii = [SaSolver, Amo]  # issue 14: SA-Solver, AMO, IIA
+    fast_ii = [SaSolver, Amo, Iia, IiaFit]  # issue 14: SA-Solver, AMO, IIA
     return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii]
