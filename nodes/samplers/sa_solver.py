@@ -11,7 +11,10 @@ computed here by 16-point Gauss-Legendre quadrature in float64 (diffusers: close
 The SA-Predictor interpolates D_i..D_{i-p+1} and steps from sigma_i to sigma_{i+1} with fresh noise z_i; at the
 next step the SA-Corrector re-solves that same interval from the same start with the same z_i, now also
 interpolating D_{i+1}, the output at the predicted point (one evaluation per step, as UniPC). At order 2
-both add diffusers' (and the authors') few-step modification, of higher order than the step.
+both add diffusers' (and the authors') few-step modification, of higher order than the step; it weights
+D_i - D_{i-1} by about h^2 / 2 instead of the damped exponential weight, which over-corrects on large
+log-sigma steps (digits model, CFG 2, 8 Karras steps, tau = 0: predictor order 2 reaches class accuracy 0.16
+with it, 0.91 without; DPM++(2M) 1.0): `few_step_term=False` drops it.
 
 Versus sampler.er_sde (Cui et al.): both are exponential integrators of a family of reverse SDEs with the
 same marginals. ER-SDE parametrises the family by a noise-scale function f(sigma) and Taylor-expands D in
@@ -82,6 +85,9 @@ class SaSolver(Sampler):
                                                                 "None: no upper bound")
     lower_order_final: bool = Field(True, description="orders min(p, steps left) and min(c, steps left + 1) "
                                                       "near the end (diffusers' lower_order_final)")
+    few_step_term: bool = Field(True, description="add diffusers' (and the authors') order-2 modification; it "
+                                                  "over-weights D_i - D_{i-1} on large log-sigma steps (module "
+                                                  "docstring)")
     noise: NoiseKind = Field("step", description="'step': fresh normals per step (diffusers); "
                                                  "'brownian': increments of a Brownian tree")
 
@@ -151,7 +157,7 @@ class SaSolver(Sampler):
         weights = [torch.zeros_like(s) for _ in outputs]  # (B,) each
         for o in range(1, max(self.predictor_order, self.corrector_order) + 1):
             ws = adams_weights(nodes[:o], lam_s, lam_t, c)
-            if o == 2:
+            if o == 2 and self.few_step_term:
                 gap = h if corrector else nodes[0] - nodes[1]
                 extra = few_step_term(c, h, torch.where(gap != 0, gap, 1.0))
                 ws = [ws[0] + extra, ws[1] - extra]
