@@ -19,6 +19,7 @@ def nodes() -> list[type]:
     from .dpmpp_sde import DpmppSde
     from .er_sde import ErSde
     from .euler import Euler
+    from .evodiff import EvoDiff
     from .euler_ancestral import EulerAncestral
     from .flow_sde import FlowSde
     from .ghvb import Ghvb
@@ -42,5 +43,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    fast_ii = [SaSolver, Amo, Iia, IiaFit]  # issue 14: SA-Solver, AMO, IIA
+    fast_ii = [SaSolver, Amo, Iia, IiaFit, EvoDiff]  # issue 14: SA-Solver, AMO, IIA, EVODiff
     return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii]
