@@ -10,6 +10,7 @@ import torch
 from samplegraph.nodes.core.denoiser import CountingDenoiser
 from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.core.sampler import run_steps
+from samplegraph.nodes.core.sigmas import Sigmas
 from samplegraph.nodes.models.gmm import ModelGMM
 from samplegraph.nodes.samplers.evodiff import EvoDiff, dot, probe, variance_optimised
 from samplegraph.nodes.schedules.karras import Karras
@@ -44,7 +45,6 @@ def test_state_form_equals_the_sequential_loop(steps):
     sigmas = Karras(steps=steps + 1, sigma_min=0.002, sigma_max=80.0).run().values[:-1]  # no final 0
     x = 80.0 * NoiseSource(2).normal(torch.arange(64), -1, (2,), dtype=F64)  # (64, 2)
     sampler, counted = EvoDiff(), CountingDenoiser(MODEL)
-    from samplegraph.nodes.core.sigmas import Sigmas
     got = run_steps(sampler, counted, sampler.init(x, Sigmas(sigmas)), NoiseSource(0)).x
     assert counted.calls == steps  # one call per step (the last step's rule needs none after it)
     assert torch.allclose(got, sequential(MODEL, x, sigmas), rtol=0, atol=1e-12)

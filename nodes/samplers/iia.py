@@ -25,6 +25,7 @@ from ..core.noise import NoiseSource
 from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
+from .common import WrappedSampler
 
 FEATURES = 2  # x0-estimate differences kept: f_1, f_2
 
@@ -46,30 +47,10 @@ class Iia(Node):
         return Improved(inner=sampler, coefficients=[list(map(float, r)) for r in self.coefficients])
 
 
-class Improved(Sampler):
+class Improved(WrappedSampler):
     """A base sampler with IIA's correction terms; order, cost and noise are the base's."""
 
-    inner: Sampler
     coefficients: list[list[float]]
-
-    @property
-    def step_order(self) -> int:
-        return self.inner.step_order
-
-    @property
-    def step_nfe(self) -> int:
-        return self.inner.step_nfe
-
-    def nfe_at(self, step: int) -> int:
-        return self.inner.nfe_at(step)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.inner.draws_noise
-
-    @property
-    def adapts_steps(self) -> bool:
-        return self.inner.adapts_steps
 
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """History: (D_{i-1}, D_{i-2}, *the base's history)."""

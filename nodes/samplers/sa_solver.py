@@ -40,7 +40,6 @@ from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
 from .common import NoiseKind, sde_noise
-from .vp_common import past_sigmas
 
 GL_NODES, GL_WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(16))  # on [-1, 1], float64
 
