@@ -26,6 +26,7 @@ from samplegraph.nodes.samplers.euler import Euler
 from samplegraph.nodes.samplers.euler_ancestral import EulerAncestral
 from samplegraph.nodes.samplers.flow_sde import FlowSde
 from samplegraph.nodes.samplers.heun import Heun
+from samplegraph.nodes.samplers.iia import Iia
 from samplegraph.nodes.samplers.plan import Plan, Planned
 from samplegraph.nodes.samplers.pndm import Pndm
 from samplegraph.nodes.samplers.restart import Restart
@@ -54,6 +55,8 @@ WRAPPED = [("time_shift(euler)", shifted(Euler())), ("time_shift(heun)", shifted
            ("plan(euler,dpmpp_2m)", Plan(switch_at=[2]).run([Euler(), Dpmpp2M()])),
            ("plan(heun,euler)", Plan(switch_at=[3]).run([Heun(), Euler()])),
            ("plan(dpmpp_2m,euler_ancestral)", Plan(switch_at=[3]).run([Dpmpp2M(), EulerAncestral()]))]
+WRAPPED += [("iia(dpmpp_2m)", Iia(coefficients=[[0.0, 0.0], [0.3, 0.0], [0.2, -0.1]]).run(Dpmpp2M())),
+            ("iia(euler)", Iia(coefficients=[[0.0, 0.0], [0.5, 0.0]]).run(Euler()))]  # sampler.iia's wrappers
 SAMPLERS = [(c.__node_kind__, c()) for c in all_sampler_classes()] + WRAPPED
 
 

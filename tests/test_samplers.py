@@ -30,6 +30,7 @@ STEP_COUNTS = [16, 32, 64, 128]
 # rates that show only outside STEP_COUNTS (lms, dpmpp_3m) or follow a tolerance, not a step count
 # (dpm_adaptive): their own convergence tests are in test_ode_solvers.py
 OWN_ORDER_TEST = {"sampler.lms", "sampler.dpmpp_3m", "sampler.dpm_adaptive"}
+OWN_ORDER_TEST |= {"sampler.evodiff"}  # no asymptotic order (test_evodiff.py)
 # every default instance that draws no noise, plus noise-free configurations whose order differs from
 # their class's default (other order parameters: test_ode_solvers.py, test_vp_samplers.py)
 DETERMINISTIC = [(c.__node_kind__, c()) for c in all_sampler_classes()

@@ -2,6 +2,7 @@
 
 
 def nodes() -> list[type]:
+    from .amo import Amo
     from .ddim import Ddim
     from .ddpm import Ddpm
     from .deis import Deis
@@ -18,17 +19,21 @@ def nodes() -> list[type]:
     from .dpmpp_sde import DpmppSde
     from .er_sde import ErSde
     from .euler import Euler
+    from .evodiff import EvoDiff
     from .euler_ancestral import EulerAncestral
     from .flow_sde import FlowSde
     from .ghvb import Ghvb
     from .hb import HeavyBall
     from .heun import Heun
+    from .iia import Iia
+    from .iia_fit import IiaFit
     from .ipndm import Ipndm
     from .lcm import Lcm
     from .lms import Lms
     from .plan import Plan
     from .pndm import Pndm
     from .restart import Restart
+    from .sa_solver import SaSolver
     from .sample import Sample
     from .time_shift import TimeShift
     from .unipc import UniPC
@@ -38,4 +43,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers]
+    fast_ii = [SaSolver, Amo, Iia, IiaFit, EvoDiff]  # issue 14: SA-Solver, AMO, IIA, EVODiff
+    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii]

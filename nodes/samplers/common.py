@@ -164,3 +164,29 @@ def sde_noise(noise: NoiseSource, kind: NoiseKind, particle: torch.Tensor, step:
     if kind == "brownian":
         return noise.brownian(particle, sigma, sigma_next, tuple(like.shape[1:]), like.dtype, like.device)
     return noise.like(like, particle, step, slot)
+
+
+class WrappedSampler(Sampler):
+    """Base of the samplers that wrap another (time_shift, iia): order, cost, noise and adaptivity are the
+    inner sampler's."""
+
+    inner: Sampler
+
+    @property
+    def step_order(self) -> int:
+        return self.inner.step_order
+
+    @property
+    def step_nfe(self) -> int:
+        return self.inner.step_nfe
+
+    def nfe_at(self, step: int) -> int:
+        return self.inner.nfe_at(step)
+
+    @property
+    def draws_noise(self) -> bool:
+        return self.inner.draws_noise
+
+    @property
+    def adapts_steps(self) -> bool:
+        return self.inner.adapts_steps

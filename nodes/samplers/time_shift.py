@@ -30,6 +30,7 @@ from ..core.noise import NoiseSource
 from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
 from ..core.state import State, bcast
+from .common import WrappedSampler
 from .vp_common import vp_alpha
 
 Space = Literal["vp", "ve"]
@@ -48,33 +49,13 @@ class TimeShift(Node):
         return TimeShifted(inner=sampler, window=self.window, cutoff_sigma=self.cutoff_sigma, space=self.space)
 
 
-class TimeShifted(Sampler):
+class TimeShifted(WrappedSampler):
     """A sampler whose denoiser calls see the time-shifted noise level (Li et al. 2023); order, cost and
     noise are the inner sampler's."""
 
-    inner: Sampler
     window: float
     cutoff_sigma: float
     space: Space
-
-    @property
-    def step_order(self) -> int:
-        return self.inner.step_order
-
-    @property
-    def step_nfe(self) -> int:
-        return self.inner.step_nfe
-
-    def nfe_at(self, step: int) -> int:
-        return self.inner.nfe_at(step)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.inner.draws_noise
-
-    @property
-    def adapts_steps(self) -> bool:
-        return self.inner.adapts_steps
 
     def init(self, x: torch.Tensor, sigmas: Sigmas, particle: torch.Tensor | None = None) -> State:
         """The inner sampler's state: the wrapper adds none."""
