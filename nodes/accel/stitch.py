@@ -61,14 +61,14 @@ class Stitched(Model):
 
 def check_same_space(small: Model, large: Model) -> None:
     """NodeError unless both models denoise the same latent space under the same parametrisation."""
-    a, b = sampling_signature(small.sampling), sampling_signature(large.sampling)
-    if a != b:
-        raise NodeError(f"model.stitch: 'small' and 'large' must share the noise parametrisation (family, sigma "
-                        f"range, sigma_data) to hand a trajectory over; got small {a} and large {b}")
     sa, sb = sample_shape(small), sample_shape(large)
     if sa is not None and sb is not None and sa != sb:
         raise NodeError(f"model.stitch: 'small' and 'large' must share the sample shape (latent space); got small "
                         f"{list(sa)} and large {list(sb)}")
+    a, b = sampling_signature(small.sampling), sampling_signature(large.sampling)
+    if a != b:
+        raise NodeError(f"model.stitch: 'small' and 'large' must share the noise parametrisation (family, sigma "
+                        f"range, sigma_data) to hand a trajectory over; got small {a} and large {b}")
     for name, m in (("small", small), ("large", large)):
         if m.stateful:
             raise NodeError(f"model.stitch: input '{name}' is stateful (a cached model); stitch plain models and "
