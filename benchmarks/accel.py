@@ -86,9 +86,8 @@ class Bench:
 
 def sequential(sampler: Sampler) -> Run:
     def run(denoise: Denoiser, sigmas: Sigmas, latent: torch.Tensor, ctx: NodeContext) -> tuple[torch.Tensor, dict]:
-        x = run_steps(sampler, denoise, sampler.init(latent, sigmas), ctx.noise).x
-        stats = getattr(denoise, "stats", None)
-        return x, {} if stats is None else {"computed": stats.computed, "skipped": stats.skipped}
+        x = run_steps(sampler, denoise, sampler.init(latent, sigmas), ctx.noise, ctx).x
+        return x, {k: ctx.metrics[k] for k in ("blocks_computed", "blocks_skipped") if k in ctx.metrics}
     return run
 
 
@@ -113,8 +112,8 @@ def caching_rows(b: Bench, steps: int) -> list[list[object]]:
     rows = []
     for name, build in configs:
         r = b.evaluate(build, sigmas, sequential(sampler))
-        total = r.get("computed", 0) + r.get("skipped", 0)
-        skipped = f"{r['skipped'] / total:.0%}" if total else "0%"
+        total = r.get("blocks_computed", 0) + r.get("blocks_skipped", 0)
+        skipped = f"{r['blocks_skipped'] / total:.0%}" if total else "0%"
         rows.append([steps, name, r["fd"], r["accuracy"], r["cpu"], skipped])
         print(rows[-1], flush=True)
     return rows

@@ -8,6 +8,7 @@ from samplegraph.nodes.accel.deep_cache import ModelDeepCache
 from samplegraph.nodes.accel.paradigms import StepRule, paradigms
 from samplegraph.nodes.accel.step_cache import ModelStepCache, sada_stable
 from samplegraph.nodes.accel.stitch import ModelStitch
+from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.core.sampler import run_steps
 from samplegraph.nodes.guidance.cfg import CFG
@@ -35,40 +36,45 @@ def weak():
 
 
 def sample(denoise, sampler=None, x=X, sigmas=SIGMAS):
+    return counted(denoise, sampler, x, sigmas)[0]
+
+
+def counted(denoise, sampler=None, x=X, sigmas=SIGMAS):
+    """Final x and the metrics run_steps reports (nfe; blocks_computed / blocks_skipped of a cached model)."""
     sampler = sampler or Euler()
-    return run_steps(sampler, denoise, sampler.init(x, sigmas), NoiseSource(0)).x
+    ctx = NodeContext.detached(seed=0)
+    return run_steps(sampler, denoise, sampler.init(x, sigmas), NoiseSource(0), ctx).x, ctx.metrics
 
 
 @pytest.mark.parametrize("sampler", [Euler(), Dpmpp2M()], ids=["euler", "dpmpp_2m"])
 @pytest.mark.parametrize("criterion", ["rel_l1", "sada"])
 def test_step_cache_threshold_zero_is_bit_identical(digits, sampler, criterion):
-    cached = ModelStepCache(threshold=0.0, criterion=criterion).run(digits)
-    assert torch.equal(sample(cached, sampler), sample(digits, sampler))
-    assert cached.stats.skipped == 0 and cached.stats.computed == 3 * 16 * 12
+    x, metrics = counted(ModelStepCache(threshold=0.0, criterion=criterion).run(digits), sampler)
+    assert torch.equal(x, sample(digits, sampler))
+    assert metrics["blocks_skipped"] == 0 and metrics["blocks_computed"] == 3 * 16 * 12
 
 
 def test_step_cache_skips_more_as_the_threshold_grows_and_stays_close(digits):
     plain = sample(digits)
     skipped, errors = [], []
     for threshold in (0.02, 0.1, 0.3):
-        cached = ModelStepCache(threshold=threshold).run(digits)
-        out = sample(cached)
-        assert cached.stats.computed + cached.stats.skipped == 3 * 16 * 12
-        skipped.append(cached.stats.skipped)
+        out, metrics = counted(ModelStepCache(threshold=threshold).run(digits))
+        assert metrics["blocks_computed"] + metrics["blocks_skipped"] == 3 * 16 * 12
+        skipped.append(metrics["blocks_skipped"])
         errors.append(float((out - plain).abs().mean()))
     assert skipped[0] < skipped[1] < skipped[2] and errors[1] < 0.1
-    limited = ModelStepCache(threshold=0.3, max_reuse=1).run(digits)
-    sample(limited)
-    assert limited.stats.skipped < skipped[2]
+    _, limited = counted(ModelStepCache(threshold=0.3, max_reuse=1).run(digits))
+    assert limited["blocks_skipped"] < skipped[2]
 
 
 def test_a_reused_block_adds_its_cached_residual(digits):
     """Same input twice with an infinite threshold: every block reuses, and the output is the plain one."""
-    cached = ModelStepCache(threshold=1e9).run(digits).bound(())
+    model = ModelStepCache(threshold=1e9).run(digits)
+    cached = model.bound(())
     sigma = torch.full((16,), 3.0)
     first = cached(X / 20, sigma)
     again = cached(X / 20, sigma)
-    assert cached.cached.stats.skipped == 3 * 16
+    assert model.memory_metrics(cached.memory) == {"blocks_computed": 3 * 16, "blocks_skipped": 3 * 16}
     torch.testing.assert_close(again, first, rtol=1e-5, atol=1e-5)
     assert torch.equal(first, digits(X / 20, sigma))
 
@@ -91,10 +97,10 @@ def test_sada_criterion_matches_its_formula():
 def test_deep_cache_interval_one_is_plain_and_counts_refreshes(digits):
     plain = ModelDeepCache(interval=1).run(digits)
     assert torch.equal(sample(plain), sample(digits))
-    cached = ModelDeepCache(interval=3, shallow=1).run(digits)
-    out = sample(cached)
+    out, metrics = counted(ModelDeepCache(interval=3, shallow=1).run(digits))
     full, partial = 4, 8  # calls 0, 3, 6, 9 of 12 run every block; the others the shallow block only
-    assert cached.stats.computed == 16 * (3 * full + 1 * partial) and cached.stats.skipped == 16 * 2 * partial
+    assert metrics["blocks_computed"] == 16 * (3 * full + 1 * partial)
+    assert metrics["blocks_skipped"] == 16 * 2 * partial
     assert 0 < float((out - sample(digits)).abs().mean()) < 0.3
     with pytest.raises(NodeError, match="shallow"):
         ModelDeepCache(shallow=3).run(digits)
@@ -172,3 +178,19 @@ def test_guidance_over_stitched_models_and_paradigms_over_guidance_work(digits, 
     assert torch.equal(sample(stitched), sample(plain))
     out, _, _ = paradigms(plain, SIGMAS.values, X, StepRule("euler", 0.0, NoiseSource(0), torch.arange(16)), 1, 0.1)
     assert torch.equal(out, sample(plain))
+
+
+def test_the_run_report_counts_blocks_and_rounds():
+    from pathlib import Path
+
+    from samplegraph import Runtime
+    from samplegraph.graph.workflow import Workflow
+
+    root = Path(__file__).resolve().parents[1] / "workflows"
+    runtime = Runtime(device="cpu")
+    for name, keys in (("step_cache", ("blocks_computed", "blocks_skipped")), ("paradigms", ("rounds",))):
+        wf = Workflow.load(root / f"{name}.json")
+        report = runtime.run(wf, outputs=["sample"]).report
+        metrics = next(n.metrics for n in report.nodes if n.node == "sample")
+        assert all(metrics[k] > 0 for k in keys)
+    assert metrics["rounds"] < metrics["steps"] == 50

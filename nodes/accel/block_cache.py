@@ -11,13 +11,13 @@ SADA's stability test).
 
 State: the caches are per particle, so the cached model is a stateful Denoiser: run_steps keeps
 them in State.memory (docs/ARCHITECTURE.md) and they follow resampling and forking. Memory layout
-(each (B, ...)): calls (B,), then per group runs (B,), input h, input e, residual, then the
-policy's own history. A group reuses nothing until it has run once for that particle, and a row
+(each (B, ...)): calls (B,), block evaluations computed (B,) and skipped (B,), then per group runs
+(B,), input h, input e, residual, then the policy's own history. A group reuses nothing until it has run once for that particle, and a row
 the policy never lets reuse runs every block on the whole batch exactly as `run_blocks` does, so
 a policy that reuses nothing is bit-identical to the plain model.
 
-`CacheStats` counts block evaluations (rows x blocks) computed and skipped: accounting only, like
-CountingDenoiser.calls; results never depend on it."""
+The computed / skipped counts are accounting only (results never depend on them); run_steps puts
+their totals in the node's report (`memory_metrics`: blocks_computed, blocks_skipped)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -35,19 +35,6 @@ from ..models.parametrisation import input_scale, network_time, to_x0
 
 
 @dataclass
-class CacheStats:
-    """Block evaluations (rows x blocks) computed and skipped so far by one cached model."""
-
-    computed: int = 0
-    skipped: int = 0
-
-    @property
-    def skipped_fraction(self) -> float:
-        total = self.computed + self.skipped
-        return self.skipped / total if total else 0.0
-
-
-@dataclass
 class GroupCache:
     """One block group's per-particle cache: consecutive reuses, last input (h, e) and residual."""
 
@@ -59,23 +46,25 @@ class GroupCache:
 
 @dataclass
 class BlockMemory:
-    """A batch's caches: calls made per particle, one GroupCache per group, the policy's history."""
+    """A batch's caches: calls and block evaluations per particle, one GroupCache per group, the policy's history."""
 
     calls: torch.Tensor  # (B,) int64; 0 = nothing cached yet
+    computed: torch.Tensor  # (B,) int64 block evaluations run for the particle so far
+    skipped: torch.Tensor  # (B,) int64 block evaluations it reused
     groups: list[GroupCache]
     history: tuple[torch.Tensor, ...] = field(default=())
 
     def pack(self) -> tuple[torch.Tensor, ...]:
-        """As State.memory: calls, (runs, h, e, residual) per group, history."""
-        flat = [self.calls]
+        """As State.memory: calls, computed, skipped, (runs, h, e, residual) per group, history."""
+        flat = [self.calls, self.computed, self.skipped]
         for g in self.groups:
             flat += [g.runs, g.h, g.e, g.residual]
         return (*flat, *self.history)
 
     @staticmethod
     def unpack(memory: tuple[torch.Tensor, ...], groups: int) -> BlockMemory:
-        caches = [GroupCache(*memory[1 + 4 * i: 5 + 4 * i]) for i in range(groups)]
-        return BlockMemory(memory[0], caches, tuple(memory[1 + 4 * groups:]))
+        caches = [GroupCache(*memory[3 + 4 * i: 7 + 4 * i]) for i in range(groups)]
+        return BlockMemory(memory[0], memory[1], memory[2], caches, tuple(memory[3 + 4 * groups:]))
 
 
 class ReusePolicy(ABC):
@@ -124,11 +113,13 @@ class CachedRunner:
     """The network function `(x_in, t_in) -> out` of one call, reading and updating a BlockMemory."""
 
     def __init__(self, net: BlockNetwork, policy: ReusePolicy, label: int | torch.Tensor | None,
-                 memory: BlockMemory | None, allowed: torch.Tensor, stats: CacheStats):
+                 memory: BlockMemory | None, allowed: torch.Tensor):
         self.net, self.policy, self.label, self.memory = net, policy, label, memory
-        self.allowed, self.stats = allowed, stats  # allowed: (B,) bool gate of this call
+        self.allowed = allowed  # (B,) bool gate of this call
         self.groups = policy.groups(len(net.blocks))
         self.caches: list[GroupCache] = []
+        self.computed = torch.zeros_like(allowed, dtype=torch.long)  # (B,) this call's block evaluations
+        self.skipped = torch.zeros_like(allowed, dtype=torch.long)
 
     def __call__(self, x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
         h, e = self.net.embed(x_in, t_in, self.label)  # (B, ...), (B, E)
@@ -147,9 +138,8 @@ class CachedRunner:
             seen = self.memory.calls > 0  # (B,)
             reuse = self.allowed & seen & self.policy.reuse(g, input_change(h, e, old), old.runs)  # (B,)
         run = ~reuse
-        blocks = len(span) * int(run.sum())
-        self.stats.computed += blocks
-        self.stats.skipped += len(span) * b - blocks
+        self.computed += len(span) * run.long()
+        self.skipped += len(span) * reuse.long()
         if bool(run.all()):
             out = run_group(self.net, span, h, e)  # (B, ...) exactly run_blocks' arithmetic
             self.caches.append(GroupCache(torch.zeros_like(old.runs), h, e, out - h))
@@ -168,9 +158,8 @@ class CachedRunner:
 class BlockCached(Model):
     """A class-conditional block network whose blocks a ReusePolicy may reuse between calls; stateful."""
 
-    def __init__(self, model: ConditionalNetwork, policy: ReusePolicy, stats: CacheStats | None = None):
+    def __init__(self, model: ConditionalNetwork, policy: ReusePolicy):
         self.model, self.policy = model, policy
-        self.stats = CacheStats() if stats is None else stats
 
     @staticmethod
     def check(model: Model, kind: str) -> ConditionalNetwork:
@@ -194,11 +183,18 @@ class BlockCached(Model):
         return True
 
     def to(self, device: torch.device) -> BlockCached:
-        return BlockCached(self.model.to(device), self.policy, self.stats)
+        return BlockCached(self.model.to(device), self.policy)
+
+    def unpack(self, memory: tuple[torch.Tensor, ...]) -> BlockMemory:
+        return BlockMemory.unpack(memory, len(self.policy.groups(len(self.model.net.blocks))))
 
     def bound(self, memory: tuple[torch.Tensor, ...]) -> BlockCachedBound:
-        groups = len(self.policy.groups(len(self.model.net.blocks)))
-        return BlockCachedBound(self, BlockMemory.unpack(memory, groups) if memory else None)
+        return BlockCachedBound(self, self.unpack(memory) if memory else None)
+
+    def memory_metrics(self, memory: tuple[torch.Tensor, ...]) -> dict[str, int]:
+        """Block evaluations (rows x blocks) computed and skipped by the particles of `memory`."""
+        m = self.unpack(memory)
+        return {"blocks_computed": int(m.computed.sum()), "blocks_skipped": int(m.skipped.sum())}
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NodeError(f"{self.policy.name} keeps per-particle block caches that only the 'sample' node carries "
@@ -226,14 +222,16 @@ class BlockCachedBound(BoundDenoiser):
         dtype = next(m.net.parameters()).dtype
         xd, sd = x.to(dtype), sigma.to(dtype)  # (B, ...), (B,)
         allowed = torch.zeros_like(sd, dtype=torch.bool) if self.state is None else c.policy.gate(xd, sd, self.state)
-        runner = CachedRunner(m.net, c.policy, m.label, self.state, allowed, c.stats)
+        runner = CachedRunner(m.net, c.policy, m.label, self.state, allowed)
         inner = m.inner
         x_in = xd * bcast(input_scale(inner.sampling, sd), xd)  # (B, ...)
         t_in = network_time(inner.sampling, sd, inner.timestep_mode)  # (B,)
         x0 = to_x0(inner.prediction, runner(x_in, t_in), xd, sd, inner.sigma_data)  # (B, ...)
         x0 = torch.where(bcast(sd == 0, xd), xd, x0)
-        calls = torch.ones_like(sd, dtype=torch.long) if self.state is None else self.state.calls + 1
-        fresh = BlockMemory(calls, runner.caches)
+        old = self.state
+        fresh = BlockMemory(torch.ones_like(runner.computed) if old is None else old.calls + 1,
+                            runner.computed if old is None else old.computed + runner.computed,
+                            runner.skipped if old is None else old.skipped + runner.skipped, runner.caches)
         fresh.history = c.policy.history(xd, sd, x0, fresh if self.state is None else self.state)
         self.state = fresh
         return x0.to(x.dtype)

@@ -45,7 +45,7 @@ class ModelDeepCache(Node):
     shallow: int = Field(1, ge=0, description="leading blocks that run on every call (model.digits has 3 blocks)")
 
     def run(self, model: Model) -> Model:
-        """The stateful cached model (connect it to 'sample'); its `stats` count blocks computed and skipped."""
+        """The stateful cached model (connect it to 'sample'); the report counts blocks computed and skipped."""
         net = BlockCached.check(model, "model.deep_cache")
         count = len(net.net.blocks)
         if self.shallow >= count:

@@ -86,6 +86,6 @@ class ModelStepCache(Node):
                                   "(SADA's max_interval); None = no limit")
 
     def run(self, model: Model) -> Model:
-        """The stateful cached model (connect it to 'sample'); its `stats` count blocks computed and skipped."""
+        """The stateful cached model (connect it to 'sample'); the report counts blocks computed and skipped."""
         net = BlockCached.check(model, "model.step_cache")
         return BlockCached(net, StepCachePolicy(self.threshold, self.criterion, self.max_reuse))
