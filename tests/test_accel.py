@@ -169,6 +169,13 @@ def test_guidance_over_a_cached_model_is_a_clear_error(digits):
         sample(guided)
 
 
+def test_search_over_a_cached_model_is_a_clear_error(digits):
+    from samplegraph.nodes.search.budget import BudgetDenoiser
+
+    with pytest.raises(NodeError, match="model.step_cache"):
+        BudgetDenoiser(ModelStepCache().run(digits), None, torch.zeros(16, dtype=torch.long))
+
+
 def test_guidance_over_stitched_models_and_paradigms_over_guidance_work(digits, weak):
     uncond_l = ModelDigits().run()
     uncond_s = ModelDigits(variant="weak").run()
