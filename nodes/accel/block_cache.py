@@ -90,11 +90,6 @@ class ReusePolicy(ABC):
         return ()
 
 
-def relative_l1(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Per-row ||new - old||_1 / ||old||_1 (B,), the step-caching papers' change measure."""
-    return (new - old).flatten(1).abs().sum(1) / old.flatten(1).abs().sum(1).clamp_min(1e-30)
-
-
 def input_change(h: torch.Tensor, e: torch.Tensor, cache: GroupCache) -> torch.Tensor:
     """(B,) relative L1 change of a group's whole input (hidden state and conditioning) since it last ran."""
     num = (h - cache.h).flatten(1).abs().sum(1) + (e - cache.e).flatten(1).abs().sum(1)
