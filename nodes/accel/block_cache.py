@@ -12,9 +12,9 @@ SADA's stability test).
 State: the caches are per particle, so the cached model is a stateful Denoiser: run_steps keeps
 them in State.memory (docs/ARCHITECTURE.md) and they follow resampling and forking. Memory layout
 (each (B, ...)): calls (B,), block evaluations computed (B,) and skipped (B,), then per group runs
-(B,), input h, input e, residual, then the policy's own history. A group reuses nothing until it has run once for that particle, and a row
-the policy never lets reuse runs every block on the whole batch exactly as `run_blocks` does, so
-a policy that reuses nothing is bit-identical to the plain model.
+(B,), input h, input e, residual, then the policy's own history. A group reuses nothing until it
+has run once for that particle, and when no row reuses a group it runs on the whole batch exactly
+as `run_blocks` does, so a policy that reuses nothing is bit-identical to the plain model.
 
 The computed / skipped counts are accounting only (results never depend on them); run_steps puts
 their totals in the node's report (`memory_metrics`: blocks_computed, blocks_skipped)."""
@@ -160,9 +160,9 @@ class BlockCached(Model):
     def check(model: Model, kind: str) -> ConditionalNetwork:
         """`model` if it is a network with blocks (embed -> blocks -> head), else a NodeError naming `kind`."""
         if not isinstance(model, ConditionalNetwork) or not isinstance(model.net, BlockNetwork):
+            inner = f" over {type(model.net).__name__}" if isinstance(model, ConditionalNetwork) else ""
             raise NodeError(f"{kind} needs a network model with blocks (embed -> blocks -> head, e.g. model.digits "
-                            f"or model.mnist, optionally through model.condition); got {type(model).__name__}"
-                            f"{'' if not isinstance(model, ConditionalNetwork) else ' over ' + type(model.net).__name__}"
+                            f"or model.mnist, optionally through model.condition); got {type(model).__name__}{inner}"
                             f" (analytic models and model.skip_blocks outputs have no block view)")
         return model
 
