@@ -45,6 +45,10 @@ class Denoiser(ABC):
         """The memory (each (B, ...)) of particles x (B, ...) before their first call; () when stateless."""
         return ()
 
+    def memory_metrics(self, memory: tuple[torch.Tensor, ...]) -> dict[str, int]:
+        """Counts to report from a batch's final memory (run_steps records them); none by default."""
+        return {}
+
     def bound(self, memory: tuple[torch.Tensor, ...]) -> BoundDenoiser:
         """This Denoiser reading and updating `memory` (rows = the particles of the next calls)."""
         raise NotImplementedError(f"{type(self).__name__} is stateless; only stateful Denoisers bind memory")

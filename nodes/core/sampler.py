@@ -118,6 +118,8 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
             saver.after(done, state)
     if ctx is not None:
         ctx.add_nfe(counted.calls)
+        if denoise.stateful and state.memory:
+            ctx.record(**denoise.memory_metrics(state.memory))
     return state
 
 

@@ -66,8 +66,9 @@ class BudgetDenoiser(Denoiser):
 
     def __init__(self, inner: Denoiser, budget: Budget, group: torch.Tensor, max_batch: int | None = None):
         if inner.stateful:
-            raise NodeError("search strategies do not carry a guidance node's per-particle memory (guidance.apg "
-                            "momentum); set momentum to 0 for search")
+            raise NodeError("search strategies do not carry a stateful denoiser's per-particle memory (guidance.apg "
+                            "momentum, model.step_cache / model.deep_cache block caches); set momentum to 0, or "
+                            "search with the uncached model")
         self.inner, self.budget, self.group, self.max_batch = inner, budget, group, max_batch
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
