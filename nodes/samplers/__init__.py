@@ -27,6 +27,7 @@ def nodes() -> list[type]:
     from .lcm import Lcm
     from .lms import Lms
     from .plan import Plan
+    from .plan_search import PlanSearch
     from .pndm import Pndm
     from .restart import Restart
     from .sample import Sample
@@ -38,4 +39,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers]
+    searched = [PlanSearch]  # configurations found on calibration trajectories
+    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *searched]
