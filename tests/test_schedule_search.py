@@ -17,6 +17,9 @@ from samplegraph.nodes.samplers.euler import Euler
 from samplegraph.nodes.samplers.heun import Heun
 from samplegraph.nodes.samplers.ipndm import Ipndm
 from samplegraph.nodes.samplers.plan_search import PlanSearch, SolverPlan
+from samplegraph.nodes.metrics.common import sliced_wasserstein
+from samplegraph.nodes.samplers.euler_ancestral import EulerAncestral
+from samplegraph.nodes.schedules.ays_optimize import AYSOptimize, Bound
 from samplegraph.nodes.schedules.calibration import initial_noise, sample_error, solve
 from samplegraph.nodes.schedules.exponential import Exponential
 from samplegraph.nodes.schedules.gits import GITS, dp_path
@@ -131,3 +134,55 @@ def test_plan_search_beats_the_best_single_candidate_on_heldout_noise(nfe, heldo
 def test_plan_search_needs_a_candidate():
     with pytest.raises(NodeError, match="samplers"):
         PlanSearch().run(MODEL, [])
+
+
+def test_ays_bound_matches_a_dense_integral():
+    node = AYSOptimize(particles=64, quadrature=8)
+    x0 = node.clean_data(None, MODEL)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    bound = Bound(MODEL, x0, eps, 8)
+    lo, hi = 0.3, 2.0
+    t = torch.linspace(lo, hi, 20001, dtype=torch.float64)
+    anchor = MODEL(x0 + hi * eps, torch.full((64,), hi))  # (N, 2)
+    d = torch.stack([MODEL(x0 + float(s) * eps, torch.full((64,), float(s))) for s in t[::100]])  # (201, N, 2)
+    integrand = (d - anchor).double().pow(2).sum(2).mean(1) / t[::100] ** 3  # (201,)
+    dense = float(torch.trapezoid(integrand, t[::100]))
+    quad = float(bound.steps(torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64),
+                             anchor.unsqueeze(0)))
+    assert quad == pytest.approx(dense, rel=2e-3)
+
+
+@pytest.mark.parametrize("steps, subdivisions, stages", [(10, 0, 1), (9, 1, 2), (12, 2, 3), (4, 2, 2)])
+def test_ays_optimize_is_valid_reproducible_and_lowers_the_bound_every_sweep(steps, subdivisions, stages):
+    node = AYSOptimize(steps=steps, subdivisions=subdivisions, particles=64, iterations=4)
+    sigmas = node.run(MODEL, reference=MODEL)
+    assert sigmas.steps == steps and sigmas.values[0] == 80.0 and sigmas.values[-2] == pytest.approx(0.002)
+    assert sigmas.values[-1] == 0.0 and (sigmas.values[1:] < sigmas.values[:-1]).all()
+    _, history = node.optimise(MODEL, node.clean_data(None, MODEL))
+    assert len(history) == stages
+    for stage in history:
+        assert all(b <= a for a, b in zip(stage, stage[1:])) and stage[1] < stage[0]
+    assert torch.equal(node.run(MODEL, reference=MODEL).values, sigmas.values)
+    data = MODEL.sample(64, torch.Generator().manual_seed(0))
+    assert torch.equal(node.run(MODEL, data=data).values, sigmas.values)  # the same draws given as data
+
+
+def test_ays_optimize_needs_exactly_one_data_source():
+    with pytest.raises(NodeError, match="exactly one"):
+        AYSOptimize().run(MODEL)
+
+
+def test_ays_optimize_beats_its_karras_start_at_10_steps(heldout):
+    # measured (held-out mean L2): Euler 0.37 vs 0.43, DPM++ 2M 0.10 vs 0.57; Euler ancestral sliced W2
+    # (8192 samples) 0.21 vs 0.32, DPM++ 2M SDE 0.34 vs 0.72
+    ays = AYSOptimize(steps=10, particles=128).run(MODEL, reference=MODEL)
+    start = Karras(steps=10).run()
+    assert error(Euler(), ays, heldout) < 0.95 * error(Euler(), start, heldout)
+    assert error(Dpmpp2M(), ays, heldout) < 0.5 * error(Dpmpp2M(), start, heldout)
+    x = initial_noise(7, 4096, (2,), 80.0)
+    ref = MODEL.sample(4096, torch.Generator().manual_seed(3))
+
+    def sw(sigmas):
+        y = solve(EulerAncestral(), MODEL, x, sigmas, 0).double()
+        return sliced_wasserstein(y, ref, 256, torch.Generator().manual_seed(0))
+    assert sw(ays) < 0.85 * sw(start)

@@ -3,6 +3,7 @@
 
 def nodes() -> list[type]:
     from .ays import AlignYourSteps
+    from .ays_optimize import AYSOptimize
     from .beta import Beta
     from .concat import Concat
     from .ddim_uniform import DDIMUniform
@@ -29,6 +30,6 @@ def nodes() -> list[type]:
     model_free = [Karras, Exponential, Polyexponential, VP, KLOptimal, Laplace, LinearQuadratic, AlignYourSteps,
                   TimeShift, Manual]
     model_based = [UniformTimesteps, Simple, SGMUniform, DDIMUniform, Normal, Beta]
-    calibrated = [GITS]
+    calibrated = [GITS, AYSOptimize]
     sigma_ops = [SplitAtStep, SplitAtSigma, Flip, Concat, SetFirst, DenoiseStrength]
     return [*model_free, *model_based, *sigma_ops, *calibrated]
