@@ -14,6 +14,7 @@ from samplegraph.nodes.core.denoiser import CountingDenoiser
 from samplegraph.nodes.models.gmm import ModelGMM
 from samplegraph.nodes.samplers.dpmpp_2m import Dpmpp2M
 from samplegraph.nodes.samplers.euler import Euler
+from samplegraph.nodes.samplers.from_plan import FromPlan
 from samplegraph.nodes.samplers.heun import Heun
 from samplegraph.nodes.samplers.ipndm import Ipndm
 from samplegraph.nodes.samplers.plan_search import PlanSearch, SolverPlan
@@ -126,9 +127,15 @@ def test_plan_search_is_a_workflow_that_reproduces_its_error_exactly():
 def test_plan_search_beats_the_best_single_candidate_on_heldout_noise(nfe, heldout):
     # measured (held-out mean L2): search 0.18/0.15/0.10 vs best single candidate on Karras steps 0.60/0.73/0.19
     found = PlanSearch(nfe=nfe, particles=128, seed=1).run(MODEL, CANDIDATES)
-    x, calls = counted_solve(found.sampler, found.sigmas, heldout)
+    x, calls = counted_solve(FromPlan().run(found.plan, CANDIDATES), found.sigmas, heldout)
     assert calls <= nfe
     assert sample_error(x, heldout[1]) < 0.6 * best_single(nfe, heldout)
+
+
+def test_from_plan_rejects_candidates_the_plan_does_not_use():
+    plan = PlanSearch(nfe=4, rounds=0, particles=16).run(MODEL, [Heun()]).plan
+    with pytest.raises(NodeError, match="sampler.heun"):
+        FromPlan().run(plan, [Euler()])
 
 
 def test_plan_search_needs_a_candidate():

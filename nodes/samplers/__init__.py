@@ -19,6 +19,7 @@ def nodes() -> list[type]:
     from .er_sde import ErSde
     from .euler import Euler
     from .euler_ancestral import EulerAncestral
+    from .from_plan import FromPlan
     from .flow_sde import FlowSde
     from .ghvb import Ghvb
     from .hb import HeavyBall
@@ -39,5 +40,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    searched = [PlanSearch]  # configurations found on calibration trajectories
+    searched = [PlanSearch, FromPlan]  # configurations found on calibration trajectories
     return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *searched]

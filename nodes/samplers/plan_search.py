@@ -14,8 +14,9 @@ samples to a many-step Heun solve of the same initial noise (seed `seed`, as lat
   (1/2, then 1/4, ... as rounds go on) of the way to either neighbour (kept when the error drops).
 - Runs of equal choices form the segments of a sampler.plan (each segment restarts its sampler there,
   as sampler.plan runs it), so the configuration found IS a workflow: its SolverPlan lists the samplers
-  (kind and params), the switch steps and the sigmas for sampler.plan + schedule.manual, and the error
-  it reports is what that workflow gives on the same noise, bit for bit."""
+  (kind and params), the switch steps and the sigmas for sampler.plan + schedule.manual (or, inside the same
+  workflow, sampler.from_plan + the `sigmas` output), and the error it reports is what that workflow gives
+  on the same noise, bit for bit."""
 from __future__ import annotations
 
 import math
@@ -74,8 +75,7 @@ class SolverPlan:
 
 
 class PlanSearchResult(NamedTuple):
-    plan: SolverPlan  # the configuration as data
-    sampler: Sampler  # the same configuration, ready for `sample`
+    plan: SolverPlan  # the configuration as data; sampler.from_plan turns it into a Sampler
     sigmas: Sigmas
 
 
@@ -109,10 +109,9 @@ class PlanSearch(Calibrated):
             best = search.solver_round(best)
             best = search.time_round(best, 0.5 ** (r + 1))
         error, cfg, nfe = best
-        sampler, switch_at = assemble(samplers, cfg.choice)
-        plan = SolverPlan(tuple({"kind": samplers[k].__node_kind__, "params": samplers[k].model_dump(mode="json")}
-                                for k in segment_choices(cfg.choice)), switch_at, cfg.sigmas, error, nfe)
-        return PlanSearchResult(plan, sampler, Sigmas(torch.tensor(cfg.sigmas, dtype=torch.float64)))
+        plan = SolverPlan(tuple(describe(samplers[k]) for k in segment_choices(cfg.choice)),
+                          switch_points(cfg.choice), cfg.sigmas, error, nfe)
+        return PlanSearchResult(plan, Sigmas(torch.tensor(cfg.sigmas, dtype=torch.float64)))
 
     def karras(self, steps: int) -> Sigmas:
         return Karras(steps=steps, sigma_min=self.sigma_min, sigma_max=self.sigma_max).run()
@@ -130,7 +129,7 @@ class Search:
 
     def evaluate(self, cfg: Config) -> Result:
         """(error, cfg, NFE) of a configuration on the calibration batch."""
-        sampler, _ = assemble(self.samplers, cfg.choice)
+        sampler = assemble([self.samplers[k] for k in segment_choices(cfg.choice)], switch_points(cfg.choice))
         counted = CountingDenoiser(self.denoise)
         x = solve(sampler, counted, self.x, Sigmas(torch.tensor(cfg.sigmas, dtype=torch.float64)), self.p.seed)
         return sample_error(x, self.truth), cfg, counted.calls
@@ -178,10 +177,16 @@ def segment_choices(choice: tuple[int, ...]) -> list[int]:
     return [k for i, k in enumerate(choice) if i == 0 or choice[i - 1] != k]
 
 
-def assemble(samplers: list[Sampler], choice: tuple[int, ...]) -> tuple[Sampler, tuple[int, ...]]:
-    """The sampler of a per-step choice: the candidate itself for one segment, else a sampler.plan."""
-    switch_at = tuple(i for i in range(1, len(choice)) if choice[i] != choice[i - 1])
-    parts = [samplers[k] for k in segment_choices(choice)]
-    if not switch_at:
-        return parts[0], ()
-    return Plan(switch_at=list(switch_at)).run(parts), switch_at
+def switch_points(choice: tuple[int, ...]) -> tuple[int, ...]:
+    """The steps where the candidate changes (sampler.plan's switch_at)."""
+    return tuple(i for i in range(1, len(choice)) if choice[i] != choice[i - 1])
+
+
+def describe(sampler: Sampler) -> dict[str, Any]:
+    """A sampler as workflow data: its kind and parameters."""
+    return {"kind": sampler.__node_kind__, "params": sampler.model_dump(mode="json")}
+
+
+def assemble(parts: list[Sampler], switch_at: tuple[int, ...]) -> Sampler:
+    """The segments' samplers as one: the sampler itself for one segment, else a sampler.plan."""
+    return Plan(switch_at=list(switch_at)).run(parts) if switch_at else parts[0]
