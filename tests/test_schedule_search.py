@@ -12,6 +12,7 @@ from samplegraph import Runtime
 from samplegraph.graph.errors import NodeError
 from samplegraph.nodes.core.denoiser import CountingDenoiser
 from samplegraph.nodes.models.gmm import ModelGMM
+from samplegraph.nodes.samplers.adaptive_steps import AdaptiveSteps
 from samplegraph.nodes.samplers.dpmpp_2m import Dpmpp2M
 from samplegraph.nodes.samplers.euler import Euler
 from samplegraph.nodes.samplers.from_plan import FromPlan
@@ -193,3 +194,27 @@ def test_ays_optimize_beats_its_karras_start_at_10_steps(heldout):
         y = solve(EulerAncestral(), MODEL, x, sigmas, 0).double()
         return sliced_wasserstein(y, ref, 256, torch.Generator().manual_seed(0))
     assert sw(ays) < 0.85 * sw(start)
+
+
+def test_adaptive_steps_with_threshold_zero_is_euler_bit_for_bit(heldout):
+    sigmas = Karras(steps=12).run()
+    x, calls, per_particle = AdaptiveSteps(threshold=0.0, max_skip=1).solve(MODEL, heldout[0], sigmas)
+    # threshold 0 skips only where the third difference is exactly 0; max_skip 1 forces the next call anyway
+    assert calls <= 12 and int(per_particle.min()) >= 6
+    full, calls_full, pp_full = AdaptiveSteps(threshold=0.0, warmup=12).solve(MODEL, heldout[0], sigmas)
+    assert torch.equal(full, solve(Euler(), MODEL, heldout[0], sigmas, 0))
+    assert calls_full == 12 and (pp_full == 12).all()
+
+
+def test_adaptive_steps_spends_per_particle_calls_and_what_it_buys(heldout):
+    # measured on 20 Karras steps, threshold 0.05: 14.2 calls per particle on average (11 .. 16), error 0.353;
+    # uniform allocation at that mean (14 Karras steps) 0.290, so on model.gmm the skipping does NOT beat
+    # uniform allocation at equal mean NFE (the paper's claim is for SD-class image models); it matches a
+    # uniform schedule of ~12 steps (0.344 at 12, 0.383 at 11)
+    x, calls, per_particle = AdaptiveSteps(threshold=0.05).solve(MODEL, heldout[0], Karras(steps=20).run())
+    mean = float(per_particle.float().mean())
+    # 16 batched calls (steps where no particle called cost nothing), each on the rows that call
+    assert 12 < mean < 16 and int(per_particle.max()) - int(per_particle.min()) >= 3 and mean <= calls < 20
+    adaptive = sample_error(x, heldout[1])
+    assert adaptive < error(Euler(), Karras(steps=11).run(), heldout)
+    assert adaptive > error(Euler(), Karras(steps=round(mean)).run(), heldout)  # worse than uniform here

@@ -2,6 +2,7 @@
 
 
 def nodes() -> list[type]:
+    from .adaptive_steps import AdaptiveSteps
     from .ddim import Ddim
     from .ddpm import Ddpm
     from .deis import Deis
@@ -40,5 +41,5 @@ def nodes() -> list[type]:
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
-    searched = [PlanSearch, FromPlan]  # configurations found on calibration trajectories
+    searched = [PlanSearch, FromPlan, AdaptiveSteps]  # configurations found on calibration trajectories
     return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *searched]
