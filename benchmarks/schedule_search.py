@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.denoiser import CountingDenoiser, Denoiser
 from samplegraph.nodes.core.sampler import Sampler
 from samplegraph.nodes.core.sigmas import Sigmas
@@ -119,8 +120,8 @@ def schedule_rows(p: Problem) -> list[list[object]]:
 def ays_run(p: Problem, steps: int) -> Sigmas:
     node = p.ays.model_copy(update={"steps": steps})
     if p.ays_data is None:
-        return node.run(p.denoise, reference=p.denoise)
-    return node.run(p.denoise, data=p.ays_data)
+        return node.run(p.denoise, NodeContext.detached(), reference=p.denoise)
+    return node.run(p.denoise, NodeContext.detached(), data=p.ays_data)
 
 
 def plan_rows(p: Problem) -> tuple[list[list[object]], list[str]]:
@@ -128,7 +129,7 @@ def plan_rows(p: Problem) -> tuple[list[list[object]], list[str]]:
     search, single, found = [], [], []
     for nfe in NFES:
         t = time.perf_counter()
-        result = p.search.model_copy(update={"nfe": nfe}).run(p.denoise, CANDIDATES)
+        result = p.search.model_copy(update={"nfe": nfe}).run(p.denoise, CANDIDATES, NodeContext.detached())
         seconds = time.perf_counter() - t
         value, calls = p.error(FromPlan().run(result.plan, CANDIDATES), result.sigmas)
         search.append(value)

@@ -10,6 +10,7 @@ import torch
 
 from samplegraph import Runtime
 from samplegraph.graph.errors import NodeError
+from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.denoiser import CountingDenoiser
 from samplegraph.nodes.models.gmm import ModelGMM
 from samplegraph.nodes.samplers.adaptive_steps import AdaptiveSteps
@@ -28,6 +29,7 @@ from samplegraph.nodes.schedules.gits import GITS, dp_path
 from samplegraph.nodes.schedules.karras import Karras
 
 MODEL = ModelGMM().run()
+CTX = NodeContext.detached()
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +109,10 @@ def counted_solve(sampler, sigmas, heldout):
 
 
 def test_plan_search_is_a_workflow_that_reproduces_its_error_exactly():
-    found = PlanSearch(nfe=6, rounds=1, particles=64, seed=3).run(MODEL, CANDIDATES)
+    ctx = NodeContext.detached()
+    found = PlanSearch(nfe=6, rounds=1, particles=64, seed=3).run(MODEL, CANDIDATES, ctx)
     plan = found.plan
+    assert ctx.metrics["plan"] == plan.as_json()  # the run report carries the plan
     assert plan.nfe <= 6 and len(plan.sigmas) >= 2 and plan.sigmas[-1] == 0.0
     nodes = {"model": {"kind": "model.gmm", "params": {"preset": "ring"}}, **plan.workflow_nodes("found"),
              "noise": {"kind": "latent.noise", "params": {"batch": 64, "shape": [2]}, "inputs": {"sigmas": "found_sigmas"}},
@@ -120,28 +124,28 @@ def test_plan_search_is_a_workflow_that_reproduces_its_error_exactly():
     assert sample_error(result["sample"], truth) == plan.error
     assert {n.node: n.nfe for n in result.report.nodes}["sample"] == plan.nfe
     assert SolverPlan.cache_decode(*plan.cache_encode()) == plan
-    again = PlanSearch(nfe=6, rounds=1, particles=64, seed=3).run(MODEL, CANDIDATES).plan
+    again = PlanSearch(nfe=6, rounds=1, particles=64, seed=3).run(MODEL, CANDIDATES, CTX).plan
     assert again == plan
 
 
 @pytest.mark.parametrize("nfe", [5, 6, 8])
 def test_plan_search_beats_the_best_single_candidate_on_heldout_noise(nfe, heldout):
     # measured (held-out mean L2): search 0.18/0.15/0.10 vs best single candidate on Karras steps 0.60/0.73/0.19
-    found = PlanSearch(nfe=nfe, particles=128, seed=1).run(MODEL, CANDIDATES)
+    found = PlanSearch(nfe=nfe, particles=128, seed=1).run(MODEL, CANDIDATES, CTX)
     x, calls = counted_solve(FromPlan().run(found.plan, CANDIDATES), found.sigmas, heldout)
     assert calls <= nfe
     assert sample_error(x, heldout[1]) < 0.6 * best_single(nfe, heldout)
 
 
 def test_from_plan_rejects_candidates_the_plan_does_not_use():
-    plan = PlanSearch(nfe=4, rounds=0, particles=16).run(MODEL, [Heun()]).plan
+    plan = PlanSearch(nfe=4, rounds=0, particles=16).run(MODEL, [Heun()], CTX).plan
     with pytest.raises(NodeError, match="sampler.heun"):
         FromPlan().run(plan, [Euler()])
 
 
 def test_plan_search_needs_a_candidate():
     with pytest.raises(NodeError, match="samplers"):
-        PlanSearch().run(MODEL, [])
+        PlanSearch().run(MODEL, [], CTX)
 
 
 def test_ays_bound_matches_a_dense_integral():
@@ -163,27 +167,30 @@ def test_ays_bound_matches_a_dense_integral():
 @pytest.mark.parametrize("steps, subdivisions, stages", [(10, 0, 1), (9, 1, 2), (12, 2, 3), (4, 2, 2)])
 def test_ays_optimize_is_valid_reproducible_and_lowers_the_bound_every_sweep(steps, subdivisions, stages):
     node = AYSOptimize(steps=steps, subdivisions=subdivisions, particles=64, iterations=4)
-    sigmas = node.run(MODEL, reference=MODEL)
+    sigmas = node.run(MODEL, CTX, reference=MODEL)
     assert sigmas.steps == steps and sigmas.values[0] == 80.0 and sigmas.values[-2] == pytest.approx(0.002)
     assert sigmas.values[-1] == 0.0 and (sigmas.values[1:] < sigmas.values[:-1]).all()
+    ctx = NodeContext.detached()
+    node.run(MODEL, ctx, reference=MODEL)
     _, history = node.optimise(MODEL, node.clean_data(None, MODEL))
+    assert ctx.metrics["klub"] == history
     assert len(history) == stages
     for stage in history:
         assert all(b <= a for a, b in zip(stage, stage[1:])) and stage[1] < stage[0]
-    assert torch.equal(node.run(MODEL, reference=MODEL).values, sigmas.values)
+    assert torch.equal(node.run(MODEL, CTX, reference=MODEL).values, sigmas.values)
     data = MODEL.sample(64, torch.Generator().manual_seed(0))
-    assert torch.equal(node.run(MODEL, data=data).values, sigmas.values)  # the same draws given as data
+    assert torch.equal(node.run(MODEL, CTX, data=data).values, sigmas.values)  # the same draws given as data
 
 
 def test_ays_optimize_needs_exactly_one_data_source():
     with pytest.raises(NodeError, match="exactly one"):
-        AYSOptimize().run(MODEL)
+        AYSOptimize().run(MODEL, CTX)
 
 
 def test_ays_optimize_beats_its_karras_start_at_10_steps(heldout):
     # measured (held-out mean L2): Euler 0.37 vs 0.43, DPM++ 2M 0.10 vs 0.57; Euler ancestral sliced W2
     # (8192 samples) 0.21 vs 0.32, DPM++ 2M SDE 0.34 vs 0.72
-    ays = AYSOptimize(steps=10, particles=128).run(MODEL, reference=MODEL)
+    ays = AYSOptimize(steps=10, particles=128).run(MODEL, CTX, reference=MODEL)
     start = Karras(steps=10).run()
     assert error(Euler(), ays, heldout) < 0.95 * error(Euler(), start, heldout)
     assert error(Dpmpp2M(), ays, heldout) < 0.5 * error(Dpmpp2M(), start, heldout)

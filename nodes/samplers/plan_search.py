@@ -28,6 +28,7 @@ from pydantic import Field
 
 from ...graph.errors import NodeError
 from ..api import node
+from ..core.context import NodeContext
 from ..core.denoiser import CountingDenoiser, Denoiser
 from ..core.sampler import Sampler
 from ..core.sigmas import Sigmas
@@ -97,8 +98,8 @@ class PlanSearch(Calibrated):
     sigma_min: float = Field(0.002, gt=0, description="lowest level before the final 0 (start and search bound)")
     sigma_max: float = Field(80.0, gt=0)
 
-    def run(self, denoise: Denoiser, samplers: list[Sampler]) -> PlanSearchResult:
-        """The configuration of least calibration error within the NFE budget."""
+    def run(self, denoise: Denoiser, samplers: list[Sampler], ctx: NodeContext) -> PlanSearchResult:
+        """The configuration of least calibration error within the NFE budget (its JSON is in the run report)."""
         if not samplers:
             raise NodeError("sampler.plan_search: input 'samplers' needs at least one candidate sampler")
         x = self.noise(self.sigma_max)  # (N, ...)
@@ -111,6 +112,7 @@ class PlanSearch(Calibrated):
         error, cfg, nfe = best
         plan = SolverPlan(tuple(describe(samplers[k]) for k in segment_choices(cfg.choice)),
                           switch_points(cfg.choice), cfg.sigmas, error, nfe)
+        ctx.record(plan=plan.as_json())
         return PlanSearchResult(plan, Sigmas(torch.tensor(cfg.sigmas, dtype=torch.float64)))
 
     def karras(self, steps: int) -> Sigmas:

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from ...graph.errors import NodeError
 from ..api import node
+from ..core.context import NodeContext
 from ..core.denoiser import Denoiser, Distribution
 from ..core.noise import NoiseSource
 from ..core.sigmas import Sigmas
@@ -49,10 +50,12 @@ class AYSOptimize(Calibrated):
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0)
 
-    def run(self, denoise: Denoiser, data: torch.Tensor | None = None,
+    def run(self, denoise: Denoiser, ctx: NodeContext, data: torch.Tensor | None = None,
             reference: Distribution | None = None) -> Sigmas:
-        """The optimised levels, from a Karras (EDM) start, followed by sigma = 0."""
-        levels, _ = self.optimise(denoise, self.clean_data(data, reference))
+        """The optimised levels, from a Karras (EDM) start, followed by sigma = 0; the report holds the bound
+        per stage after every sweep."""
+        levels, history = self.optimise(denoise, self.clean_data(data, reference))
+        ctx.record(klub=history)
         return Sigmas(append_zero(levels))  # (steps + 1,)
 
     def clean_data(self, data: torch.Tensor | None, reference: Distribution | None) -> torch.Tensor:
