@@ -2,6 +2,7 @@
 
 
 def nodes() -> list[type]:
+    from .adaptive_steps import AdaptiveSteps
     from .amo import Amo
     from .ddim import Ddim
     from .ddpm import Ddpm
@@ -21,6 +22,7 @@ def nodes() -> list[type]:
     from .euler import Euler
     from .evodiff import EvoDiff
     from .euler_ancestral import EulerAncestral
+    from .from_plan import FromPlan
     from .flow_sde import FlowSde
     from .ghvb import Ghvb
     from .hb import HeavyBall
@@ -31,6 +33,7 @@ def nodes() -> list[type]:
     from .lcm import Lcm
     from .lms import Lms
     from .plan import Plan
+    from .plan_search import PlanSearch
     from .pndm import Pndm
     from .restart import Restart
     from .sa_solver import SaSolver
@@ -44,4 +47,5 @@ def nodes() -> list[type]:
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
     fast_ii = [SaSolver, Amo, Iia, IiaFit, EvoDiff]  # issue 14: SA-Solver, AMO, IIA, EVODiff
-    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii]
+    searched = [PlanSearch, FromPlan, AdaptiveSteps]  # configurations found on calibration trajectories
+    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii, *searched]

@@ -3,12 +3,14 @@
 
 def nodes() -> list[type]:
     from .ays import AlignYourSteps
+    from .ays_optimize import AYSOptimize
     from .beta import Beta
     from .concat import Concat
     from .ddim_uniform import DDIMUniform
     from .denoise_strength import DenoiseStrength
     from .exponential import Exponential
     from .flip import Flip
+    from .gits import GITS
     from .karras import Karras
     from .kl_optimal import KLOptimal
     from .laplace import Laplace
@@ -28,5 +30,6 @@ def nodes() -> list[type]:
     model_free = [Karras, Exponential, Polyexponential, VP, KLOptimal, Laplace, LinearQuadratic, AlignYourSteps,
                   TimeShift, Manual]
     model_based = [UniformTimesteps, Simple, SGMUniform, DDIMUniform, Normal, Beta]
+    calibrated = [GITS, AYSOptimize]
     sigma_ops = [SplitAtStep, SplitAtSigma, Flip, Concat, SetFirst, DenoiseStrength]
-    return [*model_free, *model_based, *sigma_ops]
+    return [*model_free, *model_based, *sigma_ops, *calibrated]
