@@ -1,7 +1,8 @@
-"""DC-Solver (sampler.dc_solver, sampler.dc_solver_calibrate): rho = 1 is UniPC bit for bit; the Lagrange
-compensation is exact on polynomials; calibration on a few model.gmm trajectories lowers the error to the
-exact ODE solution on them and on held-out starts; ratios are reproducible and JSON data; errors name the
-parameter."""
+"""DC-Solver (sampler.dc_solver, sampler.dc_solver_calibrate, sampler.dc_solver_regression): rho = 1 is
+UniPC bit for bit; the Lagrange compensation is exact on polynomials; calibration on a few model.gmm
+trajectories lowers the error to the exact ODE solution on them and on held-out starts; ratios are
+reproducible and JSON data; errors name the parameter; the cascade regression is exact on ratios of its
+own form."""
 import json
 
 import pytest
@@ -15,6 +16,7 @@ from samplegraph.nodes.core.sigmas import Sigmas
 from samplegraph.nodes.models.gmm import ModelGMM
 from samplegraph.nodes.samplers.dc_solver import CompensationRatios, DcSolver, lagrange_at
 from samplegraph.nodes.samplers.dc_solver_calibrate import DcSolverCalibrate
+from samplegraph.nodes.samplers.dc_solver_regression import DcSolverRegression
 from samplegraph.nodes.samplers.euler import Euler
 from samplegraph.nodes.samplers.unipc import UniPC
 from samplegraph.nodes.schedules.karras import Karras
@@ -92,3 +94,23 @@ def test_errors_name_the_parameter():
         DcSolverCalibrate().run(ModelGMM().run(), karras(5), start(2, 0), Euler())
     with pytest.raises(ValidationError, match="must contain 1"):
         DcSolverCalibrate(rho_min=1.1)
+
+
+def test_cascade_regression_recovers_ratios_of_its_own_form():
+    """Ratios that follow the cascade exactly (quadratic in step/NFE, coefficients quadratic in NFE/50) are
+    predicted exactly for an unseen NFE; the first two steps stay 1."""
+    def rho(step: int, nfe: int) -> float:
+        x, v = step / nfe, nfe / 50
+        return (1 + 0.1 * v - 0.2 * v ** 2) + (0.3 - 0.5 * v) * x + (-0.4 + 0.6 * v ** 2) * x ** 2
+
+    cals = [CompensationRatios(tuple(1.0 if s < 3 else rho(s, n) for s in range(1, n + 1)),
+                               tuple(karras(n).values.tolist())) for n in (5, 8, 12, 20)]
+    got = DcSolverRegression().run(cals, karras(10))
+    assert got.ratios[:2] == (1.0, 1.0) and got.sigmas == tuple(karras(10).values.tolist())
+    assert max(abs(g - rho(s, 10)) for s, g in enumerate(got.ratios[2:], start=3)) < 1e-12
+
+
+def test_cascade_regression_needs_three_step_counts():
+    cals = [CompensationRatios((1.0,) * n, tuple(karras(n).values.tolist())) for n in (5, 8)]
+    with pytest.raises(NodeError, match="at least 3 different step counts"):
+        DcSolverRegression().run(cals, karras(10))

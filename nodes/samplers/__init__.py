@@ -4,6 +4,7 @@
 def nodes() -> list[type]:
     from .dc_solver import DcSolver
     from .dc_solver_calibrate import DcSolverCalibrate
+    from .dc_solver_regression import DcSolverRegression
     from .ddim import Ddim
     from .ddpm import Ddpm
     from .deis import Deis
@@ -38,7 +39,7 @@ def nodes() -> list[type]:
     from .unipc import UniPC
 
     ode = [Euler, Heun, Dpm2, Lms, DpmSolver, DpmAdaptive, Dpmpp2M, Dpmpp2S, Dpmpp3M, Ipndm, Pndm]  # k-diffusion family
-    calibrated = [DpmSolverV3, DpmSolverV3Statistics, DcSolver, DcSolverCalibrate]  # solvers using statistics measured on the model
+    calibrated = [DpmSolverV3, DpmSolverV3Statistics, DcSolver, DcSolverCalibrate, DcSolverRegression]  # solvers using statistics measured on the model
     stochastic = [EulerAncestral, Dpm2Ancestral, Dpmpp2SAncestral, DpmppSde, Dpmpp2MSde, Dpmpp3MSde, Restart, ErSde]
     vp_family = [Ddim, Ddpm, UniPC, Deis, Lcm, FlowSde]  # DDIM/DDPM/UniPC/DEIS/LCM, flow-model SDE
     momentum = [HeavyBall, Ghvb]  # Wizadwongsa et al. 2023

@@ -8,7 +8,7 @@ advances with rho_i (the authors' search_dc). Steps before dc_order + 1 outputs 
 
 Departure: the authors run 40 AdamW steps (lr 0.1) on rho from 1 through autograd; here a bounded
 Brent search over [rho_min, rho_max] (scipy), which needs no gradient of the network and is
-deterministic. The cascade polynomial regression that predicts rho for unseen NFE is not built."""
+deterministic. The cascade polynomial regression for unseen NFE: sampler.dc_solver_regression."""
 from __future__ import annotations
 
 import torch
@@ -64,7 +64,8 @@ class DcSolverCalibrate(Node):
         return self
 
     def run(self, denoise: Denoiser, sigmas: Sigmas, latent: torch.Tensor, sampler: Sampler) -> CompensationRatios:
-        """Ratios (one per step of sigmas) for `sampler` (a sampler.dc_solver) from the trajectories of latent (B, ...)."""
+        """Ratios (one per step of sigmas) for `sampler` (a sampler.dc_solver) from the trajectories of
+        latent (B, ...)."""
         if not isinstance(sampler, DcSolver):
             raise NodeError(f"sampler.dc_solver_calibrate: input 'sampler' must be a sampler.dc_solver, got "
                             f"{type(sampler).__name__}")

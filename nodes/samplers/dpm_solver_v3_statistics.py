@@ -10,8 +10,8 @@ moments of (y, D - y, dD/dlambda) over the data batch, so s, b are closed-form r
 
 Departures (said in the README too): expectations are over the forward marginals of the data
 batch (x0 + sigma eps) rather than samples of the model's own ODE; the regression for s has a
-ridge term (ridge * the dimension-mean variance of f at that lambda, plus 1e-12 Var(y) against round-off) and |s| is clamped to
-`s_clamp`, which keeps small models stable where f barely varies (e.g. at low noise)."""
+ridge term (ridge * the dimension-mean variance of f at that lambda, plus 1e-12 Var(y) against
+round-off) and |s| is clamped to `s_clamp`, which keeps small models stable where f barely varies."""
 from __future__ import annotations
 
 import math

@@ -146,7 +146,8 @@ class EmsIntegrals:
             out.append(total if ri > a else -total)
         return torch.stack(out)
 
-    def _beta_at_nodes(self, a: float, nodes: torch.Tensor, starts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _beta_at_nodes(self, a: float, nodes: torch.Tensor, starts: torch.Tensor,
+                       weights: torch.Tensor) -> torch.Tensor:
         """beta at quadrature nodes (P, n): beta(piece start) + Gauss-Legendre from the start to each node."""
         shape = self.stats.b.shape[1:]
         ones = [1] * len(shape)
