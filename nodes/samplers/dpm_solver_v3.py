@@ -11,8 +11,9 @@ interpolant) or, `pseudo`, the Newton divided differences f[a..a_k] taken as Tay
 (the paper's pseudo-order, a lower-order but more stable estimate).
 
 Without statistics (l = 1, s = 0, b = 0) g = -D and the predictor of order p is the original
-DPM-Solver++ multistep (Lu et al. 2022b, `taylor` second order: the phi_2 weight h - 1 + e^{-h}), and
-for p = 3 UniPC's UniP-3: both identities are tested to round-off.
+DPM-Solver++ multistep (Lu et al. 2022b; second order: its `taylor` update, diffusers' 'heun'), tested to
+round-off; at p = 3 with the exact quadratic term 2 phi_3 D2 where the original and diffusers weight
+D2 by phi_3 (order 2 measured, see docs/ARCHITECTURE.md on dpmpp_3m).
 
 History, newest first: the sample the last predictor started from, then p past f values."""
 from __future__ import annotations
