@@ -67,8 +67,14 @@ class UniPC(Sampler):
                                     effective_order(last, state.sigmas, p, self.lower_order_final))
             x = torch.where(bcast(fix, x), corrected, x)  # (B, ...)
         order = effective_order(state.step, state.sigmas, p, self.lower_order_final)  # (B,)
+        m = self.compensated(state, m, past)  # (B, ...)
         x_next = self.update(x, m, past[:p - 1], None, sigma, state.sigma_next, older[:p - 1], order)
         return state.advance(x=x_next, denoised=x0, history=(x, m, *past[:-1]))
+
+    def compensated(self, state: State, m: torch.Tensor, past: list[torch.Tensor]) -> torch.Tensor:
+        """The output (B, ...) the predictor and the history use in place of m, the output at state.sigma
+        (after UniC used m); `past` as in `step`. m itself here; sampler.dc_solver's dynamic compensation."""
+        return m
 
     def update(self, x: torch.Tensor, m0: torch.Tensor, past: list[torch.Tensor], model_t: torch.Tensor | None,
                sigma: torch.Tensor, sigma_t: torch.Tensor, past_sigma: list[torch.Tensor],
