@@ -1,0 +1,7 @@
+"""Training-free acceleration nodes: region-adaptive sampling (RAS) and bottleneck sampling for the DiT."""
+
+
+def nodes() -> list[type]:
+    from .ras import ModelRAS
+
+    return [ModelRAS]
