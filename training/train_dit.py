@@ -26,7 +26,7 @@ from run import arguments, timed  # training/run.py: the scripts run from this f
 from train_digits import LABEL_DROPOUT, edm_loss, report
 
 from samplegraph.nodes.data.mnist import mnist_split
-from samplegraph.nodes.models.networks.dit import DiT, DiTConfig, save_dit
+from samplegraph.nodes.models.networks.dit import DiT, DiTConfig, resize, save_dit
 from samplegraph.nodes.models.networks.optim import warmup_cosine_adamw
 
 CONFIG = DiTConfig(shape=[28, 28], patch=4, width=96, depth=4, heads=4, mlp_ratio=2, classes=10, sigma_data=0.5)
@@ -36,18 +36,12 @@ LOWRES_EVERY = 4
 BATCH, LR, WARMUP, EMA = 128, 1e-3, 100, 0.995
 
 
-def downsample(x: torch.Tensor, side: int) -> torch.Tensor:
-    """Images (N, side, side) from x (N, H, W): bilinear with antialiasing (the bottleneck sampler's resize)."""
-    return torch.nn.functional.interpolate(x[:, None], size=(side, side), mode="bilinear", antialias=True,
-                                           align_corners=False)[:, 0]
-
-
 def train_dit(config: DiTConfig, steps: int, seed: int = 0) -> tuple[DiT, list[float]]:
     """EDM training of a DiT on the MNIST train split (and its 16 x 16 downsamples); returns the EMA network."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x, y = mnist_split("train")  # (4500, 28, 28), (4500,)
-    low = downsample(x, LOWRES)  # (4500, 16, 16)
+    low = resize(x, LOWRES)  # (4500, 16, 16)
     net, ema = DiT(config), DiT(config)
     ema.load_state_dict(net.state_dict())
     opt, sched = warmup_cosine_adamw(net, LR, steps, WARMUP)

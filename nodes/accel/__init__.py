@@ -2,6 +2,7 @@
 
 
 def nodes() -> list[type]:
+    from .bottleneck import SampleBottleneck
     from .ras import ModelRAS
 
-    return [ModelRAS]
+    return [ModelRAS, SampleBottleneck]

@@ -205,6 +205,15 @@ class DiT(torch.nn.Module):
         return run_blocks(self, x, t, label, skip)
 
 
+def resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Images (B, side, side) from x (B, H, W): bilinear, antialiased when shrinking. The DiT's low-resolution
+    view of a frame: training/train_dit.py trains on it and bottleneck sampling moves between resolutions with it."""
+    if x.shape[-2:] == (side, side):
+        return x
+    return torch.nn.functional.interpolate(x[:, None], size=(side, side), mode="bilinear",
+                                           antialias=side < max(x.shape[-2:]), align_corners=False)[:, 0]
+
+
 def save_dit(net: DiT, path: str | Path, extra: dict[str, Any] | None = None,
              dtype: torch.dtype = torch.float32) -> Path:
     """Write the state dict (in `dtype`) with the config (and `extra` notes) as JSON metadata."""
