@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from run import arguments, timed  # training/run.py: the scripts run from this folder
-from train_digits import LABEL_DROPOUT, edm_loss, report
+from train_digits import LABEL_DROPOUT, class_batch, edm_loss, report, update
 
 from samplegraph.nodes.data.mnist import mnist_split
 from samplegraph.nodes.models.networks.dit import DiT, DiTConfig, resize, save_dit
@@ -48,17 +48,9 @@ def train_dit(config: DiTConfig, steps: int, seed: int = 0) -> tuple[DiT, list[f
     losses = []
     for i in range(steps):
         data = low if i % LOWRES_EVERY == LOWRES_EVERY - 1 else x
-        idx = torch.randint(0, x.shape[0], (BATCH,), generator=gen)  # (B,)
-        drop = torch.rand(BATCH, generator=gen) < LABEL_DROPOUT  # (B,)
-        labels = torch.where(drop, torch.full_like(y[idx], config.classes), y[idx])  # (B,)
+        idx, labels = class_batch(y, BATCH, config.classes, gen)
         loss = edm_loss(net, data[idx], labels, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - EMA)
+        update(net, ema, opt, sched, loss, EMA)
         losses.append(float(loss.detach()))
     return ema, losses
 

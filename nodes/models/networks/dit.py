@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .blocks import run_blocks
 from .checkpoint import load_network, save_network
-from .embedding import class_embedding_row, time_class_embedding, time_frequencies
+from .embedding import add_time_class_layers, class_embedding_row, time_class_embedding
 
 EXAMPLE = '{"architecture": "dit", "shape": [28, 28], "patch": 4, "width": 96, "depth": 4, "heads": 4, "classes": 10}'
 
@@ -147,9 +147,7 @@ class DiT(torch.nn.Module):
         super().__init__()
         self.config = config
         d, p = config.width, config.patch
-        self.register_buffer("freqs", time_frequencies(d), persistent=False)
-        self.time = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.SiLU(), torch.nn.Linear(d, d))
-        self.label = torch.nn.Embedding(config.classes + 1, d) if config.classes else None
+        add_time_class_layers(self, d, config.classes)
         self.patchify = torch.nn.Linear(p * p, d)
         self.blocks = torch.nn.ModuleList(DiTBlock(d, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.final_norm = torch.nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)

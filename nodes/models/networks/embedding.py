@@ -37,3 +37,11 @@ def class_embedding_row(net: torch.nn.Module, label: int | None) -> torch.Tensor
 def time_frequencies(width: int) -> torch.Tensor:
     """(width/2,) sinusoid frequencies 1..100 (log-spaced) for the network time (about -2..1.5 for EDM's ln(sigma)/4)."""
     return torch.exp(torch.linspace(0.0, math.log(100.0), width // 2))
+
+
+def add_time_class_layers(net: torch.nn.Module, width: int, classes: int) -> None:
+    """Give `net` the layers the functions above read: `freqs` (a buffer), `time` (MLP width -> width) and
+    `label` (classes + 1 rows, or None without classes), created in this order (the init draws follow it)."""
+    net.register_buffer("freqs", time_frequencies(width), persistent=False)
+    net.time = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.SiLU(), torch.nn.Linear(width, width))
+    net.label = torch.nn.Embedding(classes + 1, width) if classes else None

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .blocks import run_blocks
 from .checkpoint import load_network, save_network
-from .embedding import class_embedding_row, time_class_embedding, time_frequencies
+from .embedding import add_time_class_layers, class_embedding_row, time_class_embedding
 
 EXAMPLE = '{"shape": [64], "hidden": 256, "layers": 3, "classes": 10}'
 
@@ -64,9 +64,7 @@ class MLPDenoiser(torch.nn.Module):
         super().__init__()
         self.config = config
         w, e = config.hidden, config.embedding
-        self.register_buffer("freqs", time_frequencies(e), persistent=False)
-        self.time = torch.nn.Sequential(torch.nn.Linear(e, e), torch.nn.SiLU(), torch.nn.Linear(e, e))
-        self.label = torch.nn.Embedding(config.classes + 1, e) if config.classes else None
+        add_time_class_layers(self, e, config.classes)
         self.inp = torch.nn.Linear(config.dim, w)
         self.blocks = torch.nn.ModuleList(Block(w, e) for _ in range(config.layers))
         self.out = torch.nn.Sequential(torch.nn.LayerNorm(w), torch.nn.SiLU(), torch.nn.Linear(w, config.dim))
