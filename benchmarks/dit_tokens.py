@@ -16,7 +16,8 @@ classifier equals the class asked for; cost = token-blocks computed / the plain 
 (RAS's TokenStats; bottleneck: pixels evaluated, proportional to tokens for a patch DiT); wall = seconds
 to sample every class once (best of REPEAT; 2-core machine shared with other jobs: indicative only).
 RAS: dense_calls 3 and dense_at [7, 13] at 18 steps (the authors' 4 of 30 and resets 12, 22, scaled).
-Rows at equal compute: plain Euler with the steps whose cost matches each method's (rounded).
+Rows at equal compute: plain Euler with the steps whose cost matches each method's (rounded; one row per
+step count). Bottleneck: stages of steps // 4, the rest, steps // 4 at sides 28, 16, 28, lift 1 / 1.5 / 2.
 Writes benchmarks/results/dit_tokens.md (--quick: dit_tokens_quick.md)."""
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from common import table
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 CLASSES, REPEAT = 10, 2
 RATIOS = (0.25, 0.5, 0.75)
+LIFTS = (1.0, 1.5, 2.0)  # bottleneck: re-noise to lift x the boundary sigma at each resolution change
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Row:
     wall: float
 
 
-def run_method(name: str, steps: int, per_class: int, method: str, ratio: float = 1.0) -> Row:
+def run_method(name: str, steps: int, per_class: int, method: str, ratio: float = 1.0, lift: float = 1.5) -> Row:
     """Sample every class with one method; FD, accuracy, cost and wall time."""
     model, classifier = ModelMnistDiT().run(), ModelMnistClassifier().run()
     sigmas = Karras(steps=steps, sigma_min=0.002, sigma_max=80.0).run()
@@ -75,7 +77,7 @@ def run_method(name: str, steps: int, per_class: int, method: str, ratio: float 
                 denoise = ModelRAS(ratio=ratio, dense_calls=3, dense_at=[7, 13] if steps >= 14 else []).run(cond)
             if method == "bottleneck":
                 low = steps - 2 * (steps // 4)
-                x = SampleBottleneck(sizes=[28, 16, 28], steps=[steps // 4, low, steps // 4]).run(
+                x = SampleBottleneck(sizes=[28, 16, 28], steps=[steps // 4, low, steps // 4], lift=lift).run(
                     denoise, sigmas, Euler(), latent, ctx)
                 computed += ctx.metrics["pixel_evaluations"]
                 dense += ctx.metrics["dense_pixel_evaluations"]
@@ -110,11 +112,15 @@ def main() -> None:
     steps, per_class = (6, 4) if args.quick else (args.steps, args.per_class)
     rows = [run_method("plain", steps, per_class, "plain")]
     rows += [run_method(f"RAS {r}", steps, per_class, "ras", r) for r in RATIOS]
-    rows.append(run_method("bottleneck 28-16-28", steps, per_class, "bottleneck"))
-    equal = []
+    rows += [run_method(f"bottleneck 28-16-28 lift {lift}", steps, per_class, "bottleneck", lift=lift)
+             for lift in LIFTS]
+    equal, seen = [], set()
     for r in rows[1:]:
+        if round(steps * r.cost) in seen:
+            continue
+        seen.add(round(steps * r.cost))
         matched = max(1, round(steps * r.cost))
-        equal.append(run_method(f"plain at {r.name}'s cost", matched, per_class, "plain"))
+        equal.append(run_method(f"plain at {r.name}'s cost ({matched} steps)", matched, per_class, "plain"))
     floor = run_method("plain, 1 step", 1, per_class, "plain")
     headers = ["method", "steps", "NFE", "cost", "FD_MNIST", "accuracy", "wall s", "speed-up"]
     base = rows[0].wall

@@ -26,6 +26,10 @@ from samplegraph.nodes.samplers.heun import Heun
 from samplegraph.nodes.schedules.karras import Karras
 
 PER_CLASS = 10
+# measured with the shipped weights (10 Heun steps, no CFG, 10 per class): accuracy 0.43, FD 36.7 against
+# 570 for a one-step sample; CFG 2 raises the accuracy to 0.75 (chance 0.1)
+ACCURACY_MIN = 0.3
+FD_MARGIN = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +112,8 @@ def test_mnist_classifier_is_accurate_on_held_out_and_its_fd_separates_real_from
     with safe_open(str(CLASSIFIER_WEIGHTS), framework="pt") as f:
         meta = json.loads(f.metadata()["training"])
     assert meta["heldout_accuracy"]["0.0"] == pytest.approx(accuracy, abs=1e-4)
-    train = DataMnist(split="train").run().images[:500]
+    train = DataMnist(split="train").run().images  # (4500, 28, 28) in file order, which is sorted by class
+    train = train[torch.randperm(4500, generator=torch.Generator().manual_seed(0))[:500]]
     noise = torch.rand(500, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     ctx = NodeContext.detached()
     real = FrechetDistance().run(train, held.images, ctx, classifier)
