@@ -17,7 +17,10 @@ The weights are written as float16 (loaders cast to float32). Deterministic: fix
 thread, float32 training. Run from the repository root:
     python training/train_dit.py [--steps N] [--out PATH]
 
-Measured here: see the report printed at the end (and the commit that shipped the weights)."""
+Measured here (1 thread, 2-core CPU shared with other jobs): 2400 steps in 508 s, final loss (mean of the
+last 500 steps, full and low resolution) 0.2315; 1.13 MB. 10 Heun steps, no CFG, 30 per class: 65% of the
+samples read as their class by model.mnist_classifier, FD_MNIST 15.3 against the held-out split (1600
+steps: loss 0.267, 46%, FD 34.6)."""
 from __future__ import annotations
 
 import torch
@@ -30,7 +33,7 @@ from samplegraph.nodes.models.networks.dit import DiT, DiTConfig, resize, save_d
 from samplegraph.nodes.models.networks.optim import warmup_cosine_adamw
 
 CONFIG = DiTConfig(shape=[28, 28], patch=4, width=96, depth=4, heads=4, mlp_ratio=2, classes=10, sigma_data=0.5)
-MODELS: dict[str, tuple[DiTConfig, int, str]] = {"main": (CONFIG, 1600, "mnist_dit.safetensors")}
+MODELS: dict[str, tuple[DiTConfig, int, str]] = {"main": (CONFIG, 2400, "mnist_dit.safetensors")}
 LOWRES = 16  # side of the low-resolution images (4 x 4 tokens of patch 4)
 LOWRES_EVERY = 4
 BATCH, LR, WARMUP, EMA = 128, 1e-3, 100, 0.995
