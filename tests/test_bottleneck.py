@@ -81,3 +81,11 @@ def test_plans_that_do_not_fit_are_refused(model):
         SampleBottleneck(sizes=[8, 16, 8], steps=[2, 2, 2]).run(model, sigmas, Euler(), latent(), ctx)
     with pytest.raises(ValueError, match="one step count per stage"):
         SampleBottleneck(sizes=[16, 8, 16], steps=[3, 3])
+
+
+def test_a_stateful_model_inside_is_refused_with_the_reason(model):
+    from samplegraph.nodes.accel.ras import ModelRAS
+    sigmas = Sigmas(Karras(steps=4, sigma_min=0.002, sigma_max=80.0).run().values)
+    with pytest.raises(NodeError, match="directly to 'sample'"):
+        SampleBottleneck(sizes=[16, 8, 16], steps=[1, 2, 1]).run(ModelRAS().run(model), sigmas, Euler(), latent(),
+                                                                  NodeContext.detached(seed=0))

@@ -112,3 +112,12 @@ def test_other_models_and_guidance_are_refused(model):
         ModelRAS().run(ModelMnist().run())
     with pytest.raises(NodeError, match="directly to 'sample'"):
         ModelRAS().run(model)(torch.zeros(1, 16, 16), torch.ones(1))
+
+
+def test_ratio_one_on_the_shipped_dit_is_its_plain_model():
+    from samplegraph.nodes.models.mnist_dit import ModelMnistDiT
+    cond = ModelCondition(label=8).run(ModelMnistDiT().run())
+    plain = sample(cond, n=3, steps=5, shape=(28, 28)).x
+    assert torch.equal(sample(ModelRAS(ratio=1.0).run(cond), n=3, steps=5, shape=(28, 28)).x, plain)
+    sparse = sample(ModelRAS(ratio=0.5, dense_calls=2).run(cond), n=3, steps=5, shape=(28, 28)).x
+    assert not torch.equal(sparse, plain) and torch.isfinite(sparse).all()

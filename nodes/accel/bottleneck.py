@@ -42,14 +42,11 @@ RHO = 7.0  # Karras et al. (2022): the spacing of the re-spaced stage schedules
 
 
 class PixelCounter(Denoiser):
-    """Counts per-sample pixels evaluated (rows x H x W per call) through the wrapped denoiser."""
+    """Counts per-sample pixels evaluated (rows x H x W per call) through the wrapped denoiser; stateless, so a
+    stateful model (model.ras, whose caches have one resolution) refuses to run inside sample.bottleneck."""
 
     def __init__(self, inner: Denoiser):
         self.inner, self.pixels = inner, 0
-
-    @property
-    def stateful(self) -> bool:
-        return self.inner.stateful
 
     def evaluations(self, sigma: torch.Tensor) -> int:
         return self.inner.evaluations(sigma)
