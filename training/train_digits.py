@@ -81,19 +81,30 @@ def train(config: MLPConfig, steps: int, batch: int = 256, lr: float = 2e-3, see
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     losses = []
     for i in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)  # (B,)
-        drop = torch.rand(batch, generator=gen) < LABEL_DROPOUT  # (B,)
-        labels = torch.where(drop, torch.full_like(y[idx], config.classes), y[idx])  # (B,)
+        idx, labels = class_batch(y, batch, config.classes, gen)
         loss = loss_fn(net, x[idx], labels, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - 0.999)
+        update(net, ema, opt, sched, loss, 0.999)
         losses.append(float(loss.detach()))
     return ema, losses
+
+
+def class_batch(y: torch.Tensor, batch: int, null: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random example indices (B,) into labels y (N,) and their labels (B,), LABEL_DROPOUT of them the null class."""
+    idx = torch.randint(0, y.shape[0], (batch,), generator=gen)  # (B,)
+    drop = torch.rand(batch, generator=gen) < LABEL_DROPOUT  # (B,)
+    return idx, torch.where(drop, torch.full_like(y[idx], null), y[idx])  # (B,), (B,)
+
+
+def update(net: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+           sched: torch.optim.lr_scheduler.LRScheduler, loss: torch.Tensor, decay: float) -> None:
+    """One optimiser and schedule step on `loss`, then the EMA of the weights (ema <- decay ema + (1 - decay) net)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - decay)
 
 
 def report(losses: list[float], seconds: float) -> float:

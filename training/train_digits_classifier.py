@@ -72,12 +72,13 @@ def labelled(split: str, minority: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return x, minority_levels(minority_score(model, x), edges)
 
 
-def train(config: ClassifierConfig, steps: int, batch: int = 256, lr: float = 2e-3,
-          seed: int = 0) -> tuple[ClassifierNet, list[float]]:
-    """AdamW (weight decay 1e-4) with cosine learning-rate decay; returns the final net in eval mode."""
+def train(config: ClassifierConfig, steps: int, batch: int = 256, lr: float = 2e-3, seed: int = 0,
+          data: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[ClassifierNet, list[float]]:
+    """AdamW (weight decay 1e-4) with cosine learning-rate decay on `data` (images (N, ...), labels (N,);
+    default the digits train split of the config's kind); returns the final net in eval mode."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x, y = labelled("train", config.classes != 10)
+    x, y = labelled("train", config.classes != 10) if data is None else data
     net = ClassifierNet(config)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
@@ -94,9 +95,11 @@ def train(config: ClassifierConfig, steps: int, batch: int = 256, lr: float = 2e
     return net.eval().requires_grad_(False), losses
 
 
-def heldout_accuracy(net: ClassifierNet) -> dict[float, float]:
-    """Held-out accuracy, per sigma of EVAL_SIGMAS for the noisy classifier (one fixed noise draw)."""
-    x, y = labelled("heldout", net.config.classes != 10)
+def heldout_accuracy(net: ClassifierNet, data: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> dict[float, float]:
+    """Held-out accuracy on `data` (default the digits held-out split), per sigma of EVAL_SIGMAS for the
+    noisy classifier (one fixed noise draw)."""
+    x, y = labelled("heldout", net.config.classes != 10) if data is None else data
     if not net.config.noisy:
         return {0.0: float((net(x).argmax(1) == y).float().mean())}
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(123))  # (N, 8, 8)

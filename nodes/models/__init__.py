@@ -12,9 +12,11 @@ def nodes() -> list[type]:
     from .gmm_classifier import ModelGMMClassifier
     from .gmm_condition import ModelGMMCondition
     from .mnist import ModelMnist
+    from .mnist_classifier import ModelMnistClassifier
+    from .mnist_dit import ModelMnistDiT
     from .safetensors_model import ModelSafetensors
     from .skip_blocks import ModelSkipBlocks
 
     return [ModelGMM, ModelCondition, ModelGMMCondition, ModelGMMClassifier, ModelSafetensors, ModelDigits,
             ModelDiffusers, ModelDigitsClassifier, ModelDigitsNoisyClassifier, ModelSkipBlocks, ModelMnist,
-            ModelDigitsMinorityClassifier]
+            ModelDigitsMinorityClassifier, ModelMnistDiT, ModelMnistClassifier]

@@ -13,6 +13,7 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from .labelled import Labelled
 from .networks.conditional import ConditionalNetwork
+from .networks.dit import DiT
 from .networks.mlp_denoiser import MLPDenoiser, load_mlp
 from .sampling import EDMSampling, RectifiedFlowSampling
 
@@ -38,8 +39,8 @@ def file_state(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def mlp_model(net: MLPDenoiser) -> ConditionalNetwork:
-    """The network as a Model (EDM or rectified flow, as its config says) bound to the null class
+def mlp_model(net: MLPDenoiser | DiT) -> ConditionalNetwork:
+    """The network (an MLP denoiser or a DiT: the same config fields) as a Model (EDM or rectified flow, as its config says) bound to the null class
     (model.condition binds a class)."""
     cfg = net.config
     if cfg.prediction == "flow":  # network time = flow time t in [0, 1]

@@ -116,9 +116,10 @@ class NoisyNetClassifier(NoisyClassifier):
         return self.net(x.to(dtype), sigma.to(dtype)).log_softmax(dim=1).to(x.dtype)  # (B, C)
 
 
-def save_classifier(net: ClassifierNet, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the state dict (float32) with the config (and `extra` notes) as JSON metadata."""
-    return save_network(net, net.config, path, extra)
+def save_classifier(net: ClassifierNet, path: str | Path, extra: dict[str, Any] | None = None,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """Write the state dict (in `dtype`; the loader casts to float32) with the config (and `extra`) as JSON metadata."""
+    return save_network(net, net.config, path, extra, dtype)
 
 
 def load_classifier(path: str | Path, config: dict[str, Any] | None = None) -> ClassifierNet:

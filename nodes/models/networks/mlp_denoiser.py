@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .blocks import run_blocks
 from .checkpoint import load_network, save_network
+from .embedding import add_time_class_layers, class_embedding_row, time_class_embedding
 
 EXAMPLE = '{"shape": [64], "hidden": 256, "layers": 3, "classes": 10}'
 
@@ -63,9 +64,7 @@ class MLPDenoiser(torch.nn.Module):
         super().__init__()
         self.config = config
         w, e = config.hidden, config.embedding
-        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(100.0), e // 2)), persistent=False)
-        self.time = torch.nn.Sequential(torch.nn.Linear(e, e), torch.nn.SiLU(), torch.nn.Linear(e, e))
-        self.label = torch.nn.Embedding(config.classes + 1, e) if config.classes else None
+        add_time_class_layers(self, e, config.classes)
         self.inp = torch.nn.Linear(config.dim, w)
         self.blocks = torch.nn.ModuleList(Block(w, e) for _ in range(config.layers))
         self.out = torch.nn.Sequential(torch.nn.LayerNorm(w), torch.nn.SiLU(), torch.nn.Linear(w, config.dim))
@@ -81,9 +80,7 @@ class MLPDenoiser(torch.nn.Module):
 
     def class_embedding(self, label: int | None) -> torch.Tensor:
         """The embedding (E,) added for `label` (None: the null class); `forward` also takes (B, E) of these."""
-        if self.label is None:
-            raise ValueError("this network has no class input (config classes = 0)")
-        return self.label.weight[self.config.classes if label is None else label].detach()  # (E,)
+        return class_embedding_row(self, label)  # (E,)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor,
               label: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,15 +88,7 @@ class MLPDenoiser(torch.nn.Module):
         for `label` (None = null class; an int tensor (B,) of labels or a float tensor (B, E) of class
         embeddings)."""
         b = x.shape[0]
-        angles = t.to(x.dtype)[:, None] * self.freqs.to(x.dtype)  # (B, E/2)
-        e = self.time(torch.cat([angles.cos(), angles.sin()], dim=1))  # (B, E)
-        if self.label is not None and isinstance(label, torch.Tensor) and label.is_floating_point():
-            e = e + label.to(x.dtype)  # (B, E) class embeddings given directly (CADS, guidance.cads)
-        elif self.label is not None:
-            null = self.config.classes
-            labels = torch.full((b,), null if label is None else label, device=x.device) \
-                if label is None or isinstance(label, int) else label.to(x.device)  # (B,)
-            e = e + self.label(labels.long()).to(x.dtype)  # (B, E)
+        e = time_class_embedding(self, t, label, b, x.dtype)  # (B, E)
         return self.inp(x.reshape(b, -1)), e  # (B, W), (B, E)
 
     def head(self, h: torch.Tensor, e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
