@@ -11,9 +11,9 @@ count whose measured sampling NFE (the sample node's count, batch 1 probe) fits 
 real run counted is shown where it differs, "n/a" where even the fewest steps need more.
 
 Models and quality (seed 0; class models: one run per class, workflow seed 1000 * 0 + class, pooled):
-- gmm: model.gmm (8-mode ring), float64, 256 particles; median distance to scipy's DOP853 (rtol = atol =
+- gmm: model.gmm (8-mode ring), float64, 512 particles; median distance to scipy's DOP853 (rtol = atol =
   1e-12) solution of the probability-flow ODE from the run's own sigmas[0] to 0.002, then D(x, 0.002);
-- digits: model.digits (shipped MLP) bound to each of the 10 classes, 50 samples each (500); FD in
+- digits: model.digits (shipped MLP) bound to each of the 10 classes, 100 samples each (1000); FD in
   model.digits_classifier features against the 300 held-out images (data.digits heldout);
 - dit: model.mnist_dit (class-conditional DiT), 10 classes x 20 samples (200); FD in model.mnist_classifier
   features against data.mnist heldout (500). FD from 200 samples is biased upward, equally for every row;
@@ -41,7 +41,7 @@ from samplegraph.runtime.api import Runtime
 
 from charts import line_chart
 from common import table
-from fast_core import (FAMILIES, ModelSpec, StepProbe, Entry, assemble, cost, load_entries, missing_kinds,
+from fast_core import (ENTRIES_DIR, FAMILIES, ModelSpec, StepProbe, Entry, assemble, cost, load_entries, missing_kinds,
                        slot_for)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +50,10 @@ BUDGETS = (5, 8, 10, 15, 20, 50)
 SEED = 0
 MNIST_REF = {"kind": "data.mnist", "params": {"split": "heldout"}}
 MODELS = {
-    "gmm": ModelSpec("gmm", {"kind": "model.gmm"}, ("model.gmm",), (2,), "float64", None, 256, 64,
+    "gmm": ModelSpec("gmm", {"kind": "model.gmm"}, ("model.gmm",), (2,), "float64", None, 512, 64,
                      "median error vs DOP853"),
     "digits": ModelSpec("digits", {"kind": "model.digits"}, ("model.digits", "model.digits_classifier"), (8, 8),
-                        "float32", 10, 50, 10, "FD_digits", "model.digits_classifier",
+                        "float32", 10, 100, 10, "FD_digits", "model.digits_classifier",
                         {"kind": "data.digits", "params": {"split": "heldout"}}),
     "dit": ModelSpec("dit", {"kind": "model.mnist_dit"}, ("model.mnist_dit", "model.mnist_classifier"), (28, 28),
                      "float32", 10, 20, 4, "FD_mnist", "model.mnist_classifier", MNIST_REF),
@@ -95,20 +95,24 @@ class Quality:
     """The model's quality figure of pooled samples: error to the ODE reference (gmm) or FD (images)."""
 
     def __init__(self, spec: ModelSpec, runtime: Runtime):
-        self.spec, self.runtime, self.refs = spec, runtime, {}
-        if spec.classifier is None:
+        self.spec, self.runtime, self.refs, self.classifier = spec, runtime, {}, None
+        if spec.reference is None:
             self.model = runtime.run({"version": 1, "nodes": {"m_model": spec.model}, "outputs": ["m_model"]})["m_model"]
             return
-        got = runtime.run({"version": 1, "nodes": {"ref": spec.reference, "clf": {"kind": spec.classifier}},
-                           "outputs": ["ref.images", "clf"]})
-        self.classifier = got["clf"]
+        nodes = {"ref": spec.reference} | ({"clf": {"kind": spec.classifier}} if spec.classifier else {})
+        got = runtime.run({"version": 1, "nodes": nodes, "outputs": ["ref.images", *(["clf"] if spec.classifier else [])]})
+        self.classifier = got["clf"] if spec.classifier else None
         self.reference = self.features(got["ref.images"])  # (M, F)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier features (N, F) float64, or the flattened pixels without a classifier."""
+        if self.classifier is None:
+            return x.reshape(x.shape[0], -1).to(torch.float64)
         return in_chunks(self.classifier.features, x, 512)  # (N, F) float64
 
     def __call__(self, samples: list[torch.Tensor], latents: list[torch.Tensor], sigma0: float) -> float:
-        if self.spec.classifier is not None:
+        """Error to the ODE reference of the same latent (no reference images), else FD to the reference."""
+        if self.spec.reference is not None:
             return frechet_distance(self.features(torch.cat(samples)), self.reference)
         x, out = latents[0].to(torch.float64), samples[0].to(torch.float64)  # (B, 2)
         key = (sigma0, x.shape[0])
@@ -223,6 +227,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the test)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--entries-dir", type=Path, default=ENTRIES_DIR, help="folder of the entry files")
     ap.add_argument("--dump", metavar="NAME", help="print the workflow of entry NAME (first model, budget, class)")
     return ap.parse_args()
 
@@ -239,7 +244,7 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     runtime = Runtime(device="cpu")
-    entries = load_entries()
+    entries = load_entries(args.entries_dir)
     if args.dump:
         print(dump(select(entries, list(FAMILIES), [args.dump])[0], MODELS[args.models[0]], args.nfe[0], runtime))
         return
