@@ -18,9 +18,10 @@ Models and quality (seed 0; class models: one run per class, workflow seed 1000 
 - dit: model.mnist_dit (class-conditional DiT), 10 classes x 20 samples (200); FD in model.mnist_classifier
   features against data.mnist heldout (500). FD from 200 samples is biased upward, equally for every row;
 - mnist (not default): model.mnist (the shipped MLP), sized and scored like dit.
-Sigmas: Karras rho 7 over 0.002 -> 80 unless an entry says otherwise. Wall: seconds summed over the
-nodes a row actually ran (all classes; models pre-loaded, model.* binding nodes aside; a calibration
-node cached across classes counts once), on a shared 2-core machine: indicative. --quick: gmm 64
+Sigmas: Karras rho 7 over 0.002 -> 80 unless an entry says otherwise. Wall: the sample node's seconds
+summed over a cell's runs (all classes); the other nodes that ran (calibration: schedule fits,
+statistics, searches; model.* loading and binding aside; cached ones count once) are summed per row
+apart. A shared 2-core machine: indicative. --quick: gmm 64
 particles, 10 samples per class (the test's size). Default full run (baselines + existing solvers on
 gmm, digits and dit) is sized for <= ~25 minutes on 2 cores.
 Writes benchmarks/results/fast.md, fast_<model>_nfe.png and fast_<model>_wall.png (--quick: fast_quick*)."""
@@ -72,6 +73,7 @@ class Cell:
     nfe: int = 0
     calibration_nfe: int = 0
     wall_s: float = 0.0
+    calibration_s: float = 0.0
     quality: float | None = None
     why: str = ""
 
@@ -135,15 +137,15 @@ def measure_cell(entry: Entry, spec: ModelSpec, probe: StepProbe, quality: Quali
     key = json.dumps(workflows[0], sort_keys=True)
     if key in done:
         return Cell(**{**done[key].__dict__, "budget": budget})
-    samples, latents, nfe, cal, wall, sigma0 = [], [], 0, 0, 0.0, 0.0
+    samples, latents, costs, sigma0 = [], [], [], 0.0
     for wf in workflows:
         result = runtime.run(wf)
-        c = cost(result)
-        nfe, cal, wall = max(nfe, c.nfe), cal + c.calibration_nfe, wall + c.wall_s
+        costs.append(cost(result))
         samples.append(result["sample"])
         latents.append(result["latent"])
-        sigma0 = float(result["sigmas"].values[0])
-    cell = Cell(budget, steps, nfe, cal, wall, quality(samples, latents, sigma0))
+        sigma0 = float(result[wf["outputs"][2]].values[0])
+    cell = Cell(budget, steps, max(c.nfe for c in costs), sum(c.calibration_nfe for c in costs),
+                sum(c.wall_s for c in costs), sum(c.calibration_s for c in costs), quality(samples, latents, sigma0))
     done[key] = cell
     return cell
 
@@ -170,8 +172,26 @@ def measure_model(spec: ModelSpec, entries: list[Entry], budgets: list[int], per
 
 
 def quality_table(res: ModelResult, budgets: list[int]) -> str:
-    rows = [[name, res.entries[name].family, *(c.text() for c in cells)] for name, cells in res.rows.items()]
-    return table(["method", "family", *[f"NFE {b}" for b in budgets]], rows)
+    rows = [[name, res.entries[name].family, *(c.text() for c in cells), f"{sum(c.calibration_s for c in cells):.3g}"]
+            for name, cells in res.rows.items()]
+    return table(["method", "family", *[f"NFE {b}" for b in budgets], "calibration s (row)"], rows)
+
+
+def versus_table(res: ModelResult, budgets: list[int]) -> str | None:
+    """Entries that name the entry they accelerate or refine: sampling wall speed-up and quality, cell by cell."""
+    rows = []
+    for name, cells in res.rows.items():
+        ref = res.entries[name].versus
+        if ref is None or ref not in res.rows:
+            continue
+        out = []
+        for c, r in zip(cells, res.rows[ref]):
+            ok = c.quality is not None and r.quality is not None and c.wall_s > 0
+            out.append(f"{r.wall_s / c.wall_s:.2f}x, {c.quality:.3g} vs {r.quality:.3g}" if ok else "-")
+        rows.append([name, ref, *out])
+    if not rows:
+        return None
+    return table(["method", "versus", *[f"NFE {b}: speed-up, quality vs its" for b in budgets]], rows)
 
 
 def best_table(res: ModelResult, budgets: list[int]) -> str:
@@ -267,11 +287,17 @@ def main() -> None:
         n_total = per_class * (spec.classes or 1)
         head = (f"## {name}\n\n{spec.quality}, {n_total} samples"
                 + (f" ({spec.classes} classes x {per_class})" if spec.classes else "")
-                + f"; cells: quality / wall s [measured sampling NFE where it differs from the budget] "
-                  f"(+calibration NFE); n/a: the fewest steps need more NFE.")
+                + f"; cells: quality / sampling wall s over all runs [measured sampling NFE where it differs from "
+                  f"the budget] (+NFE of calibration nodes, all runs); n/a: the fewest steps need more NFE; "
+                  f"calibration s: wall of the row's other nodes (schedule fits, statistics, searches), paid once "
+                  f"per distinct calibration.")
         not_here = [e.name for e in runnable if name not in e.models]
         body = [head, "", quality_table(res, args.nfe), "", f"Best configuration per NFE budget ({name}):", "",
                 best_table(res, args.nfe)]
+        versus = versus_table(res, args.nfe)
+        if versus:
+            body += ["", f"Versus the method each one accelerates or refines ({name}; sampling wall of the other / "
+                         f"this one, same budget):", "", versus]
         if not_here:
             body += ["", f"Not applicable to {name}: {', '.join(not_here)}."]
         body += [f"- {n}" for n in [*(f"{e}: {res.entries[e].note}" for e in res.rows if res.entries[e].note),

@@ -38,11 +38,12 @@ class Slot:
     label: int | None  # the class of this run (None: unconditional model)
     sigma_min: float
     sigma_max: float
+    shape: tuple[int, ...]  # one sample's shape (for calibration nodes that draw their own noise)
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One row: a named method whose fragment defines node "sigmas" and node "sample" (the samples)."""
+    """One row: a named method whose fragment defines node "sample" (the samples), its sigmas linked."""
 
     name: str
     family: Family
@@ -51,6 +52,7 @@ class Entry:
     models: tuple[str, ...] = MODEL_NAMES
     steps: Callable[[int], int | None] | None = None  # budget -> steps (None: infeasible); default: probed
     note: str = ""
+    versus: str | None = None  # the entry it accelerates or refines: compared cell by cell (wall, quality)
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,10 @@ def solver_fragment(slot: Slot, kind: str, params: dict[str, Any] | None = None,
 
 
 def solver_entry(name: str, family: Family, kind: str, params: dict[str, Any] | None = None,
-                 models: tuple[str, ...] = MODEL_NAMES, note: str = "") -> Entry:
+                 models: tuple[str, ...] = MODEL_NAMES, note: str = "", versus: str | None = None) -> Entry:
     """An entry for a solver node on Karras sigmas."""
-    return Entry(name, family, (kind,), lambda slot: solver_fragment(slot, kind, params), models, note=note)
+    return Entry(name, family, (kind,), lambda slot: solver_fragment(slot, kind, params), models, note=note,
+                 versus=versus)
 
 
 def load_entries(directory: Path = ENTRIES_DIR) -> list[Entry]:
@@ -127,46 +130,53 @@ def missing_kinds(kinds: Sequence[str], registry: Registry) -> list[str]:
 
 
 def assemble(entry: Entry, spec: ModelSpec, slot: Slot, batch: int, seed: int) -> dict[str, Any]:
-    """The runnable workflow of one (entry, model, steps, class) run; outputs sample, latent and sigmas."""
+    """The runnable workflow of one (entry, model, steps, class) run; outputs sample, latent and the sigmas
+    the sample node steps over (the latent is drawn at their first level)."""
     model_nodes, _ = spec.nodes(slot.label)
     fragment = entry.build(slot)
     clash = sorted(k for k in fragment if k in RESERVED or k.startswith("m_"))
-    if clash or "sample" not in fragment or "sigmas" not in fragment:
-        raise ValueError(f"entry '{entry.name}': its fragment must define nodes 'sigmas' and 'sample' and not "
-                         f"use the harness's ids {list(RESERVED)} or 'm_*'; got {sorted(fragment)}")
+    sigmas = fragment.get("sample", {}).get("inputs", {}).get("sigmas")
+    if clash or not isinstance(sigmas, str):
+        raise ValueError(f"entry '{entry.name}': its fragment must define node 'sample' with a 'sigmas' input link "
+                         f"and not use the harness's ids {list(RESERVED)} or 'm_*'; got {sorted(fragment)}")
     latent = {"kind": "latent.noise", "params": {"batch": batch, "shape": list(spec.shape), "dtype": spec.dtype},
-              "inputs": {"sigmas": "sigmas"}}
+              "inputs": {"sigmas": sigmas}}
     return {"version": 1, "seed": seed, "nodes": {**model_nodes, "latent": latent, **fragment},
-            "outputs": ["sample", "latent", "sigmas"]}
+            "outputs": ["sample", "latent", sigmas]}
 
 
 @dataclass(frozen=True)
 class Cost:
-    """One run's honest cost: the sample node's NFE, every other node's NFE, and the wall time worked."""
+    """One run's honest cost, from its report: the sample node's NFE and wall time (sampling), and the NFE and
+    wall time of every other node that actually ran (calibration: schedule / statistics / search nodes;
+    model loading and binding, model.*, aside; a node served from the cache costs nothing again)."""
 
     nfe: int
     calibration_nfe: int
     wall_s: float
+    calibration_s: float
 
 
 def cost(result: RunResult) -> Cost:
-    """From the run report: wall = nodes actually run (cache misses), model loading/binding (model.*) aside."""
     nodes = result.report.nodes
     sample = result.report.node("sample")
-    worked = [n for n in nodes if n.cache in ("miss", "uncached") and not n.kind.startswith("model.")]
-    return Cost(sample.nfe, sum(n.nfe for n in nodes) - sample.nfe, sum(n.wall_s for n in worked))
+    worked = [n for n in nodes if n.cache in ("miss", "uncached") and not n.kind.startswith("model.")
+              and n.node != "sample"]
+    return Cost(sample.nfe, sum(n.nfe for n in nodes) - sample.nfe, sample.wall_s, sum(n.wall_s for n in worked))
 
 
 def slot_for(spec: ModelSpec, steps: int, budget: int, label: int | None) -> Slot:
     _, denoise = spec.nodes(label)
-    return Slot(spec.name, steps, budget, denoise, "m_model", label, spec.sigma_min, spec.sigma_max)
+    return Slot(spec.name, steps, budget, denoise, "m_model", label, spec.sigma_min, spec.sigma_max, spec.shape)
 
 
 class StepProbe:
-    """The largest step count whose sampling NFE (measured on a batch of 1) fits a budget, per entry."""
+    """The largest step count whose sampling NFE (measured on a batch of 1) fits a budget, per entry. It runs
+    on its own Runtime, so what it caches (calibration nodes) is not served to, and free for, the real runs."""
 
     def __init__(self, runtime: Runtime, spec: ModelSpec, max_steps: int = 400):
-        self.runtime, self.spec, self.max_steps = runtime, spec, max_steps
+        self.runtime = Runtime(device=runtime.device, registry=runtime.registry)
+        self.spec, self.max_steps = spec, max_steps
         self.memo: dict[tuple[str, int], int | None] = {}
 
     def nfe(self, entry: Entry, steps: int) -> int | None:

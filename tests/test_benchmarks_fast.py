@@ -54,9 +54,9 @@ def test_quick_run_tables_nfe_accounting_and_skipped_entries(tmp_path):
     gmm, digits = after.split("## digits", 1)
     for section in (gmm, digits):
         header, rows = matrix(section, "| method |")
-        assert header == ["method", "family", *[f"NFE {b}" for b in BUDGETS]]
+        assert header == ["method", "family", *[f"NFE {b}" for b in BUDGETS], "calibration s (row)"]
         assert list(rows) == ["Euler", "Heun"]
-        cells = {name: [CELL.fullmatch(c) for c in v[1:]] for name, v in rows.items()}
+        cells = {name: [CELL.fullmatch(c) for c in v[1:-1]] for name, v in rows.items()}
         assert all(cells["Euler"]) and all(cells["Heun"]), rows
         assert all(m["nfe"] is None for m in cells["Euler"])  # one evaluation per step: exactly the budget
         heun = [int(m["nfe"] or b) for m, b in zip(cells["Heun"], BUDGETS)]
