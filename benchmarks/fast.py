@@ -20,10 +20,12 @@ Models and quality (seed 0; class models: one run per class, workflow seed 1000 
 - mnist (not default): model.mnist (the shipped MLP), sized and scored like dit.
 Sigmas: Karras rho 7 over 0.002 -> 80 unless an entry says otherwise. Wall: the sample node's seconds
 summed over a cell's runs (all classes); the other nodes that ran (calibration: schedule fits,
-statistics, searches; model.* loading and binding aside; cached ones count once) are summed per row
-apart. A shared 2-core machine: indicative. --quick: gmm 64
-particles, 10 samples per class (the test's size). Default full run (baselines + existing solvers on
-gmm, digits and dit) is sized for <= ~25 minutes on 2 cores.
+statistics, searches; model.* loading and binding aside) are summed per row apart; each row runs on
+its own Runtime, so it pays its own calibrations, once each where classes or budgets share one. A
+shared 2-core machine: indicative. --quick: gmm 64 particles, 10 samples per class (the test's size).
+Cost: gmm and digits take ~1 s per row (all budgets), ~1 minute for baselines + solvers; calibrated
+rows (schedule searches) add their calibration s. The dit model dominates; its 200 samples keep the
+whole default run near ~25 minutes on 2 cores (set --samples to trade accuracy of FD for time).
 Writes benchmarks/results/fast.md, fast_<model>_nfe.png and fast_<model>_wall.png (--quick: fast_quick*)."""
 from __future__ import annotations
 
@@ -153,15 +155,16 @@ def measure_cell(entry: Entry, spec: ModelSpec, probe: StepProbe, quality: Quali
 def measure_model(spec: ModelSpec, entries: list[Entry], budgets: list[int], per_class: int,
                   runtime: Runtime) -> ModelResult:
     res = ModelResult(spec)
-    runtime.run({"version": 1, "nodes": spec.nodes(None)[0], "outputs": ["m_model"]})  # load once
     probe, quality = StepProbe(runtime, spec), Quality(spec, runtime)
     for entry in entries:
         start = time.perf_counter()
         done: dict[str, Cell] = {}
         cells = []
+        own = Runtime(device=runtime.device, registry=runtime.registry)  # each row pays its own calibrations
+        own.run({"version": 1, "nodes": spec.nodes(None)[0], "outputs": ["m_model"]})
         for budget in budgets:
             try:
-                cells.append(measure_cell(entry, spec, probe, quality, runtime, budget, per_class, done))
+                cells.append(measure_cell(entry, spec, probe, quality, own, budget, per_class, done))
             except Exception as e:  # an entry under construction elsewhere must not sink the table
                 cells.append(Cell(budget, why="error"))
                 res.notes.append(f"{entry.name} at {budget} NFE failed: {type(e).__name__}: {str(e)[:300]}")

@@ -92,6 +92,15 @@ def karras(slot: Slot, steps: int | None = None, rho: float = 7.0) -> dict[str, 
                                                   "sigma_max": slot.sigma_max, "rho": rho}}
 
 
+def unconditional(slot: Slot) -> tuple[Nodes, str]:
+    """Nodes and link of the model's unconditional Denoiser (its null class; the model itself when it has no
+    classes): what a calibration fitted once per model, not per class, runs on (so all classes share it)."""
+    if slot.label is None:
+        return {}, slot.denoise
+    return {"cal_uncond": {"kind": "model.condition", "params": {"label": None},
+                           "inputs": {"model": slot.model_node}}}, "cal_uncond"
+
+
 def solver_fragment(slot: Slot, kind: str, params: dict[str, Any] | None = None,
                     sigmas: dict[str, Any] | None = None, denoise: str | None = None) -> Nodes:
     """sigmas (Karras by default) + the solver node + the sample node: a whole fragment for a plain solver."""
