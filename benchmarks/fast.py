@@ -44,7 +44,7 @@ from samplegraph.runtime.api import Runtime
 
 from charts import line_chart
 from common import table
-from fast_core import (ENTRIES_DIR, FAMILIES, ModelSpec, StepProbe, Entry, assemble, cost, load_entries, missing_kinds,
+from fast_core import (ENTRIES_DIR, FAMILIES, Cost, ModelSpec, StepProbe, Entry, assemble, cost, load_entries, missing_kinds,
                        slot_for)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,13 +78,14 @@ class Cell:
     calibration_s: float = 0.0
     quality: float | None = None
     why: str = ""
+    shown: str = ""  # the entry's `show` numbers, e.g. "rounds 7"
 
     def text(self) -> str:
         if self.quality is None:
             return self.why
         extra = "" if self.nfe == self.budget else f" [{self.nfe}]"
         extra += f" +{self.calibration_nfe} cal" if self.calibration_nfe else ""
-        return f"{self.quality:.3g} / {self.wall_s:.2g}s{extra}"
+        return f"{self.quality:.3g} / {self.wall_s:.2g}s{extra}" + (f" ({self.shown})" if self.shown else "")
 
 
 @dataclass
@@ -147,9 +148,20 @@ def measure_cell(entry: Entry, spec: ModelSpec, probe: StepProbe, quality: Quali
         latents.append(result["latent"])
         sigma0 = float(result[wf["outputs"][2]].values[0])
     cell = Cell(budget, steps, max(c.nfe for c in costs), sum(c.calibration_nfe for c in costs),
-                sum(c.wall_s for c in costs), sum(c.calibration_s for c in costs), quality(samples, latents, sigma0))
+                sum(c.wall_s for c in costs), sum(c.calibration_s for c in costs), quality(samples, latents, sigma0),
+                shown=shown(entry.show, costs))
     done[key] = cell
     return cell
+
+
+def shown(names: tuple[str, ...], costs: list[Cost]) -> str:
+    """'name mean' of each recorded number over the runs (classes), in the entry's order."""
+    parts = []
+    for name in names:
+        values = [c.recorded[name] for c in costs if isinstance(c.recorded.get(name), (int, float))]
+        if values:
+            parts.append(f"{name} {sum(values) / len(values):.3g}")
+    return ", ".join(parts)
 
 
 def measure_model(spec: ModelSpec, entries: list[Entry], budgets: list[int], per_class: int,

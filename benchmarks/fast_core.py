@@ -53,6 +53,7 @@ class Entry:
     steps: Callable[[int], int | None] | None = None  # budget -> steps (None: infeasible); default: probed
     note: str = ""
     versus: str | None = None  # the entry it accelerates or refines: compared cell by cell (wall, quality)
+    show: tuple[str, ...] = ()  # numbers the sample node records (ctx.record) to print in its cells (mean over runs)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def solver_entry(name: str, family: Family, kind: str, params: dict[str, Any] | 
 
 
 def load_entries(directory: Path = ENTRIES_DIR) -> list[Entry]:
-    """ENTRIES of every benchmarks/fast_entries/*.py (files starting with '_' excepted), in file order."""
+    """ENTRIES of every benchmarks/fast_entries/*.py (files starting with '_' excepted), by family."""
     entries: list[Entry] = []
     for path in sorted(directory.glob("*.py")):
         if path.name.startswith("_"):
@@ -127,6 +128,7 @@ def load_entries(directory: Path = ENTRIES_DIR) -> list[Entry]:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         entries += getattr(module, "ENTRIES")
+    entries.sort(key=lambda e: FAMILIES.index(e.family))  # baselines first; file order within a family
     names = [e.name for e in entries]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -164,6 +166,7 @@ class Cost:
     calibration_nfe: int
     wall_s: float
     calibration_s: float
+    recorded: dict[str, Any]  # what the sample node recorded (its report entry's metrics)
 
 
 def cost(result: RunResult) -> Cost:
@@ -171,7 +174,8 @@ def cost(result: RunResult) -> Cost:
     sample = result.report.node("sample")
     worked = [n for n in nodes if n.cache in ("miss", "uncached") and not n.kind.startswith("model.")
               and n.node != "sample"]
-    return Cost(sample.nfe, sum(n.nfe for n in nodes) - sample.nfe, sample.wall_s, sum(n.wall_s for n in worked))
+    return Cost(sample.nfe, sum(n.nfe for n in nodes) - sample.nfe, sample.wall_s, sum(n.wall_s for n in worked),
+                sample.metrics)
 
 
 def slot_for(spec: ModelSpec, steps: int, budget: int, label: int | None) -> Slot:
