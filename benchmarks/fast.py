@@ -132,6 +132,8 @@ class Quality:
 def measure_cell(entry: Entry, spec: ModelSpec, probe: StepProbe, quality: Quality, runtime: Runtime,
                  budget: int, per_class: int, done: dict[str, Cell]) -> Cell:
     """Run the entry at the budget for every class; identical workflows (another budget, same steps) reuse."""
+    if budget > entry.max_nfe.get(spec.name, budget):
+        return Cell(budget, why="not run (cost)")
     steps = probe.steps(entry, budget)
     if steps is None:
         return Cell(budget, why="n/a")
@@ -302,10 +304,10 @@ def main() -> None:
         n_total = per_class * (spec.classes or 1)
         head = (f"## {name}\n\n{spec.quality}, {n_total} samples"
                 + (f" ({spec.classes} classes x {per_class})" if spec.classes else "")
-                + f"; cells: quality / sampling wall s over all runs [measured sampling NFE where it differs from "
-                  f"the budget] (+NFE of calibration nodes, all runs); n/a: the fewest steps need more NFE; "
-                  f"calibration s: wall of the row's other nodes (schedule fits, statistics, searches), paid once "
-                  f"per distinct calibration.")
+                + "; cells: quality / sampling wall s over all runs [measured sampling NFE where it differs from "
+                  "the budget] (+NFE of calibration nodes, all runs); n/a: the fewest steps need more NFE; not run "
+                  "(cost): the entry's calibration is too costly at that budget here; calibration s: wall of the "
+                  "row's other nodes (schedule fits, statistics, searches), paid once per distinct calibration.")
         not_here = [e.name for e in runnable if name not in e.models]
         body = [head, "", quality_table(res, args.nfe), "", f"Best configuration per NFE budget ({name}):", "",
                 best_table(res, args.nfe)]

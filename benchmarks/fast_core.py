@@ -54,6 +54,7 @@ class Entry:
     note: str = ""
     versus: str | None = None  # the entry it accelerates or refines: compared cell by cell (wall, quality)
     show: tuple[str, ...] = ()  # numbers the sample node records (ctx.record) to print in its cells (mean over runs)
+    max_nfe: dict[str, int] = field(default_factory=dict)  # per model: budgets above are not run (calibration cost)
 
 
 @dataclass(frozen=True)
