@@ -111,6 +111,15 @@ class Quality:
         self.classifier = got["clf"] if spec.classifier else None
         self.reference = self.features(got["ref.images"])  # (M, F)
 
+    def floor(self, n: int) -> float | None:
+        """FD of n training images (seeded draw) against the reference: what real data scores (None for gmm)."""
+        if self.spec.reference is None:
+            return None
+        train = {**self.spec.reference, "params": {**self.spec.reference.get("params", {}), "split": "train"}}
+        x = self.runtime.run({"version": 1, "nodes": {"train": train}, "outputs": ["train.images"]})["train.images"]
+        pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(SEED))[:n]
+        return frechet_distance(self.features(x[pick]), self.reference)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Classifier features (N, F) float64, or the flattened pixels without a classifier."""
         if self.classifier is None:
@@ -307,7 +316,7 @@ def main() -> None:
             print(notes[-1], flush=True)
             continue
         try:  # registered is not enough: weights may be missing
-            Quality(spec, runtime)
+            scorer = Quality(spec, runtime)
             runtime.run({"version": 1, "nodes": spec.nodes(None)[0], "outputs": ["m_model"]})
         except SamplegraphError as e:
             notes.append(f"model {name}: could not be loaded: {str(e).splitlines()[0][:300]}")
@@ -318,8 +327,11 @@ def main() -> None:
         repeat = args.repeat or (1 if args.quick or spec.name in ("dit", "mnist") else 3)
         res = measure_model(spec, here, args.nfe, per_class, runtime, repeat)
         n_total = per_class * (spec.classes or 1)
-        head = (f"## {name}\n\n{spec.quality}, {n_total} samples, sampling wall the least of {repeat} run(s)"
+        floor = scorer.floor(n_total)
+        head = (f"## {name}\n\n{spec.quality}, {n_total} samples"
                 + (f" ({spec.classes} classes x {per_class})" if spec.classes else "")
+                + f", sampling wall the least of {repeat} run(s)"
+                + ("" if floor is None else f"; floor: {n_total} training images score {floor:.3g}")
                 + "; cells: quality / sampling wall s over all runs [measured sampling NFE where it differs from "
                   "the budget] (+NFE of calibration nodes, all runs); n/a: the fewest steps need more NFE; not run "
                   "(cost): the entry's calibration is too costly at that budget here; calibration s: wall of the "
