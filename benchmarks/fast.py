@@ -19,7 +19,8 @@ Models and quality (seed 0; class models: one run per class, workflow seed 1000 
   features against data.mnist heldout (500). FD from 200 samples is biased upward, equally for every row;
 - mnist (not default): model.mnist (the shipped MLP), sized and scored like dit.
 Sigmas: Karras rho 7 over 0.002 -> 80 unless an entry says otherwise. Wall: the sample node's seconds
-summed over a cell's runs (all classes), each the least of --repeat timing runs (3 on gmm and digits); the other nodes that ran (calibration: schedule fits,
+summed over a cell's runs (all classes), each the least of --repeat timing runs (3 on gmm and digits);
+the other nodes that ran (calibration: schedule fits,
 statistics, searches; model.* loading and binding aside) are summed per row apart; each row runs on
 its own Runtime, so it pays its own calibrations, once each where classes or budgets share one. A
 shared 2-core machine: indicative. --quick: gmm 64 particles, 10 samples per class (the test's size).
@@ -46,7 +47,8 @@ from samplegraph.runtime.api import Runtime
 
 from charts import line_chart
 from common import table
-from fast_core import (ENTRIES_DIR, FAMILIES, Cost, ModelSpec, StepProbe, Entry, assemble, cost, load_entries, missing_kinds,
+from fast_core import (ENTRIES_DIR, FAMILIES, Cost, ModelSpec, StepProbe, Entry, assemble, cost, load_entries,
+                       missing_kinds,
                        slot_for)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,10 +106,12 @@ class Quality:
     def __init__(self, spec: ModelSpec, runtime: Runtime):
         self.spec, self.runtime, self.refs, self.classifier = spec, runtime, {}, None
         if spec.reference is None:
-            self.model = runtime.run({"version": 1, "nodes": {"m_model": spec.model}, "outputs": ["m_model"]})["m_model"]
+            got = runtime.run({"version": 1, "nodes": {"m_model": spec.model}, "outputs": ["m_model"]})
+            self.model = got["m_model"]
             return
         nodes = {"ref": spec.reference} | ({"clf": {"kind": spec.classifier}} if spec.classifier else {})
-        got = runtime.run({"version": 1, "nodes": nodes, "outputs": ["ref.images", *(["clf"] if spec.classifier else [])]})
+        outputs = ["ref.images", *(["clf"] if spec.classifier else [])]
+        got = runtime.run({"version": 1, "nodes": nodes, "outputs": outputs})
         self.classifier = got["clf"] if spec.classifier else None
         self.reference = self.features(got["ref.images"])  # (M, F)
 

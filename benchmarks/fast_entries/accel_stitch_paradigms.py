@@ -11,7 +11,8 @@ SWITCH_SIGMA = 2.0
 
 def stitch(slot: Slot) -> dict:
     return {"ts_small_net": {"kind": "model.digits", "params": {"variant": "weak"}},
-            "ts_small": {"kind": "model.condition", "params": {"label": slot.label}, "inputs": {"model": "ts_small_net"}},
+            "ts_small": {"kind": "model.condition", "params": {"label": slot.label},
+                         "inputs": {"model": "ts_small_net"}},
             "stitched": {"kind": "model.stitch", "params": {"switch_sigma": SWITCH_SIGMA},
                          "inputs": {"small": "ts_small", "large": slot.denoise}},
             **solver_fragment(slot, "sampler.dpmpp_2m", denoise="stitched")}

@@ -24,10 +24,9 @@ def v3(slot: Slot) -> dict:
     nodes["solver"]["inputs"] = {"statistics": "v3_stats"}
     return {**cal, **nodes,
             "v3_data": {"kind": DATA[slot.model], "params": {"split": "train"}},
-            "v3_stats": {"kind": "sampler.dpm_solver_v3_statistics", "params": {"grid": 60, "samples": ems_samples(slot),
-                                                                                 "probes": 1,
-                                                                                 "sigma_min": slot.sigma_min,
-                                                                                 "sigma_max": slot.sigma_max},
+            "v3_stats": {"kind": "sampler.dpm_solver_v3_statistics",
+                         "params": {"grid": 60, "samples": ems_samples(slot), "probes": 1,
+                                    "sigma_min": slot.sigma_min, "sigma_max": slot.sigma_max},
                          "inputs": {"denoise": denoise, "data": "v3_data.images"}}}
 
 
@@ -40,7 +39,8 @@ def dc(slot: Slot) -> dict:
             "dc_noise": {"kind": "latent.noise", "params": {"batch": 4, "shape": list(slot.shape)},
                          "inputs": {"sigmas": "sigmas"}},
             "dc_ratios": {"kind": "sampler.dc_solver_calibrate", "params": {"substeps": 10},
-                          "inputs": {"denoise": denoise, "sigmas": "sigmas", "latent": "dc_noise", "sampler": "dc_base"}}}
+                          "inputs": {"denoise": denoise, "sigmas": "sigmas", "latent": "dc_noise",
+                                     "sampler": "dc_base"}}}
 
 
 V3 = ("sampler.dpm_solver_v3", "sampler.dpm_solver_v3_statistics")
@@ -49,9 +49,11 @@ ENTRIES = [
     Entry("DPM-Solver-v3 (order 2, no EMS)", "solver", V3[:1],
           lambda slot: solver_fragment(slot, "sampler.dpm_solver_v3", {"solver_order": 2}), IMAGES),
     Entry("DPM-Solver-v3 (order 2, EMS)", "solver", (*V3, "data.digits", "data.mnist"), v3, IMAGES,
-          versus="DPM-Solver-v3 (order 2, no EMS)", note="EMS once per model: grid 60, 128 (digits) / 32 (28x28) training images, 1 probe"),
+          versus="DPM-Solver-v3 (order 2, no EMS)",
+          note="EMS once per model: grid 60, 128 (digits) / 32 (28x28) training images, 1 probe"),
     Entry("DC-Solver base (UniPC-3, no calibration)", "solver", DC[:1],
           lambda slot: solver_fragment(slot, "sampler.dc_solver", {"solver_order": 3, "dc_order": 2}), IMAGES),
-    Entry("DC-Solver (UniPC-3, calibrated)", "solver", DC, dc, IMAGES, versus="DC-Solver base (UniPC-3, no calibration)",
+    Entry("DC-Solver (UniPC-3, calibrated)", "solver", DC, dc, IMAGES,
+          versus="DC-Solver base (UniPC-3, no calibration)",
           note="ratios per budget and class seed, 4 unconditional trajectories, 10 sub-steps"),
 ]

@@ -6,5 +6,6 @@ from fast_core import solver_entry
 ENTRIES = [
     solver_entry("SA-Solver (tau 1, p2 c2)", "solver", "sampler.sa_solver", {"tau": 1.0},
                  models=("digits", "dit", "mnist"), note="stochastic (tau 1): image models only"),
-    solver_entry("SA-Solver (tau 0, p2 c2)", "solver", "sampler.sa_solver", {"tau": 0.0}, versus="UniPC (bh2, order 2)"),
+    solver_entry("SA-Solver (tau 0, p2 c2)", "solver", "sampler.sa_solver", {"tau": 0.0},
+                 versus="UniPC (bh2, order 2)"),
 ]
