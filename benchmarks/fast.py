@@ -152,6 +152,8 @@ def measure_cell(entry: Entry, spec: ModelSpec, probe: StepProbe, quality: Quali
     if budget > entry.max_nfe.get(spec.name, budget):
         return Cell(budget, why="not run (cost)")
     steps = probe.steps(entry, budget)
+    if steps is None and probe.nfe(entry, 1) is None and probe.nfe(entry, 2) is None:
+        raise RuntimeError(f"its workflow does not run (probe): {probe.errors.get(entry.name, '?')}")
     if steps is None:
         return Cell(budget, why="n/a")
     workflows = [assemble(entry, spec, slot_for(spec, steps, budget, label), per_class,

@@ -192,6 +192,7 @@ class StepProbe:
         self.runtime = Runtime(device=runtime.device, registry=runtime.registry)
         self.spec, self.max_steps = spec, max_steps
         self.memo: dict[tuple[str, int], int | None] = {}
+        self.errors: dict[str, str] = {}  # entry name -> the last error its probe runs raised
 
     def nfe(self, entry: Entry, steps: int) -> int | None:
         """Sampling NFE at `steps` (None where the entry cannot run that many steps)."""
@@ -201,8 +202,9 @@ class StepProbe:
             wf = assemble(entry, self.spec, slot_for(self.spec, steps, 0, label), 1, 0)
             try:
                 self.memo[key] = cost(self.runtime.run(wf)).nfe
-            except SamplegraphError:
+            except SamplegraphError as e:
                 self.memo[key] = None
+                self.errors[entry.name] = f"{type(e).__name__}: {str(e)[:300]}"
         return self.memo[key]
 
     def steps(self, entry: Entry, budget: int) -> int | None:
