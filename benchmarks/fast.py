@@ -24,9 +24,10 @@ the other nodes that ran (calibration: schedule fits,
 statistics, searches; model.* loading and binding aside) are summed per row apart; each row runs on
 its own Runtime, so it pays its own calibrations, once each where classes or budgets share one. A
 shared 2-core machine: indicative. --quick: gmm 64 particles, 10 samples per class (the test's size).
-Cost: gmm and digits take ~1 s per row (all budgets), ~1 minute for baselines + solvers; calibrated
-rows (schedule searches) add their calibration s. The dit model dominates; its 200 samples keep the
-whole default run near ~25 minutes on 2 cores (set --samples to trade accuracy of FD for time).
+Cost: plain rows take ~5 s on gmm + digits (all budgets, 3 timing runs) and ~30 s on the DiT (200
+samples); calibrated rows add their calibration (DC-Solver 280 s on digits, hence digits only; AYS and
+plan search are capped by Entry.max_nfe). Measured on the shared 2-core machine: gmm + digits 16 minutes,
+the DiT about as long: over the ~25-minute target; --families / --entries / --samples trim it.
 Writes benchmarks/results/fast.md, fast_<model>_nfe.png and fast_<model>_wall.png (--quick: fast_quick*)."""
 from __future__ import annotations
 
