@@ -70,15 +70,15 @@ def karras(steps: int) -> torch.Tensor:
     return Karras(steps=steps + 1, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX).run().values[:-1]
 
 
-def reference(model, x: torch.Tensor) -> torch.Tensor:
-    """DOP853 solution of dx/dsigma = (x - D(x, sigma)) / sigma from SIGMA_MAX to SIGMA_MIN."""
+def reference(model, x: torch.Tensor, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
+    """DOP853 solution of dx/dsigma = (x - D(x, sigma)) / sigma from sigma_max to sigma_min."""
     b, d = x.shape
 
     def rhs(sigma: float, y: np.ndarray) -> np.ndarray:
         xs = torch.from_numpy(y).reshape(b, d)
         return ((xs - model(xs, torch.full((b,), sigma, dtype=F64))) / sigma).reshape(-1).numpy()
 
-    sol = solve_ivp(rhs, (SIGMA_MAX, SIGMA_MIN), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12, atol=1e-12)
+    sol = solve_ivp(rhs, (sigma_max, sigma_min), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12, atol=1e-12)
     return torch.from_numpy(sol.y[:, -1]).reshape(b, d)
 
 
