@@ -245,3 +245,16 @@ def test_matches_the_authors_sampler_up_to_their_trapezoids(gmm_statistics, kw):
                                  kw.get("corrector", True), kw.get("corrector_pseudo", False))
         gaps.append(float((ours - theirs).norm(dim=1).max()))
     assert gaps[0] < 0.02 and gaps[1] < 2e-3 and gaps[1] < gaps[0] / 4, gaps
+
+
+def test_statistics_of_a_network_with_fused_attention():
+    """The shipped DiT attends through scaled_dot_product_attention, whose fused CPU kernel has no double
+    backward (autograd.functional.jvp needs one): the statistics node computes them with the math kernel."""
+    from samplegraph.nodes.models.condition import ModelCondition
+    from samplegraph.nodes.models.mnist_dit import ModelMnistDiT
+
+    model = ModelCondition(label=3).run(ModelMnistDiT().run())
+    data = torch.rand(4, 28, 28, generator=torch.Generator().manual_seed(0))  # (4, 28, 28)
+    stats = DpmSolverV3Statistics(samples=4, grid=4, probes=1).run(model, data, NodeContext.detached(seed=0))
+    assert all(torch.isfinite(getattr(stats, name)).all() for name in ("l", "s", "b"))
+    assert stats.l.shape[1:] == (28, 28)

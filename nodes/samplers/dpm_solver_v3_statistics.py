@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field, model_validator
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...graph.errors import NodeError
 from ..api import Node, node
@@ -95,12 +96,16 @@ class DpmSolverV3Statistics(Node):
         with torch.no_grad():
             d = fn(y, lam_b)  # (n, ...)
         u = d - y  # dy/dlambda
-        _, dd = torch.autograd.functional.jvp(fn, (y, lam_b), (u, torch.ones_like(lam_b)))  # (n, ...)
         diag = torch.zeros(shape, dtype=F64, device=x0.device)
-        for k in range(self.probes):
-            v = ctx.noise.normal(particle, index, shape, slot=PROBE_SLOT + k, dtype=x0.dtype, device=x0.device).sign()
-            _, jv = torch.autograd.functional.jvp(lambda yy: fn(yy, lam_b), y, v)  # (n, ...)
-            diag += (v * jv).to(F64).mean(0) / self.probes
+        # autograd.functional.jvp differentiates twice (the double-backward trick); fused attention kernels
+        # (flash / memory-efficient, e.g. the DiT's) have no double backward, the math kernel has
+        with sdpa_kernel(SDPBackend.MATH):
+            _, dd = torch.autograd.functional.jvp(fn, (y, lam_b), (u, torch.ones_like(lam_b)))  # (n, ...)
+            for k in range(self.probes):
+                v = ctx.noise.normal(particle, index, shape, slot=PROBE_SLOT + k, dtype=x0.dtype,
+                                     device=x0.device).sign()
+                _, jv = torch.autograd.functional.jvp(lambda yy: fn(yy, lam_b), y, v)  # (n, ...)
+                diag += (v * jv).to(F64).mean(0) / self.probes
         z = torch.stack([y, u, dd], 1).to(F64)  # (n, 3, ...)
         second = (z[:, :, None] * z[:, None, :]).mean(0)  # (3, 3, ...)
         return diag.cpu(), z.mean(0).cpu(), second.cpu()
