@@ -105,11 +105,19 @@ def input_keys(keys: dict[str, str | None], rn: ResolvedNode) -> dict[str, str |
     return found
 
 
-def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
-            run: RunSettings) -> dict[tuple[str, str], Any]:
-    """Run `order`; return the values of the `wanted` links. Fills `report` as it goes."""
+def plan_keys(graph: ValidGraph, order: list[str], run: RunSettings) -> dict[str, str | None]:
+    """The keys a run uses: Merkle keys when it has a cache, else only the marks (nothing reads hashes)."""
     caching = run.memory is not None or run.disk is not None
-    keys = compute_keys(graph, order, run.seed) if caching else cacheable_marks(graph, order)
+    return compute_keys(graph, order, run.seed) if caching else cacheable_marks(graph, order)
+
+
+def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
+            run: RunSettings, keys: dict[str, str | None] | None = None) -> dict[tuple[str, str], Any]:
+    """Run `order` in this process; return the values of the `wanted` links. Fills `report` as it goes.
+
+    `keys` are the plan's keys when the caller computed them (a Backend's plan), else computed here."""
+    if keys is None:
+        keys = plan_keys(graph, order, run)
     nodes = graph.nodes
     remaining = consumer_counts(nodes[node_id] for node_id in order)
     keep = set(wanted)
