@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where nodes run: this process (default) or a Ray cluster (needs the ray extra)")
     sweep.add_argument("--address", help="Ray cluster address: 'auto' or HOST:PORT (default: start a local one)")
     sweep.add_argument("--parallel", type=int, default=0,
-                       help="grid points in flight at once (default: 1 locally, all of them on ray)")
+                       help="with --backend ray: grid points in flight at once (default: all of them)")
     sweep.add_argument("--out", type=Path, help="output folder (default: out/<workflow name>-sweep)")
     sweep.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N (default: auto)")
     sweep.add_argument("--cache-dir", type=Path, help=f"disk cache (default: {default_cache_dir()})")
@@ -249,18 +249,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import grid_points, label, parse_grids, run_sweep
 
     axes = parse_grids(args.grid)  # a bad --grid is reported before anything starts
-    if args.address is not None and args.backend != "ray":
-        raise WorkflowError([Problem("--address is for --backend ray")])
+    if args.backend != "ray" and (args.address is not None or args.parallel > 1):
+        raise WorkflowError([Problem("--address and --parallel are for --backend ray (local points run one after "
+                                     "the other, so each shared node is computed once)")])
     out = args.out or Path("out") / f"{args.workflow.stem}-sweep"
     backend = backend_named(args.backend, args.address)
     runtime = Runtime(device=args.device, cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
                       backend=backend)
     show = None if args.quiet else (lambda i, n, point: print(f"[{i + 1}/{n}] {label(point)}", file=sys.stderr))
-    parallel = args.parallel or (1 if args.backend == "local" else 0)
+    parallel = 1 if args.backend == "local" else (args.parallel or len(grid_points(axes)))
     try:
-        npoints = len(grid_points(axes))
         result = run_sweep(runtime, args.workflow, axes, out, overrides_of(args), args.outputs, args.seed,
-                           parallel=parallel or npoints, on_point=show)
+                           parallel=parallel, on_point=show)
     finally:
         backend.close()
     print(f"{len(result.rows)} grid points; {result.computed} nodes computed")

@@ -110,3 +110,13 @@ def test_grid_values_split_outside_brackets_and_strings():
     assert split_values('1,[2,3],"a,b",{"k":[1,2]}') == ["1", "[2,3]", '"a,b"', '{"k":[1,2]}']
     axis, = parse_grids(['noise.shape=[2],[3]'])
     assert axis.values == ([2], [3])
+
+
+def test_ray_only_flags_are_refused_on_the_local_backend(tmp_path, capsys):
+    from samplegraph.runtime.cli import main
+
+    wf_path = tmp_path / "wf.json"
+    wf_path.write_text(json.dumps(WF))
+    for flags in (["--address", "auto"], ["--parallel", "4"]):
+        assert main(["sweep", str(wf_path), "--grid", "sigmas.steps=4,8", "--no-cache", *flags]) == 2
+        assert "--address and --parallel are for --backend ray" in capsys.readouterr().err
