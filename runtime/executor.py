@@ -252,15 +252,18 @@ def call_node(rn: ResolvedNode, inputs: dict[str, Any], device: torch.device) ->
         result = rn.params.run(**inputs)
     except (RunCancelled, NodeRunError):
         raise
-    except NodeError as e:
-        raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
-    except SamplegraphError as e:
-        raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
     except Exception as e:
-        if (oom := out_of_memory(e, device)) is not None:
-            raise NodeRunError(rn.id, rn.spec.kind, oom) from e
-        raise NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}") from e
+        raise node_failure(rn, e, device) from e
     return check_outputs(rn, result)
+
+
+def node_failure(rn: ResolvedNode, e: Exception, device: torch.device) -> NodeRunError:
+    """The NodeRunError naming the node for an exception its run raised (an allocation failure says so)."""
+    if isinstance(e, SamplegraphError):  # NodeError and the other typed errors: their message as it is
+        return NodeRunError(rn.id, rn.spec.kind, str(e))
+    if (oom := out_of_memory(e, device)) is not None:
+        return NodeRunError(rn.id, rn.spec.kind, oom)
+    return NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}")
 
 
 ALLOC_FAILURES = ("DefaultCPUAllocator", "alloc_cpu", "CUDA out of memory", "can't allocate memory")

@@ -14,6 +14,7 @@ import torch
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
+from samplegraph.graph.errors import NodeRunError  # noqa: E402
 from samplegraph.runtime.api import Runtime  # noqa: E402
 from samplegraph.runtime.backends import RayBackend  # noqa: E402
 from samplegraph.runtime.backends.model_worker import chunks  # noqa: E402
@@ -89,3 +90,18 @@ def test_sigkill_of_a_model_worker_mid_call_is_retried_and_the_output_is_identic
     assert time.perf_counter() - start > 1.0
     assert torch.equal(result["r"]["sample"], local["sample"])
     assert worker_pids(backend)[0] != pids[0]  # the actor was restarted (max_restarts) and the call retried
+
+
+def test_a_failing_node_raises_its_located_error_and_is_not_remembered(backend, tmp_path):
+    wf = workflow(8, 4)
+    wf["nodes"]["noise"]["params"]["shape"] = [3]  # the ring is 2-d: the model node fails inside its task
+    local = pytest.raises(NodeRunError, Runtime(device="cpu", cache=False).run, wf).value
+    for b in (backend, RayBackend()):  # the sample split over the actors, and a plain node task (same cluster)
+        runtime = Runtime(device="cpu", cache_dir=tmp_path, backend=b)
+        with pytest.raises(NodeRunError) as first:
+            runtime.run(wf)
+        with pytest.raises(NodeRunError) as again:  # tried again, not a remembered failure
+            runtime.run(wf)
+        assert first.value.node == again.value.node == local.node == "sample"
+        assert str(first.value) == str(again.value) and "make the latent shape [2]" in str(first.value)
+    assert str(first.value) == str(local)  # the plain task: the very message of the local run

@@ -20,7 +20,7 @@ from ...nodes.core.denoiser import Denoiser
 from ...nodes.core.sampler import Sampler, run_steps
 from ...nodes.core.sigmas import Sigmas
 from ...nodes.samplers.sample import check_latent
-from ..executor import lookup, port_types_of, store
+from ..executor import lookup, node_failure, store
 from ..report import NodeReport, peak_rss_bytes
 from ..values import report_value
 
@@ -88,7 +88,10 @@ def split_sample_task(rn: ResolvedNode, key: str, settings: tuple, links: list[L
         model_ref = ray.put(model)
         calls = [w.sample.remote(model_key, [model_ref], sigmas, sampler, latent[off:off + n], off, run.seed)
                  for w, (off, n) in zip(workers, chunks(latent.shape[0], len(workers)))]
-        done = ray.get(calls)
+        try:
+            done = ray.get(calls)
+        except ray.exceptions.RayTaskError as e:  # the node's own error, located like a local run's
+            raise node_failure(rn, e.cause if isinstance(e.cause, Exception) else e, run.device) from None
         outputs, metrics = {"out": torch.cat([x for x, _ in done]).to(latent.device)}, {"workers": len(calls)}
         nfe, cache = max(n for _, n in done), "miss"
         store(rn, key, outputs, metrics, run)

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 import torch
 
-from ...graph.errors import RunCancelled
+from ...graph.errors import RunCancelled, SamplegraphError
 from ...graph.validate import Link, ResolvedNode, ValidGraph
 from ..cache import DiskCache
 from ..events import NodeFinished, NodeStarted, RunStarted
@@ -143,7 +143,7 @@ class RayBackend(Backend):
                 entry = run_node(rn, None, vals, run)
             else:
                 out_ref, entry_ref = refs[node_id]
-                entry = ray.get(entry_ref)
+                entry = self.report_of(keys[node_id], entry_ref)
                 if node_id not in mine:  # another run submitted this key: its work is shared, not redone
                     entry = replace(entry, cache="memory", wall_s=0.0, nfe=0)
                 if any(link.node == node_id for link in needed):
@@ -153,6 +153,16 @@ class RayBackend(Backend):
             if emit is not None:
                 emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
         return {(link.node, link.port): vals[link] for link in wanted}
+
+    def report_of(self, key: str, entry_ref: ray.ObjectRef) -> NodeReport:
+        """The task's NodeReport; a failed node is forgotten (a later run tries it again) and its own typed
+        error (NodeRunError naming the node) is raised, not Ray's wrapper."""
+        try:
+            return ray.get(entry_ref)
+        except ray.exceptions.RayTaskError as e:
+            with self._lock:
+                self._refs.pop(key, None)
+            raise (e.cause if isinstance(e.cause, SamplegraphError) else e) from None
 
     def forget(self) -> None:
         """Drop the driver's table of submitted keys (their objects leave the object store)."""
