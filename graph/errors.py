@@ -51,8 +51,11 @@ class NodeRunError(SamplegraphError):
     """A node failed while running; names the node id and kind."""
 
     def __init__(self, node: str, kind: str, message: str):
-        self.node, self.kind = node, kind
+        self.node, self.kind, self.detail = node, kind, message
         super().__init__(f"node '{node}' ({kind}): {message}")
+
+    def __reduce__(self) -> tuple:  # pickled whole (a Ray task's error reaches the driver as raised)
+        return type(self), (self.node, self.kind, self.detail)
 
 
 class RunCancelled(SamplegraphError):

@@ -17,10 +17,11 @@ from ..graph.errors import Problem, RunCancelled, SamplegraphError, WorkflowErro
 from ..graph.validate import Link, ValidGraph, execution_order, resolve_port, validate, validate_document
 from ..graph.workflow import Workflow, parse_link
 from ..nodes.api import Node, Registry
+from .backends import Backend, LocalBackend
 from .cache import DiskCache, MemoryCache
 from .devices import resolve_device
 from .events import Event, RunFinished
-from .executor import RunSettings, execute
+from .executor import RunSettings, plan_keys
 from .preflight import preflight
 from .report import RunReport
 
@@ -52,12 +53,14 @@ class RunResult:
 
 
 class Runtime:
-    """Runs workflows: validation, pruning, caching (memory + optional disk), devices, events."""
+    """Runs workflows: validation, pruning, caching (memory + optional disk), devices, events;
+    `backend` decides where the nodes run (default: `LocalBackend`, this process)."""
 
     def __init__(self, device: str | torch.device = "auto", cache_dir: str | Path | None = None,
                  memory_cache_bytes: int = 2 << 30, disk_cache_bytes: int = 10 << 30,
                  registry: Registry | None = None, nodes: Iterable[type[Node]] = (),
-                 cache: bool = True):
+                 cache: bool = True, backend: Backend | None = None):
+        self.backend = backend if backend is not None else LocalBackend()  # where nodes run (runtime/backends)
         self.device = resolve_device(device)
         base = registry if registry is not None else Registry.default()
         self.registry = base.extended(nodes) if nodes else base
@@ -99,7 +102,8 @@ class Runtime:
                                is_cancelled=(lambda: cancel.cancelled) if cancel else (lambda: False))
         start = time.perf_counter()
         try:
-            produced = execute(graph, order, wanted, report, settings)
+            produced = self.backend.execute(graph, order, plan_keys(graph, order, settings), wanted, report,
+                                            settings)
             report.status = "ok"
         except (RunCancelled, KeyboardInterrupt):
             save_partial(report, "cancelled", start, out_dir)

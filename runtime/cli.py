@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..graph.errors import NodeRunError, RunCancelled, SamplegraphError, WorkflowError
+from ..graph.errors import NodeRunError, Problem, RunCancelled, SamplegraphError, WorkflowError
 from ..graph.render import to_dot, to_mermaid
 from ..graph.schema import workflow_schema
 from ..graph.workflow import Workflow, parse_override, suggest
@@ -58,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPU threads for torch: a positive integer, or 'auto' (the default): one per core that "
                           "other processes leave free when the run starts (busy cores make torch's threads wait "
                           "for each other; see benchmarks/threads.py)")
+
+    sweep = add("sweep", help="run the cartesian product of parameter grids; one results table and a plot")
+    sweep.add_argument("workflow", type=Path)
+    sweep.add_argument("--grid", action="append", default=[], metavar="NODE.PARAM=V1,V2,...",
+                       help="one sweep axis (values parsed as JSON each, else strings); repeatable: the product runs")
+    add_set(sweep)
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="where nodes run: this process (default) or a Ray cluster (needs the ray extra)")
+    sweep.add_argument("--address", help="Ray cluster address: 'auto' or HOST:PORT (default: start a local one)")
+    sweep.add_argument("--parallel", type=int, default=0,
+                       help="with --backend ray: grid points in flight at once (default: all of them)")
+    sweep.add_argument("--out", type=Path, help="output folder (default: out/<workflow name>-sweep)")
+    sweep.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N (default: auto)")
+    sweep.add_argument("--cache-dir", type=Path, help=f"disk cache (default: {default_cache_dir()})")
+    sweep.add_argument("--no-cache", action="store_true",
+                       help="no disk cache (the memory cache still shares a sweep's common nodes)")
+    sweep.add_argument("--seed", type=int, help="override the workflow's seed")
+    sweep.add_argument("--output", action="append", dest="outputs", help="compute only this output (repeatable)")
+    sweep.add_argument("--quiet", action="store_true", help="no per-point lines on stderr")
 
     val = add("validate", help="report every problem of a workflow")
     val.add_argument("workflow", type=Path)
@@ -224,6 +243,32 @@ def show_generations(gens: Any) -> str:
     return "\n".join(lines)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .api import Runtime
+    from .backends import backend_named
+    from .sweep import grid_points, label, parse_grids, run_sweep
+
+    axes = parse_grids(args.grid)  # a bad --grid is reported before anything starts
+    if args.backend != "ray" and (args.address is not None or args.parallel > 1):
+        raise WorkflowError([Problem("--address and --parallel are for --backend ray (local points run one after "
+                                     "the other, so each shared node is computed once)")])
+    out = args.out or Path("out") / f"{args.workflow.stem}-sweep"
+    backend = backend_named(args.backend, args.address)
+    runtime = Runtime(device=args.device, cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+                      backend=backend)
+    show = None if args.quiet else (lambda i, n, point: print(f"[{i + 1}/{n}] {label(point)}", file=sys.stderr))
+    parallel = 1 if args.backend == "local" else (args.parallel or len(grid_points(axes)))
+    try:
+        result = run_sweep(runtime, args.workflow, axes, out, overrides_of(args), args.outputs, args.seed,
+                           parallel=parallel, on_point=show)
+    finally:
+        backend.close()
+    print(f"{len(result.rows)} grid points; {result.computed} nodes computed")
+    for path in result.table_paths + ([result.plot_path] if result.plot_path else []):
+        print(f"wrote {os.path.relpath(path)}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .api import Runtime
 
@@ -307,7 +352,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "schema": cmd_schema,
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "nodes": cmd_nodes, "schema": cmd_schema,
             "graph": cmd_graph}
 
 

@@ -105,11 +105,19 @@ def input_keys(keys: dict[str, str | None], rn: ResolvedNode) -> dict[str, str |
     return found
 
 
-def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
-            run: RunSettings) -> dict[tuple[str, str], Any]:
-    """Run `order`; return the values of the `wanted` links. Fills `report` as it goes."""
+def plan_keys(graph: ValidGraph, order: list[str], run: RunSettings) -> dict[str, str | None]:
+    """The keys a run uses: Merkle keys when it has a cache, else only the marks (nothing reads hashes)."""
     caching = run.memory is not None or run.disk is not None
-    keys = compute_keys(graph, order, run.seed) if caching else cacheable_marks(graph, order)
+    return compute_keys(graph, order, run.seed) if caching else cacheable_marks(graph, order)
+
+
+def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: RunReport,
+            run: RunSettings, keys: dict[str, str | None] | None = None) -> dict[tuple[str, str], Any]:
+    """Run `order` in this process; return the values of the `wanted` links. Fills `report` as it goes.
+
+    `keys` are the plan's keys when the caller computed them (a Backend's plan), else computed here."""
+    if keys is None:
+        keys = plan_keys(graph, order, run)
     nodes = graph.nodes
     remaining = consumer_counts(nodes[node_id] for node_id in order)
     keep = set(wanted)
@@ -244,15 +252,18 @@ def call_node(rn: ResolvedNode, inputs: dict[str, Any], device: torch.device) ->
         result = rn.params.run(**inputs)
     except (RunCancelled, NodeRunError):
         raise
-    except NodeError as e:
-        raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
-    except SamplegraphError as e:
-        raise NodeRunError(rn.id, rn.spec.kind, str(e)) from e
     except Exception as e:
-        if (oom := out_of_memory(e, device)) is not None:
-            raise NodeRunError(rn.id, rn.spec.kind, oom) from e
-        raise NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}") from e
+        raise node_failure(rn, e, device) from e
     return check_outputs(rn, result)
+
+
+def node_failure(rn: ResolvedNode, e: Exception, device: torch.device) -> NodeRunError:
+    """The NodeRunError naming the node for an exception its run raised (an allocation failure says so)."""
+    if isinstance(e, SamplegraphError):  # NodeError and the other typed errors: their message as it is
+        return NodeRunError(rn.id, rn.spec.kind, str(e))
+    if (oom := out_of_memory(e, device)) is not None:
+        return NodeRunError(rn.id, rn.spec.kind, oom)
+    return NodeRunError(rn.id, rn.spec.kind, f"internal error: {type(e).__name__}: {e}")
 
 
 ALLOC_FAILURES = ("DefaultCPUAllocator", "alloc_cpu", "CUDA out of memory", "can't allocate memory")

@@ -1,0 +1,105 @@
+"""ModelWorker: a Ray actor that keeps Denoisers resident and serves batched sampling calls, and the
+task that splits one `sample` node's batch across such workers.
+
+Counter-based noise draws the same noise for the same (particle id, step, slot) however the batch is
+cut, so each chunk is started with its global particle ids (`offset + arange(n)`) and the concatenated
+chunks equal the single-process `sample` bit for bit (tests/test_ray_backend.py checks it)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from ...graph.validate import Link, ResolvedNode
+from ...nodes.core.context import NodeContext
+from ...nodes.core.denoiser import Denoiser
+from ...nodes.core.sampler import Sampler, run_steps
+from ...nodes.core.sigmas import Sigmas
+from ...nodes.samplers.sample import check_latent
+from ..executor import lookup, node_failure, store
+from ..report import NodeReport, peak_rss_bytes
+from ..values import report_value
+
+
+@ray.remote
+class ModelWorker:
+    """One per GPU (`num_gpus=1, num_cpus=0`; logical GPUs in tests). Models stay loaded between calls,
+    by their Merkle key; a restarted worker (max_restarts) loads them again on its next call."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, Denoiser] = {}
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def resident(self) -> list[str]:
+        return list(self.models)
+
+    def sample(self, model_key: str, boxed_model: list[ray.ObjectRef], sigmas: Sigmas, sampler: Sampler,
+               latent: torch.Tensor, offset: int, seed: int) -> tuple[torch.Tensor, int]:
+        """The sample node on particles offset..offset+n-1 of its batch: final x (n, ...) and the batched
+        denoiser calls made. `boxed_model` is a one-element list so that Ray does not fetch the model on
+        every call: it is fetched only when not resident."""
+        if model_key not in self.models:
+            self.models[model_key] = ray.get(boxed_model[0]).to(self.device)
+        x = latent.to(self.device)
+        particle = torch.arange(offset, offset + x.shape[0], device=self.device)
+        ctx = NodeContext(node_id="sample", device=self.device, out_dir=Path("."), seed=seed)
+        state = run_steps(sampler, self.models[model_key], sampler.init(x, sigmas, particle),
+                          ctx.noise, ctx)
+        return state.x.cpu(), int(ctx.metrics.get("nfe", 0))
+
+
+def chunks(batch: int, parts: int) -> list[tuple[int, int]]:
+    """(offset, size) of `parts` near-equal contiguous chunks of `batch` (no empty chunk)."""
+    parts = max(1, min(parts, batch))
+    base, extra = divmod(batch, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (i < extra)
+        out.append((start, size))
+        start += size
+    return out
+
+
+@ray.remote(num_returns=2, max_retries=3, retry_exceptions=False)
+def split_sample_task(rn: ResolvedNode, key: str, settings: tuple, links: list[Link], workers: list[Any],
+                      model_key: str, *inputs: Any) -> tuple[dict[str, Any], NodeReport]:
+    """The `sample` node over `workers` (`model_key`: the Merkle key of its denoise input, under which the
+    workers keep the model resident): a disk-cache hit is returned as is; otherwise the latent is cut into
+    one chunk per worker, each sampled by a worker, and the chunks joined (and stored in the disk cache)."""
+    from .ray_backend import worker_settings
+
+    start = time.perf_counter()
+    run = worker_settings(*settings)
+    entry, cache = lookup(rn, key, run)
+    if entry is not None:
+        outputs, metrics, nfe = entry.outputs, dict(entry.metrics), 0
+    else:
+        ports = {link_port(rn, link): (link, produced[link.port]) for link, produced in zip(links, inputs)}
+        model = ports["denoise"][1]
+        sigmas, sampler, latent = (ports[p][1] for p in ("sigmas", "sampler", "latent"))
+        check_latent(latent)
+        model_ref = ray.put(model)
+        calls = [w.sample.remote(model_key, [model_ref], sigmas, sampler, latent[off:off + n], off, run.seed)
+                 for w, (off, n) in zip(workers, chunks(latent.shape[0], len(workers)))]
+        try:
+            done = ray.get(calls)
+        except ray.exceptions.RayTaskError as e:  # the node's own error, located like a local run's
+            raise node_failure(rn, e.cause if isinstance(e.cause, Exception) else e, run.device) from None
+        outputs, metrics = {"out": torch.cat([x for x, _ in done]).to(latent.device)}, {"workers": len(calls)}
+        nfe, cache = max(n for _, n in done), "miss"
+        store(rn, key, outputs, metrics, run)
+    out = outputs["out"]
+    return outputs, NodeReport(rn.id, rn.spec.kind, cache, time.perf_counter() - start, nfe, str(out.device),
+                               peak_rss_bytes(), None, {"out": report_value(out)}, metrics)
+
+
+def link_port(rn: ResolvedNode, link: Link) -> str:
+    """The input port of `rn` that `link` feeds."""
+    return next(port for port, l in rn.inputs.items() if l == link)
