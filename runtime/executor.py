@@ -33,7 +33,7 @@ from . import values as V
 from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
-                     RunStarted, StepProgress)
+                     RunStarted, StepProgress, NodeWarning)
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -47,6 +47,7 @@ class RunSettings:
     disk: DiskCache | None
     emit: Callable[[Event], None] | None  # None: nobody listens, so no event is built
     is_cancelled: Callable[[], bool]
+    workflow: dict[str, Any] | None = None  # the workflow as JSON data: io.save_image embeds it
     cuda: bool = field(init=False)  # asked once per run: torch.device.type costs as much as a small node
 
     def __post_init__(self) -> None:
@@ -210,9 +211,13 @@ def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> 
     def on_progress(step: int, total: int) -> None:
         emit(StepProgress(rn.id, step, total))
 
+    def on_warning(message: str) -> None:
+        emit(NodeWarning(rn.id, message))
+
     ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
                       seed=run.seed if rn.spec.uses_seed else None,
-                      on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled)
+                      on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled,
+                      on_warning=on_warning if emit is not None else None, workflow=run.workflow)
     if key is not None and run.disk is not None:
         ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
     return ctx

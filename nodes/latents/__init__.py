@@ -3,5 +3,6 @@
 
 def nodes() -> list[type]:
     from .noise import LatentNoise
+    from .empty import LatentEmpty
 
-    return [LatentNoise]
+    return [LatentNoise, LatentEmpty]

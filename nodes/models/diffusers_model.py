@@ -166,8 +166,13 @@ def load_module(kind: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     except Exception as e:  # diffusers raises OSError, ValueError, RuntimeError, SafetensorError...
         why = " ".join(str(e).split())[:400] or type(e).__name__
         raise NodeError(f"cannot load the {kind} in '{folder}': {why}") from None
+    check_loading_info(info, folder, WEIGHTS)
+    return module.eval().requires_grad_(False)
+
+
+def check_loading_info(info: dict[str, Any], folder: Path, weights: str) -> None:
+    """Strict keys: a NodeError naming the first missing, unexpected or mis-shaped weights of `from_pretrained`."""
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
-        raise NodeError(f"'{folder / WEIGHTS}' does not match '{folder / 'config.json'}': "
+        raise NodeError(f"'{folder / weights}' does not match '{folder / 'config.json'}': "
                         + "; ".join(f"{k.replace('_', ' ')} {sorted(map(str, v))[:3]}" for k, v in problems.items()))
-    return module.eval().requires_grad_(False)
