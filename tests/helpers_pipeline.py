@@ -16,7 +16,7 @@ UNET = dict(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_ch
 VAE = dict(block_out_channels=(4, 4, 4, 4), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1)
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                 prediction_type="epsilon", timestep_spacing="linspace")
+                 prediction_type="epsilon", timestep_spacing="linspace", steps_offset=1)
 
 
 def tiny_vocab() -> dict[str, int]:
