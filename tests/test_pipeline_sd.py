@@ -18,7 +18,7 @@ from PIL import Image
 from helpers_pipeline import build_sd_pipeline, load_tokenizer
 from helpers_workflows import FOLDER_WORKFLOWS
 from peers import diffusers
-from samplegraph import Runtime
+from samplegraph import Runtime, Workflow
 from samplegraph.graph.errors import NodeError, NodeRunError
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
@@ -59,7 +59,7 @@ def diffusers_pipe(path: Path, scheduler: str):
     pipe = d.StableDiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True,
                                                      safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = getattr(d, scheduler).from_config(pipe.scheduler.config, **(
-        {"clip_sample": False, "set_alpha_to_one": False} if scheduler == "DDIMScheduler" else {}))
+        {"clip_sample": False, "set_alpha_to_one": True} if scheduler == "DDIMScheduler" else {}))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -75,7 +75,7 @@ def quantiles(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def test_txt2img_equals_diffusers_pipeline(sd, sampler, scheduler, timestep):
     wf = txt2img(sd, sampler, steps=STEPS)
     wf["nodes"]["pipe"]["params"]["timestep"] = timestep
-    if scheduler == "DDIMScheduler":  # DDIMScheduler's 'linspace' is not DDIM's spacing: the node states it
+    if scheduler == "DDIMScheduler":  # DDIM's own grid: 'leading' timesteps with steps_offset 1 (below)
         wf["nodes"]["sigmas"] = {"kind": "schedule.ddim_uniform", "inputs": {"model": "cond"},
                                  "params": {"steps": STEPS}}
     latent0, sigmas, final, images = run(wf, "latent", "sigmas", "sample", "decode")
@@ -118,13 +118,26 @@ def test_cfg_scale_is_diffusers_guidance_scale_and_scale_one_is_the_prompt_alone
     assert torch.allclose(guided_one, cond_only, atol=1e-6)
 
 
-def test_clip_skip_matches_diffusers_encode_prompt(sd):
+def test_clip_skip_is_the_encoder_cut_after_layer_minus_k_plus_1(sd):
+    """clip_skip k equals a CLIPTextModel of the first L - k layers (same weights); 0 equals diffusers' encode_prompt.
+
+    (diffusers 0.42's own clip_skip path reads `text_encoder.text_model`, which transformers 5 removed.)"""
+    from transformers import CLIPTextModel
     pipe = diffusers_pipe(sd, "EulerDiscreteScheduler")
     enc = ModelPipeline(path=str(sd)).run(NodeContext.detached()).text_encoder
-    for skip in (0, 1, 2):
-        ours = enc.encode([PROMPT], skip)[0].embeddings
-        ref = pipe.encode_prompt(PROMPT, "cpu", 1, False, clip_skip=skip or None)[0]
-        assert torch.allclose(ours, ref, atol=1e-6), skip
+    ids = load_tokenizer(sd)([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert torch.allclose(enc.encode([PROMPT], 0)[0].embeddings, pipe.encode_prompt(PROMPT, "cpu", 1, False)[0],
+                          atol=1e-6)
+    full = pipe.text_encoder
+    for skip in (1, 2):
+        keep = full.config.num_hidden_layers - skip
+        cut = CLIPTextModel(type(full.config)(**{**full.config.to_dict(), "num_hidden_layers": keep})).eval()
+        state = {k: v for k, v in full.state_dict().items()
+                 if not any(f"layers.{i}." in k for i in range(keep, keep + skip))}
+        cut.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            ref = cut(ids)[0]  # (1, 77, D)
+        assert torch.allclose(enc.encode([PROMPT], skip)[0].embeddings, ref, atol=1e-6), skip
     with pytest.raises(NodeError, match="clip_skip"):
         enc.encode([PROMPT], 3)
 
@@ -170,7 +183,8 @@ def test_save_image_embeds_the_workflow_and_load_image_reads_it_back(sd, tmp_pat
     result = Runtime(device="cpu").run(wf, outputs=["save", "decode"], out_dir=tmp_path)
     with Image.open(result["save"]) as png:
         assert png.size == (3 * SIZE, SIZE)  # a grid of 3 in one row (columns 4)
-        assert json.loads(png.text["workflow"]) == json.loads(json.dumps(wf)) and png.text["seed"] == "0"
+        assert json.loads(png.text["workflow"]) == Workflow.from_dict(wf).model_dump(mode="json")
+        assert png.text["seed"] == "0"
         pixels = np.asarray(png.convert("RGB"))
     expect = (result["decode"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8)  # (3, H, W, 3)
     assert np.array_equal(pixels[:, :SIZE], expect[0].numpy())

@@ -48,7 +48,8 @@ class ClipTextEncoder(TextEncoder):
                 emb = self.encoder(ids, attention_mask=mask)[0]  # (B, L, D)
             else:
                 hidden = self.encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
-                emb = self.encoder.text_model.final_layer_norm(hidden[-(clip_skip + 1)])  # (B, L, D)
+                norm = getattr(self.encoder, "text_model", self.encoder).final_layer_norm  # transformers < 5 nests it
+                emb = norm(hidden[-(clip_skip + 1)])  # (B, L, D)
         return Conditioning(emb.float()), [self.lost_text(p) for p in prompts]
 
     def lost_text(self, prompt: str) -> str:
