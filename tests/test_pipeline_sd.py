@@ -245,5 +245,14 @@ def test_pipeline_workflows_run_through_the_cli(sd, path, tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["status"] == "ok"
-    with Image.open(next(out.glob("*.png"))) as png:
+    image = next(out.glob("*.png"))
+    with Image.open(image) as png:
         assert png.size == (SIZE, SIZE) and json.loads(png.text["workflow"])["nodes"]["pipe"]["params"]["path"] == str(sd)
+        pixels = np.asarray(png)
+    again = tmp_path / "again"  # `samplegraph run image.png` re-runs the embedded workflow: the same picture
+    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(image), "--out", str(again),
+                           "--no-cache", "--device", "cpu", "--threads", "1", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Image.open(again / image.name) as png:
+        assert np.array_equal(np.asarray(png), pixels)
