@@ -101,6 +101,34 @@ def test_txt2img_equals_diffusers_pipeline(sd, sampler, scheduler, timestep):
     assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
 
 
+def test_img2img_equals_diffusers_img2img_pipeline(sd, tmp_path, monkeypatch):
+    """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
+    StableDiffusionImg2ImgPipeline given our encoded latents as its image and our noise as its draw."""
+    d = diffusers()
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(source)
+    wf = json.loads((ROOT / "workflows" / "img2img.json").read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(sd), str(source)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
+    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = SCALE, STEPS
+    n["sigmas"]["params"]["strength"] = 0.5
+    encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
+    assert sigmas.steps == 2 and encoded.shape == (1, 4, 8, 8)
+    eps = ((noised - encoded) / sigmas.values[0]).float()
+    module = sys.modules[d.StableDiffusionImg2ImgPipeline.__module__]
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: eps.clone())
+    pipe = d.StableDiffusionImg2ImgPipeline(**diffusers_pipe(sd, "EulerDiscreteScheduler").components)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5,
+                num_inference_steps=STEPS, guidance_scale=SCALE)
+    ref_latent = pipe(output_type="latent", **call).images
+    ref_images = pipe(output_type="pt", **call).images
+    for ours, ref in ((final, ref_latent), (images, ref_images)):
+        med, p999 = quantiles(ours, ref)
+        assert med < 1e-6 and p999 < 1e-5, (med, p999)
+
+
 def ref_sigma_grid(sched) -> torch.Tensor:
     """The VE sigmas of a diffusers scheduler's timesteps, ending in 0."""
     if hasattr(sched, "sigmas"):
@@ -235,24 +263,37 @@ def test_width_not_divisible_by_the_vae_factor_is_a_located_error(sd):
         run(wf, "latent")
 
 
+def cli_overrides(path: Path, sd: Path, tmp_path: Path) -> list[str]:
+    """--set arguments that point a shipped pipeline workflow at the tiny pipeline, small and short."""
+    sets = []
+    for name, spec in json.loads(path.read_text())["nodes"].items():
+        kind = spec["kind"]
+        if kind == "model.pipeline":
+            sets.append(f"{name}.path={sd}")
+        elif kind == "latent.empty":
+            sets += [f"{name}.width={SIZE}", f"{name}.height={SIZE}"]
+        elif kind == "io.load_image":
+            image = tmp_path / "input.png"
+            Image.fromarray(np.full((SIZE, SIZE, 3), 128, dtype=np.uint8)).save(image)
+            sets.append(f"{name}.path={image}")
+        elif kind.startswith("schedule.") and "steps" in spec.get("params", {}):
+            sets.append(f"{name}.steps=2")
+    return [a for s in sets for a in ("--set", s)]
+
+
 @pytest.mark.parametrize("path", FOLDER_WORKFLOWS, ids=[p.stem for p in FOLDER_WORKFLOWS])
 def test_pipeline_workflows_run_through_the_cli(sd, path, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),
                            "--no-cache", "--device", "cpu", "--threads", "1", "--quiet",
-                           "--set", f"pipe.path={sd}", "--set", f"latent.width={SIZE}",
-                           "--set", f"latent.height={SIZE}", "--set", "sigmas.steps=2"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+                           *cli_overrides(path, sd, tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["status"] == "ok"
     image = next(out.glob("*.png"))
     with Image.open(image) as png:
         assert png.size == (SIZE, SIZE) and json.loads(png.text["workflow"])["nodes"]["pipe"]["params"]["path"] == str(sd)
         pixels = np.asarray(png)
-    again = tmp_path / "again"  # `samplegraph run image.png` re-runs the embedded workflow: the same picture
-    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(image), "--out", str(again),
-                           "--no-cache", "--device", "cpu", "--threads", "1", "--quiet"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = tmp_path / "again"  # `samplegraph run image.png` (Runtime.run on the PNG) re-runs its workflow
+    Runtime(device="cpu").run(image, out_dir=again)
     with Image.open(again / image.name) as png:
         assert np.array_equal(np.asarray(png), pixels)
