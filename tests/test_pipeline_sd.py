@@ -223,6 +223,22 @@ def test_save_image_embeds_the_workflow_and_load_image_reads_it_back(sd, tmp_pat
                                                                    expect[0].permute(2, 0, 1).float())
 
 
+def test_conditioning_round_trips_through_the_disk_cache(sd, tmp_path):
+    wf = txt2img(sd, steps=2)
+    first, second = (Runtime(device="cpu", cache_dir=tmp_path).run(wf, outputs=["prompt", "sample"])
+                     for _ in range(2))
+    assert {n.node: n.cache for n in second.report.nodes}["prompt"] == "disk"
+    assert torch.equal(first["prompt"].embeddings, second["prompt"].embeddings)
+    assert torch.equal(first["sample"], second["sample"])
+
+
+def test_conditioning_of_another_width_is_refused_when_bound(sd):
+    from samplegraph.nodes.pipelines.types import Conditioning
+    model = ModelPipeline(path=str(sd)).run(NodeContext.detached()).model
+    with pytest.raises(NodeError, match="cross_attention_dim is 16"):
+        model.bind(Conditioning(torch.zeros(1, 77, 32)))
+
+
 def load_error(path: Path, match: str) -> None:
     with pytest.raises(NodeError, match=match):
         ModelPipeline(path=str(path)).run(NodeContext.detached())

@@ -54,7 +54,7 @@ class ClipTextEncoder(TextEncoder):
 
     def lost_text(self, prompt: str) -> str:
         """The text beyond the context (after BOS and before EOS), decoded as diffusers reports it."""
-        ids = self.tokenizer(prompt).input_ids  # BOS ... EOS, untruncated
+        ids = self.tokenizer(prompt, verbose=False).input_ids  # BOS ... EOS, untruncated
         if len(ids) <= self.context:
             return ""
         return self.tokenizer.decode(ids[self.context - 1:-1])
@@ -70,7 +70,8 @@ class UNetNet(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         dtype = module_dtype(self.unet)
         context = Conditioning(context).rows(x.shape[0]).embeddings  # (B, L, D)
-        out = self.unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), return_dict=False)[0]  # (B, C, h, w)
+        context = context.to(device=x.device, dtype=dtype)  # a disk-cached Conditioning comes back on the CPU
+        out = self.unet(x.to(dtype), t, encoder_hidden_states=context, return_dict=False)[0]  # (B, C, h, w)
         return out.to(x.dtype)
 
 

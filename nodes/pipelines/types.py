@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -27,6 +28,17 @@ class Conditioning:
     @property
     def batch(self) -> int:
         return int(self.embeddings.shape[0])
+
+    def cache_encode(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors for the disk cache (runtime/values.py rebuilds it with cache_decode)."""
+        tensors = {"embeddings": self.embeddings}
+        if self.pooled is not None:
+            tensors["pooled"] = self.pooled
+        return tensors, {}
+
+    @classmethod
+    def cache_decode(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Conditioning:
+        return cls(tensors["embeddings"], tensors.get("pooled"))
 
     def to(self, device: torch.device) -> Conditioning:
         return replace(self, embeddings=self.embeddings.to(device),
