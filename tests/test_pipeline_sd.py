@@ -19,7 +19,7 @@ from helpers_pipeline import build_sd_pipeline, load_tokenizer
 from helpers_workflows import FOLDER_WORKFLOWS
 from peers import diffusers
 from samplegraph import Runtime, Workflow
-from samplegraph.graph.errors import NodeError, NodeRunError
+from samplegraph.graph.errors import NodeError, NodeRunError, WorkflowError
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
 
@@ -238,6 +238,18 @@ def test_conditioning_of_another_width_is_refused_when_bound(sd):
     model = ModelPipeline(path=str(sd)).run(NodeContext.detached()).model
     with pytest.raises(NodeError, match="cross_attention_dim is 16"):
         model.bind(Conditioning(torch.zeros(1, 77, 32)))
+
+
+def test_a_png_without_a_workflow_and_an_unreadable_image_are_located_errors(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(WorkflowError, match="no 'workflow' text chunk"):
+        Workflow.load(plain)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    load = {"version": 1, "nodes": {"img": {"kind": "io.load_image", "params": {"path": str(tmp_path / "bad.png")}}},
+            "outputs": ["img"]}
+    with pytest.raises(NodeRunError, match="img.*cannot read"):
+        Runtime(device="cpu").run(load)
 
 
 def load_error(path: Path, match: str) -> None:
