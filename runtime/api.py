@@ -97,7 +97,7 @@ class Runtime:
         settings = RunSettings(device=self.device, seed=wf.seed, out_dir=Path(out_dir or "."),
                                memory=self.memory, disk=self.disk, emit=on_event,
                                is_cancelled=(lambda: cancel.cancelled) if cancel else (lambda: False),
-                               workflow=wf.model_dump(mode="json"))
+                               workflow=wf)
         start = time.perf_counter()
         try:
             produced = execute(graph, order, wanted, report, settings)

@@ -27,13 +27,14 @@ import torch
 from ..graph.errors import NodeError, NodeRunError, RunCancelled, SamplegraphError
 from ..graph.hashing import KeyWriter
 from ..graph.validate import Link, ResolvedNode, ValidGraph
+from ..graph.workflow import Workflow
 from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
 from . import values as V
 from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
-                     RunStarted, StepProgress, NodeWarning)
+                     NodeWarning, RunStarted, StepProgress)
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -47,7 +48,7 @@ class RunSettings:
     disk: DiskCache | None
     emit: Callable[[Event], None] | None  # None: nobody listens, so no event is built
     is_cancelled: Callable[[], bool]
-    workflow: dict[str, Any] | None = None  # the workflow as JSON data: io.save_image embeds it
+    workflow: Workflow | None = None  # the workflow as it runs: io.save_image embeds it
     cuda: bool = field(init=False)  # asked once per run: torch.device.type costs as much as a small node
 
     def __post_init__(self) -> None:

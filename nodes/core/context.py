@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ...graph.errors import NodeError, RunCancelled
+from ...graph.workflow import Workflow
 from .noise import NoiseSource
 
 
@@ -51,7 +52,7 @@ class NodeContext:
     is_cancelled: Callable[[], bool] = _never
     metrics: dict[str, Any] = field(default_factory=dict)
     checkpoints: Checkpoints = field(default_factory=Checkpoints)
-    workflow: dict[str, Any] | None = None  # the run's workflow as JSON data (after overrides), for provenance
+    workflow: Workflow | None = None  # the run's workflow (overrides and seed applied), for provenance
 
     @classmethod
     def detached(cls, device: str | torch.device = "cpu", seed: int | None = 0,

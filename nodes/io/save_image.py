@@ -41,7 +41,7 @@ class SaveImage(WritesFile, Node):
         picture = to_picture(grid, 0.0, 1.0, 1)
         info = PngInfo()
         if self.metadata and ctx.workflow is not None:
-            info.add_text(WORKFLOW_KEY, json.dumps(ctx.workflow))
-            info.add_text(SEED_KEY, str(ctx.workflow.get("seed")))
+            info.add_text(WORKFLOW_KEY, json.dumps(ctx.workflow.model_dump(mode="json")))
+            info.add_text(SEED_KEY, str(ctx.workflow.seed))
         return str(atomic_write(resolve_output(self.path, ctx.out_dir),
                                 lambda f: picture.save(f, format="PNG", pnginfo=info)))
