@@ -233,11 +233,13 @@ def test_conditioning_round_trips_through_the_disk_cache(sd, tmp_path):
     assert torch.equal(first["sample"], second["sample"])
 
 
-def test_conditioning_of_another_width_is_refused_when_bound(sd):
+def test_conditioning_of_another_width_or_family_is_refused_when_bound(sd):
     from samplegraph.nodes.pipelines.types import Conditioning
     model = ModelPipeline(path=str(sd)).run(NodeContext.detached()).model
     with pytest.raises(NodeError, match="cross_attention_dim is 16"):
-        model.bind(Conditioning(torch.zeros(1, 77, 32)))
+        model.bind(Conditioning(torch.zeros(1, 77, 32), "sd"))
+    with pytest.raises(NodeError, match="'sdxl' text encoder"):
+        model.bind(Conditioning(torch.zeros(1, 77, 16), "sdxl"))
 
 
 def test_a_png_without_a_workflow_and_an_unreadable_image_are_located_errors(tmp_path):

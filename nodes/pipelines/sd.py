@@ -13,7 +13,7 @@ import torch
 from ...graph.errors import NodeError
 from ..core.model import Model, ModelSampling
 from ..models.parametrisation import NetworkDenoiser, Prediction, TimestepMode
-from .types import Conditioning, TextEncoder, TextModel, Vae
+from .types import Conditioning, TextEncoder, TextModel, Vae, repeat_rows
 
 FAMILY = "sd"
 
@@ -50,7 +50,7 @@ class ClipTextEncoder(TextEncoder):
                 hidden = self.encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
                 norm = getattr(self.encoder, "text_model", self.encoder).final_layer_norm  # transformers < 5 nests it
                 emb = norm(hidden[-(clip_skip + 1)])  # (B, L, D)
-        return Conditioning(emb.float()), [self.lost_text(p) for p in prompts]
+        return Conditioning(emb.float(), FAMILY), [self.lost_text(p) for p in prompts]
 
     def lost_text(self, prompt: str) -> str:
         """The text beyond the context (after BOS and before EOS), decoded as diffusers reports it."""
@@ -69,7 +69,7 @@ class UNetNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         dtype = module_dtype(self.unet)
-        context = Conditioning(context).rows(x.shape[0]).embeddings  # (B, L, D)
+        context = repeat_rows(context, x.shape[0])  # (B, L, D)
         context = context.to(device=x.device, dtype=dtype)  # a disk-cached Conditioning comes back on the CPU
         out = self.unet(x.to(dtype), t, encoder_hidden_states=context, return_dict=False)[0]  # (B, C, h, w)
         return out.to(x.dtype)
@@ -90,6 +90,9 @@ class UNetTextModel(TextModel):
         return self._sampling
 
     def bind(self, cond: Conditioning) -> Model:
+        if cond.family != self.family:
+            raise NodeError(f"input 'cond' comes from a {cond.family!r} text encoder, but the model is a {self.family!r} "
+                            f"model: encode with this pipeline's text_encoder")
         if cond.embeddings.shape[-1] != self.context_dim:
             raise NodeError(f"the conditioning's embeddings have width {cond.embeddings.shape[-1]}, but the UNet's "
                             f"cross_attention_dim is {self.context_dim}: encode with this pipeline's text encoder")

@@ -1,7 +1,7 @@
 """The port types of text-to-image pipelines: what `model.pipeline` outputs and the nodes after it pass on.
 
 Contracts (docs/ARCHITECTURE.md, "Text-to-image pipelines"), kept small so SDXL, SD3 and Flux plug in:
-- `Conditioning`: what a text encoder returns, a frozen bundle of tensors (never a dict); SD's is the
+- `Conditioning`: what a text encoder returns, a frozen bundle of tensors tagged with its family (never a dict); SD's is the
   token embeddings (B, L, D); later families add `pooled` (B, P) (SDXL, SD3, Flux) and per-family extras.
 - `TextEncoder`: prompts -> Conditioning (tokenizer(s) + encoder(s)), with its own context length.
 - `TextModel`: a text-conditioned network, not yet a Denoiser; `bind(cond)` gives one (model.text_condition).
@@ -9,7 +9,7 @@ Contracts (docs/ARCHITECTURE.md, "Text-to-image pipelines"), kept small so SDXL,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,11 +18,22 @@ from ...graph.errors import NodeError
 from ..core.model import Model, ModelSampling
 
 
+def repeat_rows(t: torch.Tensor, batch: int, what: str = "the conditioning") -> torch.Tensor:
+    """t (1 or batch, ...) as (batch, ...): one prompt serves every latent; B prompts need B latents."""
+    if t.shape[0] == batch:
+        return t
+    if t.shape[0] != 1:
+        raise NodeError(f"{what} holds {t.shape[0]} prompts but the latent batch is {batch}; encode one prompt, "
+                        f"or as many prompts as latents")
+    return t.expand(batch, *t.shape[1:])
+
+
 @dataclass(frozen=True)
 class Conditioning:
-    """Text conditioning: embeddings (B, L, D) of B prompts; `pooled` (B, P) where the family has one."""
+    """Text conditioning of one pipeline family: embeddings (B, L, D) of B prompts; `pooled` (B, P) where it has one."""
 
     embeddings: torch.Tensor  # (B, L, D)
+    family: str  # the TextModel family it binds to ("sd"); binding another family's conditioning is an error
     pooled: torch.Tensor | None = None  # (B, P): SDXL / SD3 / Flux; None for SD 1.x/2.x
 
     @property
@@ -34,26 +45,11 @@ class Conditioning:
         tensors = {"embeddings": self.embeddings}
         if self.pooled is not None:
             tensors["pooled"] = self.pooled
-        return tensors, {}
+        return tensors, {"family": self.family}
 
     @classmethod
     def cache_decode(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Conditioning:
-        return cls(tensors["embeddings"], tensors.get("pooled"))
-
-    def to(self, device: torch.device) -> Conditioning:
-        return replace(self, embeddings=self.embeddings.to(device),
-                       pooled=None if self.pooled is None else self.pooled.to(device))
-
-    def rows(self, batch: int) -> Conditioning:
-        """The conditioning for a latent batch of `batch`: one prompt is repeated; B prompts need B == batch."""
-        if self.batch == batch:
-            return self
-        if self.batch != 1:
-            raise NodeError(f"the conditioning holds {self.batch} prompts but the latent batch is {batch}; "
-                            f"encode one prompt, or as many prompts as latents")
-        expand = lambda t: t.expand(batch, *t.shape[1:])  # noqa: E731  (1, ...) -> (B, ...)
-        return replace(self, embeddings=expand(self.embeddings),
-                       pooled=None if self.pooled is None else expand(self.pooled))
+        return cls(tensors["embeddings"], str(meta["family"]), tensors.get("pooled"))
 
 
 class TextEncoder(ABC):
