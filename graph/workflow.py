@@ -40,6 +40,8 @@ class Workflow(BaseModel):
             data = path.read_bytes()
         except OSError as e:
             raise WorkflowError([Problem(f"cannot read workflow file: {e.strerror or e}")], str(path)) from None
+        if data.startswith(PNG_SIGNATURE):
+            return cls.from_json(png_workflow(data, str(path)), source=str(path))
         return cls.from_json(decode_text(data, str(path)), source=str(path))
 
     @classmethod
@@ -273,3 +275,22 @@ def structure_problem(err: dict) -> Problem:
         return Problem(f"unknown field '{field}'", node, None if node is None else None,
                        hint=suggest(field, allowed) or f"allowed: {', '.join(allowed)}")
     return Problem(f"{msg}{got}", node, f"field '{where}'" if where else None)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_workflow(data: bytes, source: str) -> str:
+    """The workflow JSON that io.save_image embeds in a PNG's "workflow" text chunk (ComfyUI's key)."""
+    from io import BytesIO
+
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(BytesIO(data)) as image:
+            text = getattr(image, "text", {}).get("workflow")
+    except (OSError, UnidentifiedImageError) as e:
+        raise WorkflowError([Problem(f"cannot read the PNG: {e}")], source) from None
+    if text is None:
+        raise WorkflowError([Problem("this PNG carries no 'workflow' text chunk (io.save_image writes one unless "
+                                     "its param 'metadata' is false)")], source)
+    return text

@@ -99,7 +99,8 @@ class Runtime:
         report = RunReport(seed=wf.seed, device=str(self.device), source=source)
         settings = RunSettings(device=self.device, seed=wf.seed, out_dir=Path(out_dir or "."),
                                memory=self.memory, disk=self.disk, emit=on_event,
-                               is_cancelled=(lambda: cancel.cancelled) if cancel else (lambda: False))
+                               is_cancelled=(lambda: cancel.cancelled) if cancel else (lambda: False),
+                               workflow=wf)
         start = time.perf_counter()
         try:
             produced = self.backend.execute(graph, order, plan_keys(graph, order, settings), wanted, report,

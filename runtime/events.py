@@ -26,6 +26,12 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class NodeWarning:
+    node: str
+    message: str  # something the node did that the user should know (e.g. a prompt truncated)
+
+
+@dataclass(frozen=True)
 class NodeFinished:
     node: str
     kind: str
@@ -56,5 +62,5 @@ class RunFinished:
     report: Any  # RunReport
 
 
-Event = Union[RunStarted, NodeStarted, StepProgress, NodeFinished, CacheDiscarded, CacheUndecodable,
+Event = Union[RunStarted, NodeStarted, StepProgress, NodeWarning, NodeFinished, CacheDiscarded, CacheUndecodable,
               CacheWriteFailed, RunFinished]

@@ -27,13 +27,14 @@ import torch
 from ..graph.errors import NodeError, NodeRunError, RunCancelled, SamplegraphError
 from ..graph.hashing import KeyWriter
 from ..graph.validate import Link, ResolvedNode, ValidGraph
+from ..graph.workflow import Workflow
 from ..nodes.core.context import NodeContext
 from ..nodes.core.denoiser import Denoiser
 from . import values as V
 from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
-                     RunStarted, StepProgress)
+                     NodeWarning, RunStarted, StepProgress)
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -47,6 +48,7 @@ class RunSettings:
     disk: DiskCache | None
     emit: Callable[[Event], None] | None  # None: nobody listens, so no event is built
     is_cancelled: Callable[[], bool]
+    workflow: Workflow | None = None  # the workflow as it runs: io.save_image embeds it
     cuda: bool = field(init=False)  # asked once per run: torch.device.type costs as much as a small node
 
     def __post_init__(self) -> None:
@@ -218,9 +220,13 @@ def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> 
     def on_progress(step: int, total: int) -> None:
         emit(StepProgress(rn.id, step, total))
 
+    def on_warning(message: str) -> None:
+        emit(NodeWarning(rn.id, message))
+
     ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
                       seed=run.seed if rn.spec.uses_seed else None,
-                      on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled)
+                      on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled,
+                      on_warning=on_warning if emit is not None else None, workflow=run.workflow)
     if key is not None and run.disk is not None:
         ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
     return ctx

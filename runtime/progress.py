@@ -7,7 +7,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from .events import CacheDiscarded, CacheWriteFailed, Event, NodeFinished, NodeStarted, RunFinished, RunStarted, StepProgress
+from .events import (CacheDiscarded, CacheWriteFailed, Event, NodeFinished, NodeStarted, NodeWarning, RunFinished,
+                     RunStarted, StepProgress)
 
 
 class ProgressPrinter:
@@ -34,6 +35,8 @@ class ProgressPrinter:
             self.write(f"warning: discarded a corrupt cache entry {event.key[:12]}… ({event.reason}); recomputing")
         elif isinstance(event, CacheWriteFailed):
             self.write(f"warning: {event.reason}")
+        elif isinstance(event, NodeWarning):
+            self.write(f"warning: node '{event.node}': {event.message}")
         elif isinstance(event, RunFinished):
             self.close()
 

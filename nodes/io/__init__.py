@@ -8,5 +8,7 @@ def nodes() -> list[type]:
     from .save_tensor import SaveTensor
     from .save_texts import SaveTexts
     from .save_unmask_order import SaveUnmaskOrder
+    from .save_image import SaveImage
+    from .load_image import LoadImage
 
-    return [SaveTensor, SaveTexts, PlotSamples, ImageGrid, ClassGrid, SaveUnmaskOrder]
+    return [SaveTensor, SaveTexts, PlotSamples, ImageGrid, ClassGrid, SaveUnmaskOrder, SaveImage, LoadImage]

@@ -1,7 +1,9 @@
-"""Latent nodes: initial noise."""
+"""Latent nodes: initial noise (of a given shape, of a VAE's latent shape, or added to a clean latent)."""
 
 
 def nodes() -> list[type]:
     from .noise import LatentNoise
+    from .empty import LatentEmpty
+    from .add_noise import LatentAddNoise
 
-    return [LatentNoise]
+    return [LatentNoise, LatentEmpty, LatentAddNoise]

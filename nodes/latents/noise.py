@@ -38,7 +38,12 @@ class LatentNoise(Node):
 
     def run(self, sigmas: Sigmas, ctx: NodeContext) -> torch.Tensor:
         """Noise for particles 0..batch-1 at the INITIAL_STEP key, scaled to sigmas[0]."""
-        particle = torch.arange(self.batch, device=ctx.device)  # (B,)
-        eps = ctx.noise.normal(particle, INITIAL_STEP, tuple(self.shape), dtype=getattr(torch, self.dtype),
-                               device=ctx.device)  # (B, *shape)
-        return eps * sigmas.sigma_max  # (B, *shape)
+        return initial_noise(self.batch, tuple(self.shape), getattr(torch, self.dtype), sigmas, ctx)  # (B, *shape)
+
+
+def initial_noise(batch: int, shape: tuple[int, ...], dtype: torch.dtype, sigmas: Sigmas,
+                  ctx: NodeContext) -> torch.Tensor:
+    """sigmas[0] * eps (batch, *shape) for particles 0..batch-1 at the INITIAL_STEP key of the run's noise."""
+    particle = torch.arange(batch, device=ctx.device)  # (B,)
+    eps = ctx.noise.normal(particle, INITIAL_STEP, shape, dtype=dtype, device=ctx.device)  # (B, *shape)
+    return eps * sigmas.sigma_max  # (B, *shape)

@@ -5,7 +5,7 @@ loaded from a local path, from safetensors only (never unpickled), with no netwo
 folder (config.json + diffusion_pytorch_model.safetensors); the noise process and prediction
 type come from scheduler/scheduler_config.json, or from the `scheduler` param (whose keys also
 override the file's). Text-conditioned networks (UNet2DConditionModel, SD3/Flux transformers)
-need encoder_hidden_states from text encoders, which samplegraph does not provide: refused."""
+need encoder_hidden_states from text encoders: refused here; model.pipeline loads a whole SD pipeline."""
 from __future__ import annotations
 
 import json
@@ -135,8 +135,9 @@ def check_class(config: dict[str, Any], path: Path) -> str:
     """The network class named by config.json, if samplegraph can condition it."""
     kind = str(config.get("_class_name", ""))
     if kind in TEXT_CONDITIONED:
-        raise NodeError(f"'{path}' is a {kind}, which needs text-encoder conditioning (encoder_hidden_states) "
-                        f"that samplegraph does not provide; supported: {', '.join(SUPPORTED)}")
+        raise NodeError(f"'{path}' is a {kind}, which needs text-encoder conditioning (encoder_hidden_states); "
+                        f"load its whole pipeline folder with model.pipeline (Stable Diffusion 1.x/2.x) instead; "
+                        f"model.diffusers supports {', '.join(SUPPORTED)}")
     if kind not in SUPPORTED:
         raise NodeError(f"'{path}': _class_name {kind or None!r} is not supported; supported: {', '.join(SUPPORTED)}")
     if config.get("time_embedding_type", "positional") == "fourier":
@@ -166,8 +167,13 @@ def load_module(kind: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     except Exception as e:  # diffusers raises OSError, ValueError, RuntimeError, SafetensorError...
         why = " ".join(str(e).split())[:400] or type(e).__name__
         raise NodeError(f"cannot load the {kind} in '{folder}': {why}") from None
+    check_loading_info(info, folder, WEIGHTS)
+    return module.eval().requires_grad_(False)
+
+
+def check_loading_info(info: dict[str, Any], folder: Path, weights: str) -> None:
+    """Strict keys: a NodeError naming the first missing, unexpected or mis-shaped weights of `from_pretrained`."""
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
-        raise NodeError(f"'{folder / WEIGHTS}' does not match '{folder / 'config.json'}': "
+        raise NodeError(f"'{folder / weights}' does not match '{folder / 'config.json'}': "
                         + "; ".join(f"{k.replace('_', ' ')} {sorted(map(str, v))[:3]}" for k, v in problems.items()))
-    return module.eval().requires_grad_(False)

@@ -1,0 +1,33 @@
+"""io.load_image: a local image file as a batch of one, (1, 3, H, W) float32 in [0, 1] (RGB; alpha dropped)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field
+
+from ...graph.errors import NodeError
+from ..api import Node, node
+from ..models.safetensors_model import file_state
+
+
+@node("io.load_image")
+class LoadImage(Node):
+    """Read a PNG/JPEG/WebP image (Pillow) as RGB values in [0, 1], the input of vae.encode (img2img)."""
+
+    path: str = Field(min_length=1, description="local image file")
+
+    def external_state(self) -> Any:
+        """The file's size and mtime: a rewritten image invalidates the cache."""
+        return file_state(Path(self.path))
+
+    def run(self) -> torch.Tensor:
+        try:
+            with Image.open(self.path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3) in 0..255
+        except (OSError, UnidentifiedImageError) as e:
+            raise NodeError(f"param 'path': cannot read '{self.path}' as an image ({e})") from None
+        return torch.from_numpy(array / 255.0).permute(2, 0, 1)[None].contiguous()  # (1, 3, H, W)

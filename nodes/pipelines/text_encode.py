@@ -1,0 +1,30 @@
+"""text.encode: prompts -> Conditioning through the pipeline's text encoder (CLIP for SD 1.x/2.x).
+
+A prompt longer than the encoder's context (77 CLIP tokens, BOS and EOS included) is truncated, as
+diffusers' encode_prompt does, and the lost text is reported as a NodeWarning event (and in the run
+report's node entry); a cache hit does not repeat the warning."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..api import Node, node
+from ..core.context import NodeContext
+from .types import Conditioning, TextEncoder
+
+
+@node("text.encode")
+class TextEncode(Node):
+    """Token embeddings of a prompt from a CLIP text encoder (Radford et al. 2021), as Stable Diffusion conditions on them."""
+
+    prompt: str = Field(description="the text ('' for the unconditional / empty negative prompt)")
+    clip_skip: int = Field(0, ge=0, description="0 = the last layer; k = the output of layer -(k+1) through the "
+                                                "final layer norm (diffusers' clip_skip; ComfyUI's last layer -(k+1))")
+    batch: int = Field(1, ge=1, description="rows of the conditioning (the same prompt repeated); 1 serves any "
+                                            "latent batch")
+
+    def run(self, text_encoder: TextEncoder, ctx: NodeContext) -> Conditioning:
+        cond, lost = text_encoder.encode([self.prompt] * self.batch, self.clip_skip)
+        if lost[0]:
+            ctx.warn(f"the prompt is longer than the text encoder's {text_encoder.context} tokens and was "
+                     f"truncated; lost: {lost[0]!r}")
+        return cond

@@ -1,0 +1,92 @@
+"""The port types of text-to-image pipelines: what `model.pipeline` outputs and the nodes after it pass on.
+
+Contracts (docs/ARCHITECTURE.md, "Text-to-image pipelines"), kept small so SDXL, SD3 and Flux plug in:
+- `Conditioning`: what a text encoder returns, a frozen bundle of tensors tagged with its family (never a dict); SD's is the
+  token embeddings (B, L, D); later families add `pooled` (B, P) (SDXL, SD3, Flux) and per-family extras.
+- `TextEncoder`: prompts -> Conditioning (tokenizer(s) + encoder(s)), with its own context length.
+- `TextModel`: a text-conditioned network, not yet a Denoiser; `bind(cond)` gives one (model.text_condition).
+- `Vae`: latents <-> images (B, 3, H, W) in [0, 1], with its spatial factor, channels and latent scaling."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...graph.errors import NodeError
+from ..core.model import Model, ModelSampling
+
+
+def repeat_rows(t: torch.Tensor, batch: int, what: str = "the conditioning") -> torch.Tensor:
+    """t (1 or batch, ...) as (batch, ...): one prompt serves every latent; B prompts need B latents."""
+    if t.shape[0] == batch:
+        return t
+    if t.shape[0] != 1:
+        raise NodeError(f"{what} holds {t.shape[0]} prompts but the latent batch is {batch}; encode one prompt, "
+                        f"or as many prompts as latents")
+    return t.expand(batch, *t.shape[1:])
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning of one pipeline family: embeddings (B, L, D) of B prompts; `pooled` (B, P) where it has one."""
+
+    embeddings: torch.Tensor  # (B, L, D)
+    family: str  # the TextModel family it binds to ("sd"); binding another family's conditioning is an error
+    pooled: torch.Tensor | None = None  # (B, P): SDXL / SD3 / Flux; None for SD 1.x/2.x
+
+    @property
+    def batch(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def cache_encode(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors for the disk cache (runtime/values.py rebuilds it with cache_decode)."""
+        tensors = {"embeddings": self.embeddings}
+        if self.pooled is not None:
+            tensors["pooled"] = self.pooled
+        return tensors, {"family": self.family}
+
+    @classmethod
+    def cache_decode(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Conditioning:
+        return cls(tensors["embeddings"], str(meta["family"]), tensors.get("pooled"))
+
+
+class TextEncoder(ABC):
+    """Prompts -> Conditioning; `family` names the pipeline family whose TextModel it matches."""
+
+    family: str
+    context: int  # tokens per prompt the encoder sees (CLIP: 77)
+
+    @abstractmethod
+    def encode(self, prompts: list[str], clip_skip: int) -> tuple[Conditioning, list[str]]:
+        """(conditioning, the text each prompt lost to truncation: '' when none was lost)."""
+
+
+class TextModel(ABC):
+    """A text-conditioned network under its noise process; bound to a Conditioning it is a Denoiser."""
+
+    family: str
+
+    @property
+    @abstractmethod
+    def sampling(self) -> ModelSampling: ...
+
+    @abstractmethod
+    def bind(self, cond: Conditioning) -> Model:
+        """The Denoiser (x, sigma) -> x0 conditioned on `cond` (its rows repeated to the latent batch)."""
+
+
+class Vae(ABC):
+    """An image autoencoder: images (B, 3, H, W) in [0, 1] <-> latents (B, C, H/f, W/f) in the model's scale."""
+
+    factor: int  # spatial downscale f
+    channels: int  # latent channels C
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, H/f, W/f) of images (B, 3, H, W) in [0, 1] (the posterior's mean)."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] of scaled latents (B, C, h, w)."""

@@ -1,0 +1,23 @@
+"""vae.encode: images (B, 3, H, W) in [0, 1] -> scaled latents (the posterior mean, deterministic;
+diffusers' img2img samples the posterior instead, whose std is small)."""
+from __future__ import annotations
+
+import torch
+
+from ...graph.errors import NodeError
+from ..api import Node, node
+from .types import Vae
+
+
+@node("vae.encode")
+class VaeEncode(Node):
+    """Encode images with the pipeline's VAE (Kingma & Welling 2014), scaled by its scaling_factor (Rombach et al. 2022)."""
+
+    def run(self, vae: Vae, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise NodeError(f"input 'images' must be RGB images (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        height, width = images.shape[2:]
+        if height % vae.factor or width % vae.factor:
+            raise NodeError(f"input 'images' is {width}x{height}, which the VAE's factor {vae.factor} does not "
+                            f"divide; resize or crop to multiples of {vae.factor}")
+        return vae.encode(images)  # (B, C, H/f, W/f)

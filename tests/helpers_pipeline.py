@@ -1,0 +1,65 @@
+"""A tiny random-weight Stable Diffusion pipeline folder built offline from small configs (the shapes of
+diffusers' own StableDiffusionPipeline fast tests), with a CLIP tokenizer whose vocabulary is written here:
+single characters (each also with the word-end mark '</w>') and no merges, so no hub download is needed."""
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+CONTEXT = 77  # CLIP's context, as in SD 1.x/2.x
+UNET = dict(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4)
+VAE = dict(block_out_channels=(4, 4, 4, 4), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1)
+SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                 prediction_type="epsilon", timestep_spacing="linspace", steps_offset=1)
+
+
+def tiny_vocab() -> dict[str, int]:
+    """CLIP's special tokens first (ids 0-2), then every printable character alone and at a word's end."""
+    chars = [c for c in string.printable if not c.isspace()]
+    tokens = ["<|startoftext|>", "<|endoftext|>", "!"] + [c for c in chars if c != "!"] + [c + "</w>" for c in chars]
+    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+
+
+def save_tokenizer(folder: Path) -> int:
+    """A CLIPTokenizer (vocab.json, merges.txt) in `folder`; returns its vocabulary size."""
+    from transformers import CLIPTokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = tiny_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=CONTEXT,
+                        pad_token="<|endoftext|>")
+    tok.save_pretrained(folder)
+    return len(tok)
+
+
+def build_sd_pipeline(root: Path, seed: int = 0, vocab_size: int | None = None,
+                      scheduler: str = "EulerDiscreteScheduler") -> Path:
+    """Save a tiny SD pipeline (unet, text_encoder, tokenizer, vae, scheduler; safetensors) under `root`."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel
+    size = save_tokenizer(root / "tokenizer")
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(**UNET).eval()
+    vae = diffusers.AutoencoderKL(**VAE).eval()
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size or size, hidden_size=16, intermediate_size=37,
+                                        num_attention_heads=2, num_hidden_layers=3, max_position_embeddings=CONTEXT,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                        projection_dim=16)).eval()
+    sched = getattr(diffusers, scheduler)(**SCHEDULER)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=load_tokenizer(root), unet=unet,
+                                             scheduler=sched, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.save_pretrained(root, safe_serialization=True)
+    return root
+
+
+def load_tokenizer(root: Path):
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)

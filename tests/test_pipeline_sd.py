@@ -1,0 +1,330 @@
+"""model.pipeline on a tiny random-weight Stable Diffusion pipeline built offline (tests/helpers_pipeline.py):
+the txt2img graph (text.encode -> model.text_condition -> guidance.cfg -> sample -> vae.decode) equals diffusers'
+StableDiffusionPipeline.__call__ on the same folder, prompt, negative prompt, initial latents and scheduler
+(Euler on the 'normal' schedule vs EulerDiscreteScheduler with linspace spacing; DDIM vs DDIMScheduler), and
+img2img equals StableDiffusionImg2ImgPipeline: final latents and decoded images to float32 precision; every solver family with CFG runs (shape, finite,
+deterministic per seed); bad folders and inputs are located errors; workflows/txt2img.json runs through the CLI."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers_pipeline import build_sd_pipeline, load_tokenizer
+from helpers_workflows import FOLDER_WORKFLOWS
+from peers import diffusers
+from samplegraph import Runtime, Workflow
+from samplegraph.graph.errors import NodeError, NodeRunError, WorkflowError
+from samplegraph.nodes.core.context import NodeContext
+from samplegraph.nodes.pipelines.pipeline import ModelPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+TXT2IMG = ROOT / "workflows" / "txt2img.json"
+SIZE, STEPS, SCALE = 64, 4, 3.0  # 64x64 images: 8x8 latents through the VAE's factor 8
+PROMPT, NEGATIVE = "a red cat on a mat", "blurry"
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory) -> Path:
+    diffusers()  # skip without the peer
+    return build_sd_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+
+
+def txt2img(path: Path, sampler: str = "sampler.euler", steps: int = STEPS, scale: float = SCALE,
+            batch: int = 1, seed: int = 0, **sampler_params) -> dict:
+    wf = json.loads(TXT2IMG.read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"] = str(path)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
+    n["guided"]["params"]["scale"] = scale
+    n["sigmas"]["params"]["steps"] = steps
+    n["solver"] = {"kind": sampler, "params": sampler_params}
+    n["latent"]["params"].update(width=SIZE, height=SIZE, batch=batch)
+    wf["seed"] = seed
+    return wf
+
+
+def run(wf: dict, *outputs: str) -> list:
+    result = Runtime(device="cpu").run(wf, outputs=list(outputs))
+    return [result[o] for o in outputs]
+
+
+def diffusers_pipe(path: Path, scheduler: str):
+    d = diffusers()
+    pipe = d.StableDiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                     safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = getattr(d, scheduler).from_config(pipe.scheduler.config, **(
+        {"clip_sample": False, "set_alpha_to_one": True} if scheduler == "DDIMScheduler" else {}))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def quantiles(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Median and 99.9th percentile of |a - b| relative to b's RMS (the random UNet's latents reach ~30)."""
+    err = (a.double() - b.double()).abs().flatten() / b.double().square().mean().sqrt()
+    return float(err.median()), float(err.quantile(0.999))
+
+
+@pytest.mark.parametrize("sampler, scheduler, timestep", [("sampler.euler", "EulerDiscreteScheduler", "continuous"),
+                                                         ("sampler.ddim", "DDIMScheduler", "rounded")])
+def test_txt2img_equals_diffusers_pipeline(sd, sampler, scheduler, timestep):
+    wf = txt2img(sd, sampler, steps=STEPS)
+    wf["nodes"]["pipe"]["params"]["timestep"] = timestep
+    if scheduler == "DDIMScheduler":  # DDIM's own grid: 'leading' timesteps with steps_offset 1 (below)
+        wf["nodes"]["sigmas"] = {"kind": "schedule.ddim_uniform", "inputs": {"model": "cond"},
+                                 "params": {"steps": STEPS}}
+    latent0, sigmas, final, images = run(wf, "latent", "sigmas", "sample", "decode")
+    pipe = diffusers_pipe(sd, scheduler)
+    if scheduler == "DDIMScheduler":
+        pipe.scheduler.register_to_config(timestep_spacing="leading", steps_offset=1)
+    pipe.scheduler.set_timesteps(STEPS)
+    ref_sigmas = ref_sigma_grid(pipe.scheduler)
+    assert torch.allclose(sigmas.values.float(), ref_sigmas, rtol=1e-5, atol=1e-6), (sigmas.values, ref_sigmas)
+    noise = latent0 / sigmas.values[0]  # diffusers multiplies by init_noise_sigma (Euler: sigma_max; DDIM: 1)
+    if scheduler == "DDIMScheduler":
+        noise = latent0 / (1 + sigmas.values[0] ** 2).sqrt()  # DDIM starts in VP space: x_vp = x / sqrt(1 + s^2)
+    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=SCALE,
+                height=SIZE, width=SIZE)
+    ref_latent = pipe(latents=noise.float().clone(), output_type="latent", **call).images
+    ref_images = pipe(latents=noise.float().clone(), output_type="pt", **call).images
+    med, p999 = quantiles(final, ref_latent)
+    print(f"{sampler}: latents median {med:.2e}, 99.9% {p999:.2e}", end="; ")
+    assert med < 1e-6 and p999 < 1e-5, (med, p999)
+    med, p999 = quantiles(images, ref_images)
+    print(f"images median {med:.2e}, 99.9% {p999:.2e}")
+    assert med < 1e-6 and p999 < 1e-5, (med, p999)
+    assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
+
+
+def test_img2img_equals_diffusers_img2img_pipeline(sd, tmp_path, monkeypatch):
+    """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
+    StableDiffusionImg2ImgPipeline given our encoded latents as its image and our noise as its draw."""
+    d = diffusers()
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(source)
+    wf = json.loads((ROOT / "workflows" / "img2img.json").read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(sd), str(source)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
+    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = SCALE, STEPS
+    n["sigmas"]["params"]["strength"] = 0.5
+    encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
+    assert sigmas.steps == 2 and encoded.shape == (1, 4, 8, 8)
+    eps = ((noised - encoded) / sigmas.values[0]).float()
+    module = sys.modules[d.StableDiffusionImg2ImgPipeline.__module__]
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: eps.clone())
+    pipe = d.StableDiffusionImg2ImgPipeline(**diffusers_pipe(sd, "EulerDiscreteScheduler").components)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5,
+                num_inference_steps=STEPS, guidance_scale=SCALE)
+    ref_latent = pipe(output_type="latent", **call).images
+    ref_images = pipe(output_type="pt", **call).images
+    for what, ours, ref in (("latents", final, ref_latent), ("images", images, ref_images)):
+        med, p999 = quantiles(ours, ref)
+        print(f"img2img {what}: median {med:.2e}, 99.9% {p999:.2e}")
+        assert med < 1e-6 and p999 < 1e-5, (med, p999)
+
+
+def ref_sigma_grid(sched) -> torch.Tensor:
+    """The VE sigmas of a diffusers scheduler's timesteps, ending in 0."""
+    if hasattr(sched, "sigmas"):
+        return sched.sigmas.float()
+    ac = sched.alphas_cumprod[sched.timesteps.long()].double()
+    return torch.cat([((1 - ac) / ac).sqrt(), torch.zeros(1, dtype=torch.float64)]).float()
+
+
+def test_cfg_scale_is_diffusers_guidance_scale_and_scale_one_is_the_prompt_alone(sd):
+    """guidance_scale w: eps_u + w (eps_c - eps_u); at w = 1 the uncond branch drops out exactly."""
+    (guided_one,) = run(txt2img(sd, scale=1.0), "sample")
+    wf = txt2img(sd)
+    wf["nodes"]["sample"]["inputs"]["denoise"] = "cond"
+    (cond_only,) = run(wf, "sample")
+    assert torch.allclose(guided_one, cond_only, atol=1e-6)
+
+
+def test_clip_skip_is_the_encoder_cut_after_layer_minus_k_plus_1(sd):
+    """clip_skip k equals a CLIPTextModel of the first L - k layers (same weights); 0 equals diffusers' encode_prompt.
+
+    (diffusers 0.42's own clip_skip path reads `text_encoder.text_model`, which transformers 5 removed.)"""
+    from transformers import CLIPTextModel
+    pipe = diffusers_pipe(sd, "EulerDiscreteScheduler")
+    enc = ModelPipeline(path=str(sd)).run(NodeContext.detached()).text_encoder
+    ids = load_tokenizer(sd)([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert torch.allclose(enc.encode([PROMPT], 0)[0].embeddings, pipe.encode_prompt(PROMPT, "cpu", 1, False)[0],
+                          atol=1e-6)
+    full = pipe.text_encoder
+    for skip in (1, 2):
+        keep = full.config.num_hidden_layers - skip
+        cut = CLIPTextModel(type(full.config)(**{**full.config.to_dict(), "num_hidden_layers": keep})).eval()
+        state = {k: v for k, v in full.state_dict().items()
+                 if not any(f"layers.{i}." in k for i in range(keep, keep + skip))}
+        cut.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            ref = cut(ids)[0]  # (1, 77, D)
+        assert torch.allclose(enc.encode([PROMPT], skip)[0].embeddings, ref, atol=1e-6), skip
+    with pytest.raises(NodeError, match="clip_skip"):
+        enc.encode([PROMPT], 3)
+
+
+def test_long_prompt_is_truncated_with_a_warning_event(sd):
+    wf = txt2img(sd)
+    wf["nodes"]["prompt"]["params"]["prompt"] = "word " * 60  # 300 characters: far past 77 tokens
+    events = []
+    result = Runtime(device="cpu").run(wf, outputs=["prompt"], on_event=events.append)
+    warnings = [e for e in events if type(e).__name__ == "NodeWarning"]
+    assert len(warnings) == 1 and warnings[0].node == "prompt" and "truncated" in warnings[0].message
+    assert result["prompt"].embeddings.shape[1] == 77
+    tok = load_tokenizer(sd)
+    assert warnings[0].message.endswith(repr(tok.decode(tok("word " * 60).input_ids[76:-1])))
+
+
+SMOKE = [("sampler.euler", {}), ("sampler.euler_ancestral", {}), ("sampler.heun", {}), ("sampler.dpmpp_2m", {}),
+         ("sampler.dpmpp_2m_sde", {}), ("sampler.unipc", {}), ("sampler.ddim", {}), ("sampler.lms", {})]
+
+
+@pytest.mark.parametrize("sampler, params", SMOKE, ids=[s for s, _ in SMOKE])
+def test_every_solver_family_with_cfg_runs_on_the_tiny_pipeline(sd, sampler, params):
+    a, b = (run(txt2img(sd, sampler, steps=3, batch=2, **params), "decode")[0] for _ in range(2))
+    (c,) = run(txt2img(sd, sampler, steps=3, batch=2, seed=1, **params), "decode")
+    assert a.shape == (2, 3, SIZE, SIZE) and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_vae_encode_decode_round_trip_and_scaling(sd):
+    pipe = ModelPipeline(path=str(sd)).run(NodeContext.detached())
+    ref = diffusers().AutoencoderKL.from_pretrained(sd / "vae", local_files_only=True)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    latents = pipe.vae.encode(images)  # (2, 4, 8, 8)
+    expect = ref.encode(images * 2 - 1).latent_dist.mode() * ref.config.scaling_factor
+    assert latents.shape == (2, 4, 8, 8) and torch.allclose(latents, expect, atol=1e-6)
+    decoded = pipe.vae.decode(latents)
+    expect = (ref.decode(latents / ref.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(decoded, expect, atol=1e-6)
+
+
+def test_save_image_embeds_the_workflow_and_load_image_reads_it_back(sd, tmp_path):
+    wf = txt2img(sd, steps=2, batch=3)
+    result = Runtime(device="cpu").run(wf, outputs=["save", "decode"], out_dir=tmp_path)
+    with Image.open(result["save"]) as png:
+        assert png.size == (3 * SIZE, SIZE)  # a grid of 3 in one row (columns 4)
+        assert json.loads(png.text["workflow"]) == Workflow.from_dict(wf).model_dump(mode="json")
+        assert png.text["seed"] == "0"
+        pixels = np.asarray(png.convert("RGB"))
+    expect = (result["decode"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8)  # (3, H, W, 3)
+    assert np.array_equal(pixels[:, :SIZE], expect[0].numpy())
+    load = {"version": 1, "nodes": {"img": {"kind": "io.load_image", "params": {"path": result["save"]}}},
+            "outputs": ["img"]}
+    loaded = Runtime(device="cpu").run(load)["img"]
+    assert loaded.shape == (1, 3, SIZE, 3 * SIZE) and torch.equal(loaded[0, :, :, :SIZE] * 255,
+                                                                   expect[0].permute(2, 0, 1).float())
+
+
+def test_conditioning_round_trips_through_the_disk_cache(sd, tmp_path):
+    wf = txt2img(sd, steps=2)
+    first, second = (Runtime(device="cpu", cache_dir=tmp_path).run(wf, outputs=["prompt", "sample"])
+                     for _ in range(2))
+    assert {n.node: n.cache for n in second.report.nodes}["prompt"] == "disk"
+    assert torch.equal(first["prompt"].embeddings, second["prompt"].embeddings)
+    assert torch.equal(first["sample"], second["sample"])
+
+
+def test_conditioning_of_another_width_or_family_is_refused_when_bound(sd):
+    from samplegraph.nodes.pipelines.types import Conditioning
+    model = ModelPipeline(path=str(sd)).run(NodeContext.detached()).model
+    with pytest.raises(NodeError, match="cross_attention_dim is 16"):
+        model.bind(Conditioning(torch.zeros(1, 77, 32), "sd"))
+    with pytest.raises(NodeError, match="'sdxl' text encoder"):
+        model.bind(Conditioning(torch.zeros(1, 77, 16), "sdxl"))
+
+
+def test_a_png_without_a_workflow_and_an_unreadable_image_are_located_errors(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(WorkflowError, match="no 'workflow' text chunk"):
+        Workflow.load(plain)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    load = {"version": 1, "nodes": {"img": {"kind": "io.load_image", "params": {"path": str(tmp_path / "bad.png")}}},
+            "outputs": ["img"]}
+    with pytest.raises(NodeRunError, match="img.*cannot read"):
+        Runtime(device="cpu").run(load)
+
+
+def load_error(path: Path, match: str) -> None:
+    with pytest.raises(NodeError, match=match):
+        ModelPipeline(path=str(path)).run(NodeContext.detached())
+
+
+def copy_of(sd: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(sd, tmp_path / "copy"))
+
+
+def test_missing_component_and_pickle_only_folder_are_refused(sd, tmp_path):
+    root = copy_of(sd, tmp_path)
+    shutil.rmtree(root / "vae")
+    load_error(root, "missing the 'vae/' folder")
+    root = copy_of(sd, tmp_path / "b")
+    (root / "unet" / "diffusion_pytorch_model.safetensors").rename(root / "unet" / "diffusion_pytorch_model.bin")
+    load_error(root, "pickle checkpoint.*never unpickles")  # refused by name: the file is not a pickle at all
+
+
+def test_other_families_are_named_as_not_yet_supported(sd, tmp_path):
+    root = copy_of(sd, tmp_path)
+    for kind, family in [("StableDiffusionXLPipeline", "SDXL"), ("StableDiffusion3Pipeline", "SD3"),
+                         ("FluxPipeline", "Flux")]:
+        index = json.loads((root / "model_index.json").read_text())
+        (root / "model_index.json").write_text(json.dumps({**index, "_class_name": kind}))
+        load_error(root, f"{family}.*not support.*yet")
+
+
+def test_tokenizer_that_does_not_match_the_encoder_is_refused(tmp_path):
+    diffusers()
+    root = build_sd_pipeline(tmp_path / "small", vocab_size=100)  # the tokenizer has ~190 tokens
+    load_error(root, "tokenizer does not belong to this text_encoder")
+
+
+def test_width_not_divisible_by_the_vae_factor_is_a_located_error(sd):
+    wf = txt2img(sd)
+    wf["nodes"]["latent"]["params"]["width"] = 60
+    with pytest.raises(NodeRunError, match="latent.*multiples of the VAE's downscale factor 8"):
+        run(wf, "latent")
+
+
+def cli_overrides(path: Path, sd: Path, tmp_path: Path) -> list[str]:
+    """--set arguments that point a shipped pipeline workflow at the tiny pipeline, small and short."""
+    sets = []
+    for name, spec in json.loads(path.read_text())["nodes"].items():
+        kind = spec["kind"]
+        if kind == "model.pipeline":
+            sets.append(f"{name}.path={sd}")
+        elif kind == "latent.empty":
+            sets += [f"{name}.width={SIZE}", f"{name}.height={SIZE}"]
+        elif kind == "io.load_image":
+            image = tmp_path / "input.png"
+            Image.fromarray(np.full((SIZE, SIZE, 3), 128, dtype=np.uint8)).save(image)
+            sets.append(f"{name}.path={image}")
+        elif kind.startswith("schedule.") and "steps" in spec.get("params", {}):
+            sets.append(f"{name}.steps=2")
+    return [a for s in sets for a in ("--set", s)]
+
+
+@pytest.mark.parametrize("path", FOLDER_WORKFLOWS, ids=[p.stem for p in FOLDER_WORKFLOWS])
+def test_pipeline_workflows_run_through_the_cli(sd, path, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),
+                           "--no-cache", "--device", "cpu", "--threads", "1", "--quiet",
+                           *cli_overrides(path, sd, tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["status"] == "ok"
+    image = next(out.glob("*.png"))
+    with Image.open(image) as png:
+        assert png.size == (SIZE, SIZE) and json.loads(png.text["workflow"])["nodes"]["pipe"]["params"]["path"] == str(sd)
+        pixels = np.asarray(png)
+    again = tmp_path / "again"  # `samplegraph run image.png` (Runtime.run on the PNG) re-runs its workflow
+    Runtime(device="cpu").run(image, out_dir=again)
+    with Image.open(again / image.name) as png:
+        assert np.array_equal(np.asarray(png), pixels)
