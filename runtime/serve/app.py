@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -228,13 +228,23 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             return
         after = ws.query_params.get("after", "0")
         await ws.accept()
-        try:
+
+        async def send_all() -> None:
             async for batch in event_batches(state, job_id, int(after) if after.isdigit() else 0):
                 for e in batch:
                     await ws.send_text(json.dumps(e))
+
+        async def until_disconnect() -> None:
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass  # clients have nothing to say; their messages are ignored
+
+        sending, listening = asyncio.create_task(send_all()), asyncio.create_task(until_disconnect())
+        done, pending = await asyncio.wait({sending, listening}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if sending in done and sending.exception() is None:
             await ws.close()
-        except WebSocketDisconnect:
-            pass
 
     @app.get(f"{API}/jobs/{{job_id}}/outputs")
     def list_outputs(job_id: str) -> dict[str, Any]:
