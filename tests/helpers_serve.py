@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,9 @@ class Server:
         assert reply.status == 200 and reply.headers["content-type"].startswith("text/event-stream")
         return parse_sse(reply.body.decode())
 
-    def wait_for_event(self, job_id: str, type_: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Read the live SSE stream until an event of `type_` (the connection is then dropped)."""
+    def wait_for_event(self, job_id: str, type_: str, timeout: float = 60.0,
+                       until: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
+        """Read the live SSE stream until an event of `type_` that satisfies `until` (then drop the connection)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         conn.request("GET", f"/api/v1/jobs/{job_id}/events", headers=headers)
@@ -141,7 +143,7 @@ class Server:
                     continue
                 events = parse_sse("".join(block) + "\n")
                 block = []
-                if events and events[0]["type"] == type_:
+                if events and events[0]["type"] == type_ and until(events[0]):
                     return events[0]
         finally:
             conn.close()

@@ -275,7 +275,7 @@ def test_kill_9_and_restart_loses_nothing(tmp_path):
     long_wf["nodes"]["sample"]["params"] = {"checkpoint_every": 1000, "checkpoint_seconds": None}
     interrupted = srv.submit(long_wf)
     queued = [srv.submit(tiny_workflow(seed=22 + i)) for i in range(3)]
-    srv.wait_for_event(interrupted["id"], "step_progress")
+    srv.wait_for_event(interrupted["id"], "step_progress", until=lambda e: e["step"] >= 3000)  # 2+ checkpoints
     before = srv.events(done["id"])
     srv.kill()  # SIGKILL: no shutdown code runs
 
@@ -285,6 +285,8 @@ def test_kill_9_and_restart_loses_nothing(tmp_path):
         assert again["status"] == "succeeded" and again["attempts"] == 2
         types = [e["type"] for e in srv.events(interrupted["id"])]
         assert types.count("running") == 2 and "requeued" in types and types[-1] == "succeeded"
+        sample = next(n for n in again["report"]["nodes"] if n["node"] == "sample")
+        assert sample["metrics"]["resumed_from_step"] >= 2000  # the re-run resumed from a checkpoint
         for job in queued:
             assert srv.job(job["id"], wait=60)["status"] == "succeeded"
         assert srv.events(done["id"]) == before  # history intact
