@@ -253,6 +253,7 @@ def test_bad_requests_are_clear_4xx(server):
 def test_loopback_host_and_origin_checks(server):
     assert server.request("GET", "/api/v1/jobs", headers={"Host": "evil.example"}).status == 403  # DNS rebinding
     assert server.request("GET", "/api/v1/jobs", headers={"Origin": "http://evil.example"}).status == 403
+    assert server.request("POST", "/api/v1/jobs", {"workflow": tiny_workflow()}, headers={"Origin": "null"}).status == 403
     same = f"http://127.0.0.1:{server.port}"
     assert server.request("GET", "/api/v1/jobs", headers={"Origin": same}).status == 200
 
@@ -293,6 +294,8 @@ def test_kill_9_and_restart_loses_nothing(tmp_path):
         assert srv.request("GET", f"/api/v1/jobs/{done['id']}/outputs/x.safetensors").status == 200
         listed = srv.request("GET", "/api/v1/jobs").json()
         assert len(listed["jobs"]) == 5 and listed["counts"]["succeeded"] == 5
+        with pytest.raises(RuntimeError, match="another samplegraph server is using the state dir"):
+            Server(tmp_path / "state").start()  # one writer per state dir
     finally:
         srv.stop()
 

@@ -101,11 +101,9 @@ class Guard:
         host = headers.get("host", "")
         if self.loopback and not is_loopback(host_name(host)):
             return f"Host '{host}' is not a loopback name; this server only answers on loopback"
-        origin = headers.get("origin")
-        if origin is not None and origin != "null":
-            netloc = urlsplit(origin).netloc
-            if netloc.lower() != host.lower():
-                return f"cross-origin request from '{origin}' refused"
+        origin = headers.get("origin")  # browsers send it on every cross-origin request ("null" from sandboxes)
+        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            return f"cross-origin request from '{origin}' refused"
         return None
 
     @staticmethod
