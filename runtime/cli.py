@@ -89,13 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, expected: str = "a positive integer") -> int:
+    """An argument that must be a positive integer; anything else is a usage error."""
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return n
 
 
@@ -114,13 +115,7 @@ def threads_arg(text: str) -> int | str:
     """--threads: a positive integer or 'auto'; anything else is a usage error."""
     if text == "auto":
         return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
-    return n
+    return positive_int(text, "a positive integer or 'auto'")
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
