@@ -125,6 +125,11 @@ class Server:
         assert reply.status == 200 and reply.headers["content-type"].startswith("text/event-stream")
         return parse_sse(reply.body.decode())
 
+    def events_so_far(self, job_id: str) -> list[dict[str, Any]]:
+        reply = self.request("GET", f"/api/v1/jobs/{job_id}/events?stream=false")
+        assert reply.status == 200, reply.body
+        return reply.json()["events"]
+
     def wait_for_event(self, job_id: str, type_: str, timeout: float = 60.0,
                        until: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
         """Read the live SSE stream until an event of `type_` that satisfies `until` (then drop the connection)."""

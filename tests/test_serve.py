@@ -57,6 +57,7 @@ def test_quickstart_progress_and_outputs(server):
     assert steps and steps[-1]["step"] == steps[-1]["total"] == 18
     # Last-Event-ID replays from the next event on
     assert server.events(job["id"], last_event_id=5) == events[5:]
+    assert server.events_so_far(job["id"]) == events
     # outputs: listed with sizes, downloaded byte for byte
     listed = {o["name"]: o for o in server.request("GET", f"/api/v1/jobs/{job['id']}/outputs").json()["outputs"]}
     assert {"samples.png", "samples.safetensors", "report.json"} <= set(listed)
@@ -94,6 +95,8 @@ def test_live_events_then_cancel_running_and_queued(server):
         done = server.job(job["id"], wait=60)
         assert done["status"] == "cancelled" and done["error"]["type"] == "RunCancelled"
     assert server.job(queued["id"])["attempts"] == 0
+    again = server.request("POST", f"/api/v1/jobs/{queued['id']}/cancel")
+    assert again.status == 409 and again.json()["error"]["job_status"] == "cancelled"
     # the queue goes on after cancellations and failures
     failing = tiny_workflow(seed=4)
     failing["nodes"]["model"] = {"kind": "model.safetensors", "params": {"path": str(WEIGHTS / "missing.safetensors")}}
@@ -153,6 +156,9 @@ def test_invalid_workflow_is_422_with_located_problems(server):
         rt = Runtime(device="cpu", cache=False)
         rt.validate(rt.load(bad)[0])
     assert [p["text"] for p in problems] == [str(p) for p in e.value.problems]
+    # requested outputs are checked at submit time too
+    reply = server.request("POST", "/api/v1/jobs", {"workflow": tiny_workflow(), "outputs": ["sample.nope"]})
+    assert reply.status == 422 and "nope" in reply.json()["error"]["problems"][0]["message"]
     # overrides as in the CLI's --set are applied before validation
     reply = server.request("POST", "/api/v1/jobs", {"workflow": tiny_workflow(), "set": ["sigmas.steps=0"]})
     assert reply.status == 422 and reply.json()["error"]["problems"][0]["node"] == "sigmas"
@@ -296,6 +302,22 @@ def test_kill_9_and_restart_loses_nothing(tmp_path):
         assert len(listed["jobs"]) == 5 and listed["counts"]["succeeded"] == 5
         with pytest.raises(RuntimeError, match="another samplegraph server is using the state dir"):
             Server(tmp_path / "state").start()  # one writer per state dir
+    finally:
+        srv.stop()
+
+
+def test_graceful_stop_requeues_the_running_job(tmp_path):
+    srv = Server(tmp_path / "state").start()
+    job = srv.submit(forever(seed=30))
+    srv.wait_for_event(job["id"], "step_progress")
+    assert "Traceback" not in srv.stop()  # SIGTERM: uvicorn's graceful stop cancels the run...
+    srv = Server(tmp_path / "state", port=srv.port).start()
+    try:
+        srv.wait_for_event(job["id"], "step_progress")  # ...and the next start runs it again
+        types = [e["type"] for e in srv.events_so_far(job["id"])]
+        assert "requeued" in types and "cancelled" not in types and types.count("running") == 2
+        assert srv.request("POST", f"/api/v1/jobs/{job['id']}/cancel").status == 202
+        assert srv.job(job["id"], wait=60)["status"] == "cancelled"
     finally:
         srv.stop()
 

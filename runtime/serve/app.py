@@ -209,7 +209,10 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post(f"{API}/jobs/{{job_id}}/cancel", status_code=202)
     async def cancel_job(job_id: str) -> dict[str, Any]:
-        find_job(state, job_id)
+        job = find_job(state, job_id)
+        if job.status in TERMINAL:
+            raise ApiError(409, "conflict", f"job '{job_id}' already {job.status}; only queued or running jobs "
+                                            f"can be cancelled", job_status=job.status)
         status = await asyncio.to_thread(store.request_cancel, job_id)
         if status == "running":
             state.workers.cancel(job_id)
@@ -217,10 +220,13 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         return job_view(state, find_job(state, job_id))
 
     @app.get(f"{API}/jobs/{{job_id}}/events")
-    async def events(request: Request, job_id: str, after: int = Query(0, ge=0)) -> StreamingResponse:
+    async def events(request: Request, job_id: str, after: int = Query(0, ge=0),
+                     stream: bool = Query(True, description="false: the events so far as one JSON list")) -> Any:
         find_job(state, job_id)
         last = request.headers.get("last-event-id", "")
         start = int(last) if last.isdigit() else after
+        if not stream:
+            return {"events": [e.to_dict() for e in store.events(job_id, start, limit=100_000)]}
         return StreamingResponse(sse_stream(state, job_id, start), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 

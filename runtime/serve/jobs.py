@@ -17,7 +17,7 @@ from typing import Any
 from ...graph.errors import Problem, RunCancelled, SamplegraphError, WorkflowError
 from ...graph.validate import execution_order
 from ...graph.workflow import Workflow, parse_override
-from ..api import CancelToken, Runtime
+from ..api import CancelToken, Runtime, resolve_wanted
 from ..confine import check_confined
 from ..events import Event, RunFinished, StepProgress
 from .store import Job, Store
@@ -54,6 +54,7 @@ def prepare(runtime: Runtime, request: dict[str, Any], out_dir: Path, model_root
     graph = runtime.validate(wf)
     names = request.get("outputs") or list(wf.outputs)
     order = execution_order(graph, names)
+    resolve_wanted(graph, names)  # a bad port in `outputs` is a problem of the request, found now
     check_confined(graph, order, out_dir, model_roots)
     return Prepared(wf, names)
 
