@@ -17,7 +17,8 @@ from typing import Any
 
 import samplegraph
 
-PACKAGE_PARENT = Path(samplegraph.__file__).resolve().parent.parent  # the folder that holds `samplegraph`
+# the folder that holds `samplegraph` as imported here (not resolved: the package may be a symlink to a checkout)
+PACKAGE_PARENT = Path(os.path.abspath(samplegraph.__file__)).parent.parent
 
 
 def free_port() -> int:

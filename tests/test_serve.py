@@ -17,15 +17,16 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'samplegraph[serve]'")
 websockets_sync = pytest.importorskip("websockets.sync.client", reason="websockets (serve extra) is missing")
 
+import samplegraph.nodes.models  # noqa: E402
 from samplegraph import Runtime  # noqa: E402
 from samplegraph.graph.errors import WorkflowError  # noqa: E402
 from samplegraph.nodes.api import Registry  # noqa: E402
 from samplegraph.runtime.serve.jobs import prepare  # noqa: E402
 
-from helpers_serve import PACKAGE_PARENT, Server, tiny_workflow  # noqa: E402
+from helpers_serve import Server, tiny_workflow  # noqa: E402
 
 QUICKSTART = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "quickstart.json").read_text())
-WEIGHTS = PACKAGE_PARENT / "samplegraph" / "nodes" / "models" / "weights"
+WEIGHTS = Path(samplegraph.nodes.models.__file__).parent / "weights"  # the shipped weights: a model root
 MAX_BODY = 65536
 
 

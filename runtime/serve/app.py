@@ -72,7 +72,7 @@ def create_app(state: ServerState, token: str | None, loopback: bool) -> Any:
     app = FastAPI(title="samplegraph", version="1", lifespan=lifespan, openapi_url=f"{API}/openapi.json",
                   docs_url=None, redoc_url=None)  # the interactive docs pages load from a CDN
     add_error_handlers(app)
-    add_routes(app, state)
+    add_job_routes(app, state)
     return Guard(app, token, loopback, state.max_body)
 
 
@@ -170,7 +170,7 @@ def parse_request(body: bytes) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def add_routes(app: FastAPI, state: ServerState) -> None:
+def add_job_routes(app: FastAPI, state: ServerState) -> None:
     store = state.store
 
     @app.get(f"{API}/health")
@@ -219,6 +219,14 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         state.notifier.notify(job_id)
         return job_view(state, find_job(state, job_id))
 
+    add_stream_routes(app, state)
+    add_output_routes(app, state)
+    add_catalog_routes(app, state)
+
+
+def add_stream_routes(app: FastAPI, state: ServerState) -> None:
+    store = state.store
+
     @app.get(f"{API}/jobs/{{job_id}}/events")
     async def events(request: Request, job_id: str, after: int = Query(0, ge=0),
                      stream: bool = Query(True, description="false: the events so far as one JSON list")) -> Any:
@@ -237,23 +245,11 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             return
         after = ws.query_params.get("after", "0")
         await ws.accept()
+        await stream_to_websocket(ws, state, job_id, int(after) if after.isdigit() else 0)
 
-        async def send_all() -> None:
-            async for batch in event_batches(state, job_id, int(after) if after.isdigit() else 0):
-                for e in batch:
-                    await ws.send_text(json.dumps(e))
 
-        async def until_disconnect() -> None:
-            while (await ws.receive())["type"] != "websocket.disconnect":
-                pass  # clients have nothing to say; their messages are ignored
-
-        sending, listening = asyncio.create_task(send_all()), asyncio.create_task(until_disconnect())
-        done, pending = await asyncio.wait({sending, listening}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if sending in done and sending.exception() is None:
-            await ws.close()
+def add_output_routes(app: FastAPI, state: ServerState) -> None:
+    store = state.store
 
     @app.get(f"{API}/jobs/{{job_id}}/outputs")
     def list_outputs(job_id: str) -> dict[str, Any]:
@@ -270,8 +266,6 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         if not path.is_file():
             raise ApiError(410, "gone", f"output '{entry['name']}' was removed from the state dir")
         return FileResponse(path, media_type=entry["media_type"], filename=Path(entry["name"]).name)
-
-    add_catalog_routes(app, state)
 
 
 def add_catalog_routes(app: FastAPI, state: ServerState) -> None:
@@ -334,6 +328,28 @@ async def event_batches(state: ServerState, job_id: str, after: int):
                 return
             if not await wait_for_news(news, KEEPALIVE_S):
                 yield []
+
+
+async def stream_to_websocket(ws: WebSocket, state: ServerState, job_id: str, after: int) -> None:
+    """Send the job's events as JSON text messages until its terminal event, then close; stop early when the
+    client disconnects (listening for it lets the close handshake complete)."""
+
+    async def send_all() -> None:
+        async for batch in event_batches(state, job_id, after):
+            for e in batch:
+                await ws.send_text(json.dumps(e))
+
+    async def until_disconnect() -> None:
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass  # clients have nothing to say; their messages are ignored
+
+    sending, listening = asyncio.create_task(send_all()), asyncio.create_task(until_disconnect())
+    done, pending = await asyncio.wait({sending, listening}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if sending in done and sending.exception() is None:
+        await ws.close()
 
 
 async def sse_stream(state: ServerState, job_id: str, after: int):

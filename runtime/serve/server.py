@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ...graph.errors import SamplegraphError
 from ..api import Runtime
@@ -55,7 +55,7 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return handle
 
 
-def build(options: ServeOptions, out: IO[str] = sys.stdout):
+def build(options: ServeOptions, out: IO[str] = sys.stdout) -> tuple[Any, IO[str]]:
     """The guarded ASGI app and the lock handle (kept open while serving)."""
     from .app import ServerState, create_app
 
