@@ -182,6 +182,14 @@ def test_model_paths_outside_the_model_roots_are_refused(server, tmp_path):
     assert problem["node"] == "model" and problem["where"] == "param 'path'" and "model roots" in problem["message"]
 
 
+def test_a_model_under_a_model_root_loads(server):
+    wf = tiny_workflow(batch=2)
+    wf["nodes"]["model"] = {"kind": "model.safetensors", "params": {"path": str(WEIGHTS / "digits_edm.safetensors")}}
+    wf["nodes"]["noise"]["params"]["shape"] = [64]
+    job = server.submit(wf, wait=60)
+    assert job["status"] == "succeeded", job["error"]
+
+
 def test_confinement_in_process(tmp_path):
     """prepare(): inputs inside a root pass, '..' out of a root (also through a diffusers subfolder) and symlinks
     leading out are refused; with no root every user file is refused; shipped weights need none."""
