@@ -15,7 +15,6 @@ this sandbox's fetch limit; see benchmarks/executor_overhead.py), so it could no
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading

@@ -52,9 +52,9 @@ def test_page_is_served_with_its_csp(tmp_path):
 def browser_missing() -> str | None:
     if not CHROMIUM.exists():
         return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SAMPLEGRAPH_CHROMIUM)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("playwright") is None:
         return "playwright is not installed (pip install playwright; no browser download is needed)"
     return None
 
