@@ -33,8 +33,12 @@ function fraction(id, status) {
   return Math.min(1, (p.done + p.step) / p.total);
 }
 
+// A browser keeps ~6 HTTP/1.1 connections per host: stream a few jobs (the running and the selected ones),
+// the 3 s poll of the list covers the rest.
+const MAX_STREAMS = 3;
+
 function watch(id) {
-  if (streams.has(id)) return;
+  if (streams.has(id) || streams.size >= MAX_STREAMS) return;
   const source = new EventSource(`${API}/jobs/${id}/events`);
   streams.set(id, source);
   const p = {total: 0, done: 0, step: 0};
@@ -70,7 +74,7 @@ async function refreshJobs() {
     const actions = el("td");
     if (!TERMINAL.has(job.status)) {
       actions.append(el("button", {class: "cancel", onclick: () => cancel(job.id)}, "Cancel"));
-      watch(job.id);
+      if (job.status === "running" || job.id === selected) watch(job.id);
     }
     const row = el("tr", {"data-job": job.id, class: job.id === selected ? "selected" : ""},
       el("td", {class: "id", onclick: () => showDetail(job.id)}, job.id.slice(0, 8)),
