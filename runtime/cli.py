@@ -92,7 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("workflow", type=Path)
     add_set(graph)
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+
+    serve = add("serve", help="run the HTTP job server (needs the extra: pip install samplegraph[serve])")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: 127.0.0.1; anything but loopback requires the bearer token)")
+    serve.add_argument("--port", type=int, default=8188, help="port (default: 8188)")
+    serve.add_argument("--state-dir", type=Path, default=Path("samplegraph-state"),
+                       help="jobs database, outputs, token and cache (default: ./samplegraph-state)")
+    serve.add_argument("--workers", type=positive_int, default=1, help="jobs run at once (worker threads)")
+    serve.add_argument("--model-root", action="append", type=Path, default=[], dest="model_roots",
+                       help="folder that workflows may load model files from (repeatable; default: none)")
+    serve.add_argument("--cache-dir", type=Path, help="disk cache (default: STATE_DIR/cache)")
+    serve.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N")
+    serve.add_argument("--max-body", type=positive_int, default=8 << 20, help="request size limit in bytes")
     return p
+
+
+def positive_int(text: str, expected: str = "a positive integer") -> int:
+    """An argument that must be a positive integer; anything else is a usage error."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return n
 
 
 def device_arg(text: str) -> str:
@@ -110,13 +134,7 @@ def threads_arg(text: str) -> int | str:
     """--threads: a positive integer or 'auto'; anything else is a usage error."""
     if text == "auto":
         return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
-    return n
+    return positive_int(text, "a positive integer or 'auto'")
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
@@ -352,8 +370,23 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401  # the optional extra
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        print(f"error: samplegraph serve needs the 'serve' extra ({e.name} is missing): "
+              f"pip install 'samplegraph[serve]'", file=sys.stderr)
+        return EXIT_FAILED
+    from .serve.server import ServeOptions, serve
+
+    return serve(ServeOptions(host=args.host, port=args.port, state_dir=args.state_dir, workers=args.workers,
+                              model_roots=args.model_roots, cache_dir=args.cache_dir, device=args.device,
+                              max_body=args.max_body))
+
+
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "nodes": cmd_nodes, "schema": cmd_schema,
-            "graph": cmd_graph}
+            "graph": cmd_graph, "serve": cmd_serve}
 
 
 if __name__ == "__main__":

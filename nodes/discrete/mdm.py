@@ -115,6 +115,10 @@ class ModelMDM(Node):
     path: str | None = Field(None, description="a local folder with config.json and model.safetensors (safetensors "
                              "only); None = the shipped nodes/discrete/weights/mdm.safetensors")
 
+    def input_files(self) -> list[Path]:
+        """The user's model folder (a server confines it to its model roots); the shipped weights are none."""
+        return [Path(self.path).expanduser()] if self.path is not None else []
+
     def external_state(self) -> Any:
         """The weights' (and config's) size and mtime: retrained or replaced files invalidate the cache."""
         if self.path is None:

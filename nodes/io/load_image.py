@@ -20,6 +20,10 @@ class LoadImage(Node):
 
     path: str = Field(min_length=1, description="local image file")
 
+    def input_files(self) -> list[Path]:
+        """The image this node reads (a server confines it to its model roots)."""
+        return [Path(self.path).expanduser()]
+
     def external_state(self) -> Any:
         """The file's size and mtime: a rewritten image invalidates the cache."""
         return file_state(Path(self.path))

@@ -222,6 +222,10 @@ class ModelCharLM(Node):
     weights: str | None = Field(None, description="a .safetensors file from training/train_char_lm.py; "
                                 "None = the shipped nodes/lm/weights/char_lm.safetensors")
 
+    def input_files(self) -> list[Path]:
+        """The user's weights file (a server confines it to its model roots); the shipped one is none."""
+        return [Path(self.weights).expanduser()] if self.weights else []
+
     def external_state(self) -> Any:
         """The weights file's size and mtime: retrained weights invalidate the cache."""
         return file_state(Path(self.weights) if self.weights else WEIGHTS)

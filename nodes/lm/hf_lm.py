@@ -66,6 +66,10 @@ class HFLM(Node):
             raise NodeError(f"param 'path': '{p}' is a file but not a .gguf; give a model folder or a GGUF file")
         return p
 
+    def input_files(self) -> list[Path]:
+        """The user's folder or GGUF file (a server confines it to its model roots); a shipped GGUF is none."""
+        return [Path(self.path).expanduser()] if self.path is not None else []
+
     def external_state(self) -> Any:
         """Sizes and mtimes of the weights, config and tokenizer files: a rewritten model invalidates the cache."""
         try:

@@ -49,6 +49,11 @@ class ModelDiffusers(Node):
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="weights' dtype; inputs and "
                                                              "outputs stay in the sampler's dtype")
 
+    def input_files(self) -> list[Path]:
+        """The folders this node reads (a server confines them to its model roots)."""
+        root = Path(self.path).expanduser()
+        return [root] + ([root / self.subfolder] if self.subfolder else [])
+
     def external_state(self) -> Any:
         """Sizes and mtimes of the configs and weights: a rewritten checkpoint invalidates the cache."""
         root = Path(self.path)

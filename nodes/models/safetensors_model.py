@@ -60,6 +60,10 @@ class ModelSafetensors(Node):
         """The file's size and modification time: a rewritten checkpoint invalidates the cache."""
         return file_state(Path(self.path))
 
+    def input_files(self) -> list[Path]:
+        """The file this node reads (a server confines it to its model roots)."""
+        return [Path(self.path).expanduser()]
+
     def run(self) -> Labelled:
         """The model bound to the null class; errors name the file and what mismatched."""
         return mlp_model(load_mlp(Path(self.path), self.config))

@@ -45,6 +45,10 @@ class ModelPipeline(Node):
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="weights' dtype of every "
                                                              "component; latents stay in the sampler's dtype")
 
+    def input_files(self) -> list[Path]:
+        """The pipeline folder this node reads (a server confines it to its model roots)."""
+        return [Path(self.path).expanduser()]
+
     def external_state(self) -> Any:
         """Sizes and mtimes of every component's files: a rewritten checkpoint invalidates the cache."""
         return pipeline_files(Path(self.path)) if Path(self.path).is_dir() else None
