@@ -150,7 +150,22 @@ class CachedRunner:
         return out
 
 
-class BlockCached(Model):
+class StatefulNetworkModel(Model):
+    """A Model over a network model (`self.model`) whose calls keep per-particle memory: the wrapped model's
+    sampling, and stateful (so search strategies and guidance that cannot carry the memory refuse it)."""
+
+    model: ConditionalNetwork
+
+    @property
+    def sampling(self) -> ModelSampling:
+        return self.model.sampling
+
+    @property
+    def stateful(self) -> bool:
+        return True
+
+
+class BlockCached(StatefulNetworkModel):
     """A class-conditional block network whose blocks a ReusePolicy may reuse between calls; stateful."""
 
     def __init__(self, model: ConditionalNetwork, policy: ReusePolicy):
@@ -168,14 +183,6 @@ class BlockCached(Model):
 
     def __repr__(self) -> str:
         return f"BlockCached({self.model!r}, {type(self.policy).__name__})"
-
-    @property
-    def sampling(self) -> ModelSampling:
-        return self.model.sampling
-
-    @property
-    def stateful(self) -> bool:
-        return True
 
     def to(self, device: torch.device) -> BlockCached:
         return BlockCached(self.model.to(device), self.policy)

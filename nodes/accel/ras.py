@@ -33,11 +33,12 @@ from pydantic import Field
 from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.denoiser import BoundDenoiser
-from ..core.model import Model, ModelSampling
+from ..core.model import Model
 from ..core.state import bcast
 from ..models.networks.conditional import ConditionalNetwork
 from ..models.networks.dit import DiT
 from ..models.parametrisation import input_scale, network_time, to_x0
+from .block_cache import StatefulNetworkModel
 
 
 @dataclass
@@ -116,7 +117,7 @@ class RASRunner:
         return self.net.unpatchify(full, *self.net.token_grid(x_in)).reshape(x_in.shape)  # (B, H, W)
 
 
-class RegionAdaptive(Model):
+class RegionAdaptive(StatefulNetworkModel):
     """A class-conditional DiT whose calls recompute only the tokens in focus (RAS); stateful."""
 
     def __init__(self, model: ConditionalNetwork, ratio: float, dense_calls: int, dense_at: frozenset[int],
@@ -127,14 +128,6 @@ class RegionAdaptive(Model):
 
     def __repr__(self) -> str:
         return f"RegionAdaptive({self.model!r}, ratio={self.ratio})"
-
-    @property
-    def sampling(self) -> ModelSampling:
-        return self.model.sampling
-
-    @property
-    def stateful(self) -> bool:
-        return True
 
     def to(self, device: torch.device) -> RegionAdaptive:
         return RegionAdaptive(self.model.to(device), self.ratio, self.dense_calls, self.dense_at, self.starvation,
