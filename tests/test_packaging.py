@@ -28,3 +28,14 @@ def test_subpackages_resolve_under_samplegraph_and_no_top_level_modules_leak(tmp
             "print([n for n in ('graph', 'nodes', 'runtime') if importlib.util.find_spec(n)])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["samplegraph.graph samplegraph.runtime", "[]"]
+
+
+def test_loading_every_node_imports_no_optional_or_heavy_package():
+    """The registry imports every node module (every CLI start does): peers and extras load in run() only."""
+    check = ("import sys\nfrom samplegraph.nodes import builtin_nodes\nbuiltin_nodes()\n"
+             "heavy = ('scipy.optimize', 'diffusers', 'transformers', 'fastapi', 'uvicorn', 'ray', 'sklearn')\n"
+             "print(sorted(m for m in heavy if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT.parent,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field, model_validator
-from scipy.optimize import minimize_scalar
 
 from ...graph.errors import NodeError
 from ..api import Node, node
@@ -95,6 +94,8 @@ class DcSolverCalibrate(Node):
             else:
                 reached = nxt.x
             return float(((reached - target) ** 2).mean())
+
+        from scipy.optimize import minimize_scalar  # here, not at import: the registry loads every node
 
         found = minimize_scalar(loss, bounds=(self.rho_min, self.rho_max), method="bounded",
                                 options={"xatol": self.tolerance})
