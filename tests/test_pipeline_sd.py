@@ -22,6 +22,8 @@ from samplegraph import Runtime, Workflow
 from samplegraph.graph.errors import NodeError, NodeRunError, WorkflowError
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
+from samplegraph.nodes.pipelines.text_encode import TextEncode
+from samplegraph.nodes.pipelines.types import EncodeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 TXT2IMG = ROOT / "workflows" / "txt2img.json"
@@ -155,7 +157,7 @@ def test_clip_skip_is_the_encoder_cut_after_layer_minus_k_plus_1(sd):
     pipe = diffusers_pipe(sd, "EulerDiscreteScheduler")
     enc = ModelPipeline(path=str(sd)).run(NodeContext.detached()).text_encoder
     ids = load_tokenizer(sd)([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    assert torch.allclose(enc.encode([PROMPT], 0)[0].embeddings, pipe.encode_prompt(PROMPT, "cpu", 1, False)[0],
+    assert torch.allclose(enc.encode([PROMPT], EncodeOptions())[0].embeddings, pipe.encode_prompt(PROMPT, "cpu", 1, False)[0],
                           atol=1e-6)
     full = pipe.text_encoder
     for skip in (1, 2):
@@ -166,9 +168,9 @@ def test_clip_skip_is_the_encoder_cut_after_layer_minus_k_plus_1(sd):
         cut.load_state_dict(state, strict=True)
         with torch.no_grad():
             ref = cut(ids)[0]  # (1, 77, D)
-        assert torch.allclose(enc.encode([PROMPT], skip)[0].embeddings, ref, atol=1e-6), skip
+        assert torch.allclose(enc.encode([PROMPT], EncodeOptions(clip_skip=skip))[0].embeddings, ref, atol=1e-6), skip
     with pytest.raises(NodeError, match="clip_skip"):
-        enc.encode([PROMPT], 3)
+        enc.encode([PROMPT], EncodeOptions(clip_skip=3))
 
 
 def test_long_prompt_is_truncated_with_a_warning_event(sd):
@@ -279,6 +281,13 @@ def test_other_families_are_named_as_not_yet_supported(sd, tmp_path):
         index = json.loads((root / "model_index.json").read_text())
         (root / "model_index.json").write_text(json.dumps({**index, "_class_name": kind}))
         load_error(root, f"{family}.*not support.*yet")
+
+
+def test_an_encode_option_of_another_family_is_refused_by_name(sd, monkeypatch):
+    enc = ModelPipeline(path=str(sd)).run(NodeContext.detached()).text_encoder
+    monkeypatch.setattr(TextEncode, "options", lambda self: EncodeOptions(guidance=3.5))  # a Flux-only option
+    with pytest.raises(NodeError, match="'guidance' does not apply to a 'sd' text encoder"):
+        TextEncode(prompt=PROMPT).run(enc, NodeContext.detached())
 
 
 def test_tokenizer_that_does_not_match_the_encoder_is_refused(tmp_path):

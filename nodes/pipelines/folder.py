@@ -5,8 +5,9 @@ Every failure is a NodeError naming the file or folder and the fix; pickle-only 
 before anything is opened (models/safetensors_model.refuse_pickles)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -15,22 +16,69 @@ from ..models.diffusers_model import check_loading_info, read_json
 from ..models.safetensors_model import file_state, refuse_pickles
 
 INDEX = "model_index.json"
-SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
-NOT_YET = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL",
-           "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "Flux", "StableDiffusionInpaintPipeline":
-           "the 9-channel SD inpainting UNet"}
 # component -> (its weights file or None, the classes samplegraph loads it as)
-SD_COMPONENTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+Components = dict[str, tuple[str | None, tuple[str, ...]]]
+
+
+class Family(NamedTuple):
+    """A pipeline family: the model_index.json _class_name values it reads, its components, its loader."""
+
+    label: str  # e.g. "Stable Diffusion 1.x/2.x"
+    classes: tuple[str, ...]  # model_index.json _class_name values
+    components: Components
+    loader: str  # "module:function" under nodes/pipelines, called as function(PipelineFolder, LoadSettings)
+
+
+SD_COMPONENTS: Components = {
     "unet": ("diffusion_pytorch_model.safetensors", ("UNet2DConditionModel",)),
     "text_encoder": ("model.safetensors", ("CLIPTextModel",)),
     "tokenizer": (None, ("CLIPTokenizer", "CLIPTokenizerFast")),
     "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
     "scheduler": (None, ()),
 }
+# every family model.pipeline reads; a new family adds one entry (and its loader module)
+FAMILIES: tuple[Family, ...] = (
+    Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), SD_COMPONENTS,
+           "sd_folder:load_sd"),
+)
+NOT_YET = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL",
+           "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "Flux", "StableDiffusionInpaintPipeline":
+           "the 9-channel SD inpainting UNet"}
 
 
-def read_index(root: Path) -> dict[str, Any]:
-    """model_index.json of an SD 1.x/2.x pipeline folder (NodeError for other families, named)."""
+@dataclass(frozen=True)
+class PipelineFolder:
+    """A checked pipeline folder: its root, model_index.json, family and each component's folder."""
+
+    root: Path
+    index: dict[str, Any]
+    family: Family
+    folders: dict[str, Path]
+
+    def scheduler_config(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        return {**read_json(self.folders["scheduler"] / "scheduler_config.json"), **(overrides or {})}
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """model.pipeline's parameters as every family's loader reads them."""
+
+    dtype: torch.dtype
+    device: torch.device
+    scheduler: dict[str, Any] | None  # scheduler_config.json overrides
+    prediction: str  # "auto" or the network's output parametrisation
+    timestep: Any  # TimestepMode
+
+    def prediction_or(self, from_scheduler: Any) -> Any:
+        return from_scheduler if self.prediction == "auto" else self.prediction
+
+
+def supported() -> str:
+    return "; ".join(f"{', '.join(f.classes)} ({f.label})" for f in FAMILIES)
+
+
+def read_index(root: Path) -> tuple[dict[str, Any], Family]:
+    """model_index.json of a pipeline folder and its family (NodeError for other classes, named)."""
     if not root.is_dir():
         raise NodeError(f"param 'path': '{root}' is not a directory; give a local diffusers pipeline folder")
     if not (root / INDEX).is_file():
@@ -38,22 +86,29 @@ def read_index(root: Path) -> dict[str, Any]:
                         f"or DiT folder use model.diffusers)")
     index = read_json(root / INDEX)
     kind = str(index.get("_class_name", ""))
+    family = next((f for f in FAMILIES if kind in f.classes), None)
+    if family is not None:
+        return index, family
     if kind in NOT_YET:
         raise NodeError(f"'{root / INDEX}' is a {kind} ({NOT_YET[kind]}), which model.pipeline does not support "
-                        f"yet; supported: {', '.join(SD_PIPELINES)} (Stable Diffusion 1.x/2.x)")
-    if kind not in SD_PIPELINES:
-        raise NodeError(f"'{root / INDEX}': _class_name {kind or None!r} is not supported; supported: "
-                        f"{', '.join(SD_PIPELINES)}")
-    return index
+                        f"yet; supported: {supported()}")
+    raise NodeError(f"'{root / INDEX}': _class_name {kind or None!r} is not supported; supported: {supported()}")
 
 
-def component(root: Path, index: dict[str, Any], name: str) -> Path:
+def open_folder(root: Path) -> PipelineFolder:
+    """The folder checked: its family known and every component it needs present."""
+    index, family = read_index(root)
+    return PipelineFolder(root, index, family, {name: component(root, index, family, name)
+                                                for name in family.components})
+
+
+def component(root: Path, index: dict[str, Any], family: Family, name: str) -> Path:
     """The folder of component `name`, checked against the class model_index.json names for it."""
-    weights, classes = SD_COMPONENTS[name]
+    weights, classes = family.components[name]
     entry = index.get(name)
     if not (isinstance(entry, list) and len(entry) == 2 and entry[1] is not None):
-        raise NodeError(f"'{root / INDEX}' names no '{name}' component; a Stable Diffusion pipeline needs "
-                        f"{', '.join(SD_COMPONENTS)}")
+        raise NodeError(f"'{root / INDEX}' names no '{name}' component; a {family.label} pipeline needs "
+                        f"{', '.join(family.components)}")
     if classes and entry[1] not in classes:
         raise NodeError(f"'{root / INDEX}': component '{name}' is a {entry[1]}; supported: {', '.join(classes)}")
     folder = root / name
@@ -67,8 +122,12 @@ def component(root: Path, index: dict[str, Any], name: str) -> Path:
 
 
 def pipeline_files(root: Path) -> dict[str, list[int] | None]:
-    """Sizes and mtimes of every config, vocabulary and weights file of the components (the cache key's part)."""
-    files = [root / INDEX, *(f for name in SD_COMPONENTS for f in sorted((root / name).glob("*")) if f.is_file())]
+    """Sizes and mtimes of model_index.json and of every file in its components' folders (the cache key's part)."""
+    try:
+        names = [k for k, v in read_json(root / INDEX).items() if isinstance(v, list)]
+    except NodeError:
+        names = []  # run() reports the unreadable index
+    files = [root / INDEX, *(f for name in sorted(names) for f in sorted((root / name).glob("*")) if f.is_file())]
     return {str(f): file_state(f) for f in files}
 
 

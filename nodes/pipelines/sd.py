@@ -13,7 +13,7 @@ import torch
 from ...graph.errors import NodeError
 from ..core.model import Model, ModelSampling
 from ..models.parametrisation import NetworkDenoiser, Prediction, TimestepMode
-from .types import Conditioning, TextEncoder, TextModel, Vae, repeat_rows
+from .types import Conditioning, EncodeOptions, TextEncoder, TextModel, Vae, repeat_rows
 
 FAMILY = "sd"
 
@@ -32,8 +32,9 @@ class ClipTextEncoder(TextEncoder):
         self.context = int(tokenizer.model_max_length)
         self.use_mask = bool(getattr(encoder.config, "use_attention_mask", False))
 
-    def encode(self, prompts: list[str], clip_skip: int) -> tuple[Conditioning, list[str]]:
+    def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
         """Embeddings of the last layer (clip_skip 0) or of layer -(clip_skip + 1) after the final layer norm."""
+        clip_skip = options.clip_skip
         layers = int(self.encoder.config.num_hidden_layers)
         if clip_skip >= layers:
             raise NodeError(f"param 'clip_skip' is {clip_skip}, but the text encoder has {layers} layers; use "

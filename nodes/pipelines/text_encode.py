@@ -9,7 +9,8 @@ from pydantic import Field
 
 from ..api import Node, node
 from ..core.context import NodeContext
-from .types import Conditioning, TextEncoder
+from ...graph.errors import NodeError
+from .types import Conditioning, EncodeOptions, TextEncoder
 
 
 @node("text.encode")
@@ -23,8 +24,16 @@ class TextEncode(Node):
                                             "latent batch")
 
     def run(self, text_encoder: TextEncoder, ctx: NodeContext) -> Conditioning:
-        cond, lost = text_encoder.encode([self.prompt] * self.batch, self.clip_skip)
+        options = self.options()
+        for name in options.set_beyond_defaults():
+            if name not in text_encoder.options:
+                raise NodeError(f"param {name!r} does not apply to a {text_encoder.family!r} text encoder; "
+                                f"remove it (it is for the families that take it: see `samplegraph nodes text.encode`)")
+        cond, lost = text_encoder.encode([self.prompt] * self.batch, options)
         if lost[0]:
             ctx.warn(f"the prompt is longer than the text encoder's {text_encoder.context} tokens and was "
                      f"truncated; lost: {lost[0]!r}")
         return cond
+
+    def options(self) -> EncodeOptions:
+        return EncodeOptions(clip_skip=self.clip_skip)

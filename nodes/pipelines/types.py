@@ -3,14 +3,15 @@
 Contracts (docs/ARCHITECTURE.md, "Text-to-image pipelines"), kept small so SDXL, SD3 and Flux plug in:
 - `Conditioning`: what a text encoder returns, a frozen bundle of tensors tagged with its family (never a dict); SD's is the
   token embeddings (B, L, D); later families add `pooled` (B, P) (SDXL, SD3, Flux) and per-family extras.
-- `TextEncoder`: prompts -> Conditioning (tokenizer(s) + encoder(s)), with its own context length.
+- `TextEncoder`: prompts + EncodeOptions -> Conditioning (tokenizer(s) + encoder(s)), with its own context length;
+  it names the options it honours (`options`), and text.encode refuses any other option set by the user.
 - `TextModel`: a text-conditioned network, not yet a Denoiser; `bind(cond)` gives one (model.text_condition).
 - `Vae`: latents <-> images (B, 3, H, W) in [0, 1], with its spatial factor, channels and latent scaling."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 import torch
 
@@ -35,6 +36,8 @@ class Conditioning:
     embeddings: torch.Tensor  # (B, L, D)
     family: str  # the TextModel family it binds to ("sd"); binding another family's conditioning is an error
     pooled: torch.Tensor | None = None  # (B, P): SDXL / SD3 / Flux; None for SD 1.x/2.x
+    # per-family tensors with B rows (or 1), e.g. SDXL's "time_ids" (B, 6), Flux's "guidance" (B,)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch(self) -> int:
@@ -42,14 +45,32 @@ class Conditioning:
 
     def cache_encode(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The tensors for the disk cache (runtime/values.py rebuilds it with cache_decode)."""
-        tensors = {"embeddings": self.embeddings}
+        tensors = {"embeddings": self.embeddings, **{f"extra.{k}": v for k, v in self.extras.items()}}
         if self.pooled is not None:
             tensors["pooled"] = self.pooled
         return tensors, {"family": self.family}
 
     @classmethod
     def cache_decode(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Conditioning:
-        return cls(tensors["embeddings"], str(meta["family"]), tensors.get("pooled"))
+        extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+        return cls(tensors["embeddings"], str(meta["family"]), tensors.get("pooled"), extras)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """text.encode's settings; beyond clip_skip each applies to the families whose TextEncoder names it in `options`."""
+
+    clip_skip: int = 0  # every CLIP-based family
+    original_size: tuple[int, int] | None = None  # SDXL micro-conditioning (height, width); None = the target size
+    crop_top_left: tuple[int, int] = (0, 0)  # SDXL micro-conditioning (top, left)
+    target_size: tuple[int, int] | None = None  # SDXL micro-conditioning (height, width); None = the latent's size
+    max_sequence_length: int | None = None  # T5 tokens (SD3: 256, Flux: 512 by default); None = the family's default
+    guidance: float | None = None  # Flux's distilled guidance embedding (FluxPipeline's guidance_scale)
+
+    def set_beyond_defaults(self) -> list[str]:
+        """Names of the options (other than clip_skip) that differ from their defaults."""
+        default = EncodeOptions()
+        return [f.name for f in fields(self) if f.name != "clip_skip" and getattr(self, f.name) != getattr(default, f.name)]
 
 
 class TextEncoder(ABC):
@@ -57,9 +78,10 @@ class TextEncoder(ABC):
 
     family: str
     context: int  # tokens per prompt the encoder sees (CLIP: 77)
+    options: frozenset[str] = frozenset()  # EncodeOptions fields beyond clip_skip that this family honours
 
     @abstractmethod
-    def encode(self, prompts: list[str], clip_skip: int) -> tuple[Conditioning, list[str]]:
+    def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
         """(conditioning, the text each prompt lost to truncation: '' when none was lost)."""
 
 
@@ -90,3 +112,11 @@ class Vae(ABC):
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] of scaled latents (B, C, h, w)."""
+
+
+class Pipeline(NamedTuple):
+    """model.pipeline's outputs: what every family's loader (nodes/pipelines/folder.py FAMILIES) returns."""
+
+    model: TextModel
+    text_encoder: TextEncoder
+    vae: Vae
