@@ -63,3 +63,23 @@ def build_sd_pipeline(root: Path, seed: int = 0, vocab_size: int | None = None,
 def load_tokenizer(root: Path):
     from transformers import CLIPTokenizer
     return CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+
+
+def save_t5_tokenizer(folder: Path, max_length: int = 32) -> int:
+    """A T5 tokenizer (tokenizer.json: a Unigram over single characters with the word-start mark, '</s>' appended)
+    in `folder`, as SD3's and Flux's tokenizer_3 / tokenizer_2; returns its size (with T5's 100 extra ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5TokenizerFast
+    chars = [c for c in string.printable if not c.isspace()]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(c, -2.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=max_length)
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    t5 = T5TokenizerFast.from_pretrained(folder, local_files_only=True)
+    t5.save_pretrained(folder)
+    return len(t5)

@@ -283,11 +283,11 @@ def test_other_families_are_named_as_not_yet_supported(sd, tmp_path):
         load_error(root, f"{family}.*not support.*yet")
 
 
-def test_an_encode_option_of_another_family_is_refused_by_name(sd, monkeypatch):
+def test_an_encode_option_of_another_family_is_refused_by_name(sd):
     enc = ModelPipeline(path=str(sd)).run(NodeContext.detached()).text_encoder
-    monkeypatch.setattr(TextEncode, "options", lambda self: EncodeOptions(guidance=3.5))  # a Flux-only option
-    with pytest.raises(NodeError, match="'guidance' does not apply to a 'sd' text encoder"):
-        TextEncode(prompt=PROMPT).run(enc, NodeContext.detached())
+    for name, value in [("guidance", 3.5), ("original_size", (64, 64)), ("max_sequence_length", 8)]:
+        with pytest.raises(NodeError, match=f"'{name}' does not apply to a 'sd' text encoder"):
+            TextEncode(prompt=PROMPT, **{name: value}).run(enc, NodeContext.detached())
 
 
 def test_tokenizer_that_does_not_match_the_encoder_is_refused(tmp_path):

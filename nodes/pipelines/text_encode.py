@@ -20,6 +20,15 @@ class TextEncode(Node):
     prompt: str = Field(description="the text ('' for the unconditional / empty negative prompt)")
     clip_skip: int = Field(0, ge=0, description="0 = the last layer; k = the output of layer -(k+1) through the "
                                                 "final layer norm (diffusers' clip_skip; ComfyUI's last layer -(k+1))")
+    original_size: tuple[int, int] | None = Field(None, description="SDXL: the (height, width) micro-conditioning "
+                                                  "'original size' in pixels; None = the target size")
+    crop_top_left: tuple[int, int] = Field((0, 0), description="SDXL: the (top, left) crop micro-conditioning")
+    target_size: tuple[int, int] | None = Field(None, description="SDXL: the (height, width) target size in pixels; "
+                                                "None = the size of the latent being sampled")
+    max_sequence_length: int | None = Field(None, ge=1, description="SD3 / Flux: T5 tokens per prompt; None = the "
+                                            "family's default (SD3 256, Flux 512)")
+    guidance: float | None = Field(None, description="Flux (guidance-distilled): the guidance embedding "
+                                   "(FluxPipeline's guidance_scale); None = the family's default (3.5)")
     batch: int = Field(1, ge=1, description="rows of the conditioning (the same prompt repeated); 1 serves any "
                                             "latent batch")
 
@@ -36,4 +45,5 @@ class TextEncode(Node):
         return cond
 
     def options(self) -> EncodeOptions:
-        return EncodeOptions(clip_skip=self.clip_skip)
+        return EncodeOptions(self.clip_skip, self.original_size, self.crop_top_left, self.target_size,
+                             self.max_sequence_length, self.guidance)
