@@ -337,3 +337,11 @@ def test_pipeline_workflows_run_through_the_cli(sd, path, tmp_path):
     Runtime(device="cpu").run(image, out_dir=again)
     with Image.open(again / image.name) as png:
         assert np.array_equal(np.asarray(png), pixels)
+
+
+def test_per_component_dtypes_and_an_unknown_component_is_refused(sd):
+    pipe = ModelPipeline(path=str(sd), dtypes={"vae": "bfloat16"}).run(NodeContext.detached())
+    assert next(pipe.vae.vae.parameters()).dtype == torch.bfloat16
+    assert next(pipe.text_encoder.encoder.parameters()).dtype == torch.float32
+    with pytest.raises(NodeError, match="'dtypes' names transformer"):
+        ModelPipeline(path=str(sd), dtypes={"transformer": "float16"}).run(NodeContext.detached())

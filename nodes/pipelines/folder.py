@@ -5,7 +5,7 @@ Every failure is a NodeError naming the file or folder and the fix; pickle-only 
 before anything is opened (models/safetensors_model.refuse_pickles)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,11 +63,15 @@ class PipelineFolder:
 class LoadSettings:
     """model.pipeline's parameters as every family's loader reads them."""
 
-    dtype: torch.dtype
+    dtype: torch.dtype  # every component's weights, unless `dtypes` names the component
     device: torch.device
     scheduler: dict[str, Any] | None  # scheduler_config.json overrides
     prediction: str  # "auto" or the network's output parametrisation
     timestep: Any  # TimestepMode
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # component name -> its weights' dtype
+
+    def dtype_of(self, component: str) -> torch.dtype:
+        return self.dtypes.get(component, self.dtype)
 
     def prediction_or(self, from_scheduler: Any) -> Any:
         return from_scheduler if self.prediction == "auto" else self.prediction

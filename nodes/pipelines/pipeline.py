@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..models.diffusers_model import DTYPES
@@ -35,6 +36,8 @@ class ModelPipeline(Node):
                                    "Euler) or the nearest integer one (DDIM, DPM-Solver)")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="weights' dtype of every "
                                                              "component; latents stay in the sampler's dtype")
+    dtypes: dict[str, Literal["float32", "float16", "bfloat16"]] | None = Field(
+        None, description="per-component weights' dtype overriding 'dtype', e.g. {\"vae\": \"float32\"}")
 
     def input_files(self) -> list[Path]:
         """The pipeline folder this node reads (a server confines it to its model roots)."""
@@ -46,7 +49,12 @@ class ModelPipeline(Node):
 
     def run(self, ctx: NodeContext) -> Pipeline:
         folder = open_folder(Path(self.path))
+        unknown = sorted(set(self.dtypes or {}) - set(folder.family.components))
+        if unknown:
+            raise NodeError(f"param 'dtypes' names {', '.join(unknown)}, which a {folder.family.label} pipeline does "
+                            f"not have; its components: {', '.join(folder.family.components)}")
         module, function = folder.family.loader.split(":")
         load = getattr(importlib.import_module(f".{module}", __package__), function)
+        dtypes = {name: DTYPES[d] for name, d in (self.dtypes or {}).items()}
         return load(folder, LoadSettings(DTYPES[self.dtype], ctx.device, self.scheduler, self.prediction,
-                                         self.timestep))
+                                         self.timestep, dtypes))

@@ -12,13 +12,13 @@ from .types import Pipeline
 
 def load_sd(folder: PipelineFolder, settings: LoadSettings) -> Pipeline:
     """The SD pipeline's three ports from its checked folder."""
-    dirs, dtype, device = folder.folders, settings.dtype, settings.device
+    dirs, dtype, device = folder.folders, settings.dtype_of, settings.device
     sampling, prediction = scheduler_sampling(folder.scheduler_config(settings.scheduler),
                                               f"scheduler of '{folder.root}'")
-    encoder = load_text_encoder(dirs["text_encoder"], dtype, device)
+    encoder = load_text_encoder(dirs["text_encoder"], dtype("text_encoder"), device)
     tokenizer = load_tokenizer(dirs["tokenizer"], folder.index["tokenizer"][1], encoder)
-    unet = load_module("UNet2DConditionModel", dirs["unet"], dtype).to(device)
-    vae = KLVae(load_module("AutoencoderKL", dirs["vae"], dtype).to(device))
+    unet = load_module("UNet2DConditionModel", dirs["unet"], dtype("unet")).to(device)
+    vae = KLVae(load_module("AutoencoderKL", dirs["vae"], dtype("vae")).to(device))
     if unet.config.in_channels != vae.channels:
         raise NodeError(f"'{dirs['unet']}': the UNet takes {unet.config.in_channels} channels but the VAE "
                         f"makes {vae.channels}-channel latents (an inpainting UNet?); not supported yet")
