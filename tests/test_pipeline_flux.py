@@ -6,7 +6,6 @@ FluxPipeline.__call__ on the same folder, prompt, initial latents (packed) and s
 located errors; workflows/txt2img_flux.json runs through the CLI."""
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers_pipeline import run_cli
 from helpers_pipeline_flux import SCHEDULER, build_flux_pipeline
 from helpers_workflows import family_workflows
 from peers import diffusers
@@ -225,8 +225,8 @@ def test_missing_text_encoder_2_and_mismatched_components_are_refused(dev, tmp_p
     load_error(small, "tokenizer_2' has 292 tokens.*does not belong to this text_encoder")
 
 
-def cli_overrides(path: Path, folder: Path) -> list[str]:
-    """--set arguments that point a shipped Flux workflow at the tiny pipeline, small and short."""
+def cli_sets(path: Path, folder: Path) -> list[str]:
+    """--set values that point a shipped Flux workflow at the tiny pipeline, small and short."""
     sets = []
     for name, spec in json.loads(path.read_text())["nodes"].items():
         if spec["kind"] == "model.pipeline":
@@ -235,17 +235,12 @@ def cli_overrides(path: Path, folder: Path) -> list[str]:
             sets += [f"{name}.width={SIZE}", f"{name}.height={SIZE}"]
         if spec["kind"] == "schedule.flux":
             sets.append(f"{name}.steps=2")
-    return [a for s in sets for a in ("--set", s)]
+    return sets
 
 
 @pytest.mark.parametrize("path", family_workflows("flux"), ids=[p.stem for p in family_workflows("flux")])
 def test_flux_workflows_run_through_the_cli(dev, path, tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),
-                           "--no-cache", "--device", "cpu", "--threads", "1", "--quiet", *cli_overrides(path, dev)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "report.json").read_text())["status"] == "ok"
-    with Image.open(next(out.glob("*.png"))) as png:
+    run_cli(path, tmp_path / "out", cli_sets(path, dev))
+    with Image.open(next((tmp_path / "out").glob("*.png"))) as png:
         assert png.size == (SIZE, SIZE) and np.asarray(png).std() > 0
         assert json.loads(png.text["workflow"])["nodes"]["pipe"]["params"]["path"] == str(dev)
