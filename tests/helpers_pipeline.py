@@ -83,3 +83,16 @@ def save_t5_tokenizer(folder: Path, max_length: int = 32) -> int:
     t5 = T5TokenizerFast.from_pretrained(folder, local_files_only=True)
     t5.save_pretrained(folder)
     return len(t5)
+
+
+def run_cli(workflow: Path, out: Path, sets: list[str]) -> None:
+    """`samplegraph run workflow --out out --set ...` on the CPU, uncached; asserts it exits 0 with status ok."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(workflow), "--out", str(out),
+                           "--no-cache", "--device", "cpu", "--threads", "1", "--quiet",
+                           *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=300,
+                          cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["status"] == "ok"

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from helpers_pipeline import build_sd_pipeline, load_tokenizer
-from helpers_workflows import FOLDER_WORKFLOWS
+from helpers_workflows import family_workflows
 from peers import diffusers
 from samplegraph import Runtime, Workflow
 from samplegraph.graph.errors import NodeError, NodeRunError, WorkflowError
@@ -276,8 +276,7 @@ def test_missing_component_and_pickle_only_folder_are_refused(sd, tmp_path):
 
 def test_other_families_are_named_as_not_yet_supported(sd, tmp_path):
     root = copy_of(sd, tmp_path)
-    for kind, family in [("StableDiffusionXLPipeline", "SDXL"), ("StableDiffusion3Pipeline", "SD3"),
-                         ("FluxPipeline", "Flux")]:
+    for kind, family in [("StableDiffusionXLPipeline", "SDXL"), ("StableDiffusion3Pipeline", "SD3")]:
         index = json.loads((root / "model_index.json").read_text())
         (root / "model_index.json").write_text(json.dumps({**index, "_class_name": kind}))
         load_error(root, f"{family}.*not support.*yet")
@@ -321,7 +320,7 @@ def cli_overrides(path: Path, sd: Path, tmp_path: Path) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-@pytest.mark.parametrize("path", FOLDER_WORKFLOWS, ids=[p.stem for p in FOLDER_WORKFLOWS])
+@pytest.mark.parametrize("path", family_workflows("sd"), ids=[p.stem for p in family_workflows("sd")])
 def test_pipeline_workflows_run_through_the_cli(sd, path, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),

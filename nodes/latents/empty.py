@@ -29,10 +29,11 @@ class LatentEmpty(Node):
     dtype: Literal["float32", "float64"] = "float32"
 
     def run(self, vae: Vae, sigmas: Sigmas, ctx: NodeContext) -> torch.Tensor:
-        f = vae.factor
-        if self.width % f or self.height % f:
+        f, m = vae.factor, vae.multiple
+        if self.width % m or self.height % m:
+            what = f"the VAE's downscale factor {f}" if m == f else \
+                f"{m} (the VAE's downscale factor {f} times the model's 2x2 latent patches)"
             raise NodeError(f"params 'width' x 'height' = {self.width} x {self.height}: both must be multiples of "
-                            f"the VAE's downscale factor {f} (e.g. {self.width // f * f or f} x "
-                            f"{self.height // f * f or f})")
+                            f"{what} (e.g. {self.width // m * m or m} x {self.height // m * m or m})")
         shape = (vae.channels, self.height // f, self.width // f)
         return initial_noise(self.batch, shape, getattr(torch, self.dtype), sigmas, ctx)  # (B, C, H/f, W/f)

@@ -1,13 +1,15 @@
 """Text-to-image pipelines: a local diffusers pipeline folder as model, text-encoder and VAE ports, and the
-nodes between them (text.encode, model.text_condition, vae.encode, vae.decode). Only SD 1.x/2.x today;
-the contracts (types.py, docs/ARCHITECTURE.md "Text-to-image pipelines") are sized for SDXL, SD3 and Flux."""
+nodes between them (text.encode, model.text_condition, vae.encode, vae.decode; schedule.flux gives FluxPipeline's
+sigmas). SD 1.x/2.x and Flux today; the contracts (types.py, docs/ARCHITECTURE.md "Text-to-image pipelines") are
+sized for SDXL and SD3 too."""
 
 
 def nodes() -> list[type]:
+    from .flux_schedule import FluxSchedule
     from .pipeline import ModelPipeline
     from .text_condition import ModelTextCondition
     from .text_encode import TextEncode
     from .vae_decode import VaeDecode
     from .vae_encode import VaeEncode
 
-    return [ModelPipeline, TextEncode, ModelTextCondition, VaeEncode, VaeDecode]
+    return [ModelPipeline, TextEncode, ModelTextCondition, VaeEncode, VaeDecode, FluxSchedule]

@@ -36,13 +36,23 @@ SD_COMPONENTS: Components = {
     "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
     "scheduler": (None, ()),
 }
+FLUX_COMPONENTS: Components = {
+    "transformer": ("diffusion_pytorch_model.safetensors", ("FluxTransformer2DModel",)),
+    "text_encoder": ("model.safetensors", ("CLIPTextModel",)),
+    "text_encoder_2": ("model.safetensors", ("T5EncoderModel",)),
+    "tokenizer": (None, ("CLIPTokenizer", "CLIPTokenizerFast")),
+    "tokenizer_2": (None, ("T5Tokenizer", "T5TokenizerFast")),
+    "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
+    "scheduler": (None, ()),  # any flow-matching scheduler (flux_folder checks)
+}
 # every family model.pipeline reads; a new family adds one entry (and its loader module)
 FAMILIES: tuple[Family, ...] = (
     Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), SD_COMPONENTS,
            "sd_folder:load_sd"),
+    Family("Flux", ("FluxPipeline", "FluxImg2ImgPipeline"), FLUX_COMPONENTS, "flux_folder:load_flux"),
 )
 NOT_YET = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL",
-           "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "Flux", "StableDiffusionInpaintPipeline":
+           "StableDiffusion3Pipeline": "SD3", "StableDiffusionInpaintPipeline":
            "the 9-channel SD inpainting UNet"}
 
 
@@ -135,20 +145,23 @@ def pipeline_files(root: Path) -> dict[str, list[int] | None]:
     return {str(f): file_state(f) for f in files}
 
 
-def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """A CLIPTextModel from model.safetensors, offline, strict."""
+def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device,
+                      kind: str = "CLIPTextModel") -> torch.nn.Module:
+    """A transformers text encoder of class `kind` (CLIPTextModel, T5EncoderModel, ...) from model.safetensors,
+    offline, strict."""
     transformers = import_transformers()
     try:
-        module, info = transformers.CLIPTextModel.from_pretrained(
+        module, info = getattr(transformers, kind).from_pretrained(
             folder, local_files_only=True, use_safetensors=True, dtype=dtype, output_loading_info=True)
     except Exception as e:  # transformers raises OSError, ValueError, RuntimeError, SafetensorError...
-        raise NodeError(f"cannot load the CLIPTextModel in '{folder}': {' '.join(str(e).split())[:400]}") from None
+        raise NodeError(f"cannot load the {kind} in '{folder}': {' '.join(str(e).split())[:400]}") from None
     check_loading_info(info, folder, "model.safetensors")
     return module.eval().requires_grad_(False).to(device)
 
 
 def load_tokenizer(folder: Path, kind: str, encoder: torch.nn.Module) -> Any:
-    """The CLIP tokenizer (offline), checked against the encoder: ids within its vocabulary, context in range."""
+    """A tokenizer (offline), checked against its encoder: ids within its vocabulary, context in range (where the
+    encoder has absolute positions: CLIP; T5's are relative), the same end token."""
     transformers = import_transformers()
     try:
         tokenizer = getattr(transformers, kind).from_pretrained(folder, local_files_only=True)
@@ -158,7 +171,8 @@ def load_tokenizer(folder: Path, kind: str, encoder: torch.nn.Module) -> Any:
     if len(tokenizer) > config.vocab_size:
         raise NodeError(f"'{folder}' has {len(tokenizer)} tokens but the text encoder's vocab_size is "
                         f"{config.vocab_size}: the tokenizer does not belong to this text_encoder")
-    if tokenizer.model_max_length > config.max_position_embeddings:
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and tokenizer.model_max_length > positions:
         raise NodeError(f"'{folder}': model_max_length {tokenizer.model_max_length} exceeds the text encoder's "
                         f"max_position_embeddings {config.max_position_embeddings}")
     if tokenizer.eos_token_id != config.eos_token_id:

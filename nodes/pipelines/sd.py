@@ -54,11 +54,16 @@ class ClipTextEncoder(TextEncoder):
         return Conditioning(emb.float(), FAMILY), [self.lost_text(p) for p in prompts]
 
     def lost_text(self, prompt: str) -> str:
-        """The text beyond the context (after BOS and before EOS), decoded as diffusers reports it."""
-        ids = self.tokenizer(prompt, verbose=False).input_ids  # BOS ... EOS, untruncated
-        if len(ids) <= self.context:
-            return ""
-        return self.tokenizer.decode(ids[self.context - 1:-1])
+        return truncated_text(self.tokenizer, prompt, self.context)
+
+
+def truncated_text(tokenizer: Any, prompt: str, context: int) -> str:
+    """The text a `context`-token encoding loses (before the final EOS), decoded as diffusers reports it: the same
+    slice for CLIP (BOS ... EOS) and T5 (... EOS), since both keep context - 1 tokens before their EOS."""
+    ids = tokenizer(prompt, verbose=False).input_ids  # untruncated, EOS last
+    if len(ids) <= context:
+        return ""
+    return tokenizer.decode(ids[context - 1:-1])
 
 
 class UNetNet(torch.nn.Module):

@@ -105,6 +105,11 @@ class Vae(ABC):
     factor: int  # spatial downscale f
     channels: int  # latent channels C
 
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this: f, or 2 f where the model packs 2x2 latent patches (Flux)."""
+        return self.factor
+
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, H/f, W/f) of images (B, 3, H, W) in [0, 1] (the posterior's mean)."""

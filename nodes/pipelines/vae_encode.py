@@ -17,7 +17,8 @@ class VaeEncode(Node):
         if images.ndim != 4 or images.shape[1] != 3:
             raise NodeError(f"input 'images' must be RGB images (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         height, width = images.shape[2:]
-        if height % vae.factor or width % vae.factor:
-            raise NodeError(f"input 'images' is {width}x{height}, which the VAE's factor {vae.factor} does not "
-                            f"divide; resize or crop to multiples of {vae.factor}")
+        if height % vae.multiple or width % vae.multiple:
+            raise NodeError(f"input 'images' is {width}x{height}, which {vae.multiple} (the VAE's factor "
+                            f"{vae.factor}{' x 2x2 latent patches' if vae.multiple != vae.factor else ''}) does not "
+                            f"divide; resize or crop to multiples of {vae.multiple}")
         return vae.encode(images)  # (B, C, H/f, W/f)

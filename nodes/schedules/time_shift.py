@@ -23,6 +23,13 @@ FLUX_ONLY = ("image_tokens", "base_shift", "max_shift", "base_tokens", "max_toke
 FLUX_DEFAULTS = {"image_tokens": 4096, "base_shift": 0.5, "max_shift": 1.15, "base_tokens": 256, "max_tokens": 4096}
 
 
+def flux_mu(image_tokens: int, base_shift: float, max_shift: float, base_tokens: int, max_tokens: int) -> float:
+    """Flux's mu: linear in image tokens through (base_tokens, base_shift) and (max_tokens, max_shift)
+    (diffusers' calculate_shift); the shift factor is e^mu."""
+    slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+    return base_shift + slope * (image_tokens - base_tokens)
+
+
 @node("schedule.time_shift", version=1)
 class TimeShift(Node):
     """Implements the timestep shift of Esser et al. (2024, SD3, Sec. 5.3.2) and Flux's resolution-dependent shift (Labs 2024)."""
@@ -60,8 +67,7 @@ class TimeShift(Node):
         if self.mode == "sd3":
             return 3.0 if self.shift is None else self.shift
         p = {k: FLUX_DEFAULTS[k] if getattr(self, k) is None else getattr(self, k) for k in FLUX_ONLY}
-        slope = (p["max_shift"] - p["base_shift"]) / (p["max_tokens"] - p["base_tokens"])
-        return math.exp(p["base_shift"] + slope * (p["image_tokens"] - p["base_tokens"]))
+        return math.exp(flux_mu(**p))
 
     def run(self, sigmas: Sigmas) -> Sigmas:
         """t' = s t / (1 + (s - 1) t) in flow time, which is sigma' = s sigma in VE sigma."""
