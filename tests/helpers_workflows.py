@@ -22,3 +22,9 @@ ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
 FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
 LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]
+
+
+def folder_workflows(family: str) -> list[Path]:
+    """The folder workflows of one pipeline family, by name: txt2img_sdxl.json is "sdxl"'s; a name without a
+    family suffix (txt2img.json, img2img.json) is Stable Diffusion 1.x/2.x's ("sd")."""
+    return [p for p in FOLDER_WORKFLOWS if (p.stem.split("_")[-1] if "_" in p.stem else "sd") == family]
