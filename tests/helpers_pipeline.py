@@ -137,3 +137,20 @@ def run_through_cli(path: Path, folder: Path, tmp_path: Path, size: int) -> None
     Runtime(device="cpu").run(image, out_dir=again)
     with Image.open(again / image.name) as png:
         assert np.array_equal(np.asarray(png), pixels)
+
+
+def img2img_workflow(folder: Path, tmp_path: Path, size: tuple[int, int], prompts: tuple[str, str], scale: float,
+                     steps: int, strength: float) -> dict:
+    """workflows/img2img.json on `folder` over a random (height, width) = `size` input image written to tmp_path,
+    with (prompt, negative prompt), guidance scale, schedule steps and denoising strength set."""
+    import numpy as np
+    from PIL import Image
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)).save(source)
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "img2img.json").read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(folder), str(source)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = prompts
+    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = scale, steps
+    n["sigmas"]["params"]["strength"] = strength
+    return wf

@@ -35,7 +35,8 @@ def build_sdxl_pipeline(root: Path, seed: int = 0, vocab_size_2: int | None = No
     vae = diffusers.AutoencoderKL(**VAE).eval()
     text = CLIPTextModel(CLIPTextConfig(**clip_config(sizes[0], WIDTHS[0]))).eval()
     text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_config(vocab_size_2 or sizes[1], WIDTHS[1]))).eval()
-    tokenizers = [CLIPTokenizer.from_pretrained(root / name, local_files_only=True) for name in ("tokenizer", "tokenizer_2")]
+    tokenizers = [CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
+                  for name in ("tokenizer", "tokenizer_2")]
     pipe = getattr(diffusers, pipeline)(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizers[0],
                                         tokenizer_2=tokenizers[1], unet=unet,
                                         scheduler=diffusers.EulerDiscreteScheduler(**SDXL_SCHEDULER),

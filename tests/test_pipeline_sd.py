@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers_pipeline import build_sd_pipeline, load_tokenizer, quantiles, run_through_cli
+from helpers_pipeline import build_sd_pipeline, img2img_workflow, load_tokenizer, quantiles, run_through_cli
 from helpers_workflows import folder_workflows
 from peers import diffusers
 from samplegraph import Runtime, Workflow
@@ -100,14 +100,7 @@ def test_img2img_equals_diffusers_img2img_pipeline(sd, tmp_path, monkeypatch):
     """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
     StableDiffusionImg2ImgPipeline given our encoded latents as its image and our noise as its draw."""
     d = diffusers()
-    source = tmp_path / "input.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(source)
-    wf = json.loads((ROOT / "workflows" / "img2img.json").read_text())
-    n = wf["nodes"]
-    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(sd), str(source)
-    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
-    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = SCALE, STEPS
-    n["sigmas"]["params"]["strength"] = 0.5
+    wf = img2img_workflow(sd, tmp_path, (SIZE, SIZE), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
     encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
     assert sigmas.steps == 2 and encoded.shape == (1, 4, 8, 8)
     eps = ((noised - encoded) / sigmas.values[0]).float()

@@ -11,12 +11,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers_pipeline import quantiles, run_through_cli
+from helpers_pipeline import img2img_workflow, quantiles, run_through_cli
 from helpers_pipeline_sdxl import POOLED, WIDTHS, build_sdxl_pipeline
 from helpers_workflows import folder_workflows
 from peers import diffusers
@@ -122,17 +120,11 @@ def test_img2img_equals_diffusers_sdxl_img2img_pipeline(sdxl, pipe, tmp_path, mo
     """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
     StableDiffusionXLImg2ImgPipeline given our encoded latents as its image and our noised latents as its start
     (its own add_noise of our noise agrees with them to float32 rounding, checked first)."""
-    source = tmp_path / "input.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(source)
-    wf = json.loads((ROOT / "workflows" / "img2img.json").read_text())
+    wf = img2img_workflow(sdxl, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
     n = wf["nodes"]
-    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(sdxl), str(source)
-    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
-    n["guided"]["params"]["scale"] = SCALE
-    n["full"] = {"kind": "schedule.uniform_timesteps", "inputs": {"model": "cond"},
+    n["full"] = {"kind": "schedule.uniform_timesteps", "inputs": {"model": "cond"},  # SDXL's scheduler grid
                  "params": {"steps": STEPS, "spacing": "leading", "steps_offset": 1}}
-    n["sigmas"]["params"]["strength"] = 0.5
-    n["pipe"]["params"]["timestep"] = "rounded"
+    n["pipe"]["params"]["timestep"] = "rounded"  # diffusers' leading timesteps are integers
     encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
     assert sigmas.steps == 2 and encoded.shape == (1, 4, HEIGHT // 8, WIDTH // 8)
     d = diffusers()
@@ -170,6 +162,9 @@ def test_encoder_is_both_penultimate_layers_without_the_final_norm_and_g_pooled(
     assert not torch.allclose(cond.embeddings[..., WIDTHS[0]:], normed, atol=1e-3)  # the norm is not applied
     with pytest.raises(NodeError, match="clip_skip"):
         enc.encode([PROMPT], EncodeOptions(clip_skip=3))
+    long = "word " * 60  # 300 characters: far past 77 tokens; truncated as diffusers does, the lost text reported
+    (cond, lost), tok = enc.encode([long], EncodeOptions()), pipe.tokenizer
+    assert cond.embeddings.shape[1] == 77 and lost == [tok.decode(tok(long).input_ids[76:-1])] and lost[0]
 
 
 def test_empty_prompt_is_zeros_only_where_the_folder_forces_it(sdxl, ours, tmp_path):
@@ -215,6 +210,24 @@ def test_conditioning_of_another_family_or_without_pooled_is_refused_when_bound(
         ours.model.bind(Conditioning(torch.zeros(1, 77, sum(WIDTHS)), "sdxl"))
 
 
+def test_a_vae_with_latents_mean_and_std_scales_as_the_sdxl_pipelines_do():
+    """(z - mean) * scaling_factor / std to latents and back (StableDiffusionXL(Img2Img)Pipeline's formulas), per
+    channel; shift_factor is then unused."""
+    from helpers_pipeline import VAE
+    from samplegraph.nodes.pipelines.sd import KLVae
+    mean, std = [0.1, -0.2, 0.3, 0.0], [0.5, 1.5, 1.0, 2.0]
+    torch.manual_seed(0)
+    vae = diffusers().AutoencoderKL(**VAE, latents_mean=mean, latents_std=std, scaling_factor=0.5).eval()
+    mean_t, std_t = torch.tensor(mean).view(1, 4, 1, 1), torch.tensor(std).view(1, 4, 1, 1)
+    images = torch.rand(2, 3, 16, 16)
+    latents = KLVae(vae).encode(images)
+    with torch.no_grad():
+        z = vae.encode(images * 2 - 1).latent_dist.mode()  # (2, 4, 2, 2)
+        decoded = (vae.decode(latents * std_t / 0.5 + mean_t).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(latents, (z - mean_t) * 0.5 / std_t, atol=1e-6)
+    assert torch.allclose(KLVae(vae).decode(latents), decoded, atol=1e-6)
+
+
 def load_error(path: Path, match: str) -> None:
     with pytest.raises(NodeError, match=match):
         ModelPipeline(path=str(path)).run(NodeContext.detached())
@@ -238,8 +251,9 @@ def test_tokenizer_2_that_does_not_match_text_encoder_2_is_refused(tmp_path):
 def test_a_refiner_is_refused_by_name(sdxl, tmp_path):
     root = Path(shutil.copytree(sdxl, tmp_path / "refiner"))
     index = json.loads((root / "model_index.json").read_text())
-    (root / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline",
-                                                       "requires_aesthetics_score": True, "text_encoder": [None, None]}))
+    refiner = {"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": True,
+               "text_encoder": [None, None]}
+    (root / "model_index.json").write_text(json.dumps({**index, **refiner}))
     load_error(root, "is an SDXL refiner .*requires_aesthetics_score: true.*not support yet")
 
 

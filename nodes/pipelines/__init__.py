@@ -1,6 +1,6 @@
 """Text-to-image pipelines: a local diffusers pipeline folder as model, text-encoder and VAE ports, and the
-nodes between them (text.encode, model.text_condition, vae.encode, vae.decode). Only SD 1.x/2.x today;
-the contracts (types.py, docs/ARCHITECTURE.md "Text-to-image pipelines") are sized for SDXL, SD3 and Flux."""
+nodes between them (text.encode, model.text_condition, vae.encode, vae.decode). SD 1.x/2.x and SDXL today;
+the contracts (types.py, docs/ARCHITECTURE.md "Text-to-image pipelines") are sized for SD3 and Flux."""
 
 
 def nodes() -> list[type]:

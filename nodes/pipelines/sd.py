@@ -87,7 +87,7 @@ class UNetNet(torch.nn.Module):
 
     def call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
              added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The UNet in its dtype on x's device; `added` = its added_cond_kwargs (rows 1 or B, SDXL's micro-conditioning)."""
+        """The UNet in its dtype on x's device; `added`: its added_cond_kwargs (1 or B rows; SDXL's)."""
         batch, dtype = x.shape[0], module_dtype(self.unet)
 
         def ready(t: torch.Tensor) -> torch.Tensor:  # a disk-cached Conditioning comes back on the CPU

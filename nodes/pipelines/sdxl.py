@@ -49,17 +49,16 @@ class SdxlTextEncoder(TextEncoder):
     def __init__(self, tokenizers: tuple[Any, Any], encoders: tuple[torch.nn.Module, torch.nn.Module],
                  zeros_for_empty: bool):
         self.tokenizers, self.encoders, self.zeros_for_empty = tokenizers, encoders, zeros_for_empty
-        self.contexts = tuple(int(t.model_max_length) for t in tokenizers)
-        self.context = min(self.contexts)
+        self.context = int(tokenizers[0].model_max_length)  # tokenizer_2's too (sdxl_folder checks)
 
     def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
         """Both encoders' hidden_states[-(clip_skip + 2)] concatenated; pooled from text_encoder_2."""
         k = options.clip_skip
         ids = time_ids(options)
         hidden = []
-        for tokenizer, encoder, context in zip(self.tokenizers, self.encoders, self.contexts):
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
             check_clip_skip(k, encoder)
-            tokens = tokenize(tokenizer, prompts, context).input_ids.to(module_device(encoder))  # (B, L)
+            tokens = tokenize(tokenizer, prompts, self.context).input_ids.to(module_device(encoder))  # (B, L)
             with torch.no_grad():
                 out = encoder(tokens, output_hidden_states=True)
             hidden.append(out.hidden_states[-(k + 2)].float())  # (B, L, Di)
@@ -74,11 +73,13 @@ class SdxlTextEncoder(TextEncoder):
 
     def lost(self, prompt: str) -> str:
         """The longer of the two tokenizers' truncation reports."""
-        return max((lost_text(t, c, prompt) for t, c in zip(self.tokenizers, self.contexts)), key=len)
+        return max((lost_text(t, self.context, prompt) for t in self.tokenizers), key=len)
 
 
 class SdxlUNetNet(UNetNet):
-    """The SDXL UNet as net(x_in (B, C, h, w), t_in (B,), context (1|B, L, D), text_embeds (1|B, P), time_ids (1|B, 6))."""
+    """The SDXL UNet as net(x_in (B, C, h, w), t_in (B,), context (B, L, D), text_embeds (B, P), time_ids (B, 6)).
+
+    Each conditioning tensor may have 1 row for any batch; time ids equal to DEFAULT become the latent's pixel size."""
 
     def __init__(self, unet: torch.nn.Module, factor: int):
         super().__init__(unet)

@@ -27,6 +27,10 @@ def load_sdxl(folder: PipelineFolder, settings: LoadSettings) -> Pipeline:
         encoder = load_text_encoder(dirs[enc_name], settings.dtype_of(enc_name), settings.device, kind)
         encoders.append(encoder)
         tokenizers.append(load_tokenizer(dirs[tok_name], folder.index[tok_name][1], encoder))
+    lengths = [int(t.model_max_length) for t in tokenizers]
+    if lengths[0] != lengths[1]:
+        raise NodeError(f"'{dirs['tokenizer_2']}': model_max_length {lengths[1]} differs from tokenizer/'s "
+                        f"{lengths[0]}; SDXL concatenates both encoders' tokens, so they must agree")
     unet, vae = load_unet_and_vae(folder, settings, vae_dtype(folder, settings))
     check_unet(folder, unet, encoders)
     model = SdxlTextModel(unet, sampling, settings.prediction_or(prediction), settings.timestep, vae.factor)
