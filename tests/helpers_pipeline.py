@@ -26,11 +26,11 @@ def tiny_vocab() -> dict[str, int]:
     return {t: i for i, t in enumerate(dict.fromkeys(tokens))}
 
 
-def save_tokenizer(folder: Path) -> int:
-    """A CLIPTokenizer (vocab.json, merges.txt) in `folder`; returns its vocabulary size."""
+def save_tokenizer(folder: Path, vocab: dict[str, int] | None = None) -> int:
+    """A CLIPTokenizer (vocab.json, merges.txt; `vocab` or tiny_vocab()) in `folder`; returns its vocabulary size."""
     from transformers import CLIPTokenizer
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = tiny_vocab()
+    vocab = vocab or tiny_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=CONTEXT,

@@ -228,6 +228,19 @@ def test_a_vae_with_latents_mean_and_std_scales_as_the_sdxl_pipelines_do():
     assert torch.allclose(KLVae(vae).decode(latents), decoded, atol=1e-6)
 
 
+def test_a_float16_run_keeps_a_force_upcast_vae_in_float32_unless_dtypes_names_it(sdxl):
+    """diffusers decodes SDXL's VAE (force_upcast) in float32 when the pipeline is float16."""
+    dtype_of = {name: next(module.parameters()).dtype for name, module in components(ModelPipeline(
+        path=str(sdxl), dtype="float16").run(NodeContext.detached())).items()}
+    assert dtype_of == {"unet": torch.float16, "text_encoder_2": torch.float16, "vae": torch.float32}
+    pipe = ModelPipeline(path=str(sdxl), dtype="float16", dtypes={"vae": "float16"}).run(NodeContext.detached())
+    assert next(pipe.vae.vae.parameters()).dtype == torch.float16
+
+
+def components(pipe) -> dict[str, torch.nn.Module]:
+    return {"unet": pipe.model.net.unet, "text_encoder_2": pipe.text_encoder.encoders[1], "vae": pipe.vae.vae}
+
+
 def load_error(path: Path, match: str) -> None:
     with pytest.raises(NodeError, match=match):
         ModelPipeline(path=str(path)).run(NodeContext.detached())
@@ -246,6 +259,25 @@ def test_tokenizer_2_that_does_not_match_text_encoder_2_is_refused(tmp_path):
     root = build_sdxl_pipeline(tmp_path / "small", vocab_size_2=100)  # tokenizer_2 has ~190 tokens
     load_error(root, "tokenizer_2' has .* tokens but the text encoder's vocab_size is 100: the tokenizer does not "
                      "belong")
+
+
+def test_the_legacy_clip_eos_token_id_2_is_accepted_when_the_end_token_is_the_last_id(tmp_path):
+    """SD 1.5's and SDXL's text encoder configs say eos_token_id 2 (transformers then pools at the largest id, the end
+    token of CLIP's real vocabulary): accepted when that holds for the tokenizer, refused otherwise."""
+    from types import SimpleNamespace
+
+    from helpers_pipeline import save_tokenizer, tiny_vocab
+    from samplegraph.nodes.pipelines.folder import load_tokenizer
+    vocab = [t for t in tiny_vocab() if t != "<|endoftext|>"] + ["<|endoftext|>"]  # the end token last, as CLIP's
+    save_tokenizer(tmp_path / "last", {t: i for i, t in enumerate(vocab)})
+    save_tokenizer(tmp_path / "first")  # the end token is id 1
+    legacy = SimpleNamespace(config=SimpleNamespace(vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=2))
+    assert load_tokenizer(tmp_path / "last", "CLIPTokenizer", legacy).eos_token_id == len(vocab) - 1
+    with pytest.raises(NodeError, match="expects 1 \\(eos_token_id 1\\)"):
+        load_tokenizer(tmp_path / "last", "CLIPTokenizer", SimpleNamespace(config=SimpleNamespace(
+            vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=1)))
+    with pytest.raises(NodeError, match=f"expects {len(vocab) - 1} \\(eos_token_id 2\\)"):
+        load_tokenizer(tmp_path / "first", "CLIPTokenizer", legacy)
 
 
 def test_a_refiner_is_refused_by_name(sdxl, tmp_path):
