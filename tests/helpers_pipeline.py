@@ -26,11 +26,11 @@ def tiny_vocab() -> dict[str, int]:
     return {t: i for i, t in enumerate(dict.fromkeys(tokens))}
 
 
-def save_tokenizer(folder: Path) -> int:
-    """A CLIPTokenizer (vocab.json, merges.txt) in `folder`; returns its vocabulary size."""
+def save_tokenizer(folder: Path, vocab: dict[str, int] | None = None) -> int:
+    """A CLIPTokenizer (vocab.json, merges.txt; `vocab` or tiny_vocab()) in `folder`; returns its vocabulary size."""
     from transformers import CLIPTokenizer
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = tiny_vocab()
+    vocab = vocab or tiny_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=CONTEXT,
@@ -85,14 +85,72 @@ def save_t5_tokenizer(folder: Path, max_length: int = 32) -> int:
     return len(t5)
 
 
-def run_cli(workflow: Path, out: Path, sets: list[str]) -> None:
-    """`samplegraph run workflow --out out --set ...` on the CPU, uncached; asserts it exits 0 with status ok."""
+def quantiles(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Median and 99.9th percentile of |a - b| relative to b's RMS (the random UNet's latents reach ~30)."""
+    err = (a.double() - b.double()).abs().flatten() / b.double().square().mean().sqrt()
+    return float(err.median()), float(err.quantile(0.999))
+
+
+def cli_overrides(path: Path, folder: Path, tmp_path: Path, size: int) -> list[str]:
+    """--set arguments that point a shipped pipeline workflow at a tiny pipeline folder, small and short."""
+    import numpy as np
+    from PIL import Image
+    sets = []
+    for name, spec in json.loads(path.read_text())["nodes"].items():
+        kind = spec["kind"]
+        if kind == "model.pipeline":
+            sets.append(f"{name}.path={folder}")
+        elif kind in ("latent.empty", "schedule.flux"):  # schedule.flux shifts by the image's size
+            sets += [f"{name}.width={size}", f"{name}.height={size}"]
+        elif kind == "io.load_image":
+            image = tmp_path / "input.png"
+            Image.fromarray(np.full((size, size, 3), 128, dtype=np.uint8)).save(image)
+            sets.append(f"{name}.path={image}")
+        elif kind.startswith("schedule.") and "steps" in spec.get("params", {}):
+            sets.append(f"{name}.steps=2")
+    return [a for s in sets for a in ("--set", s)]
+
+
+def run_through_cli(path: Path, folder: Path, tmp_path: Path, size: int) -> None:
+    """`samplegraph run` of a pipeline workflow on `folder` writes a size x size PNG carrying the workflow, and
+    re-running that PNG gives the same pixels (asserted)."""
     import subprocess
     import sys
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(workflow), "--out", str(out),
+
+    import numpy as np
+    from PIL import Image
+
+    from samplegraph import Runtime
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),
                            "--no-cache", "--device", "cpu", "--threads", "1", "--quiet",
-                           *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=300,
-                          cwd=root)
+                           *cli_overrides(path, folder, tmp_path, size)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["status"] == "ok"
+    image = next(out.glob("*.png"))
+    with Image.open(image) as png:
+        assert png.size == (size, size)
+        assert json.loads(png.text["workflow"])["nodes"]["pipe"]["params"]["path"] == str(folder)
+        pixels = np.asarray(png)
+    again = tmp_path / "again"  # `samplegraph run image.png` (Runtime.run on the PNG) re-runs its workflow
+    Runtime(device="cpu").run(image, out_dir=again)
+    with Image.open(again / image.name) as png:
+        assert np.array_equal(np.asarray(png), pixels)
+
+
+def img2img_workflow(folder: Path, tmp_path: Path, size: tuple[int, int], prompts: tuple[str, str], scale: float,
+                     steps: int, strength: float) -> dict:
+    """workflows/img2img.json on `folder` over a random (height, width) = `size` input image written to tmp_path,
+    with (prompt, negative prompt), guidance scale, schedule steps and denoising strength set."""
+    import numpy as np
+    from PIL import Image
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)).save(source)
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "img2img.json").read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(folder), str(source)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = prompts
+    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = scale, steps
+    n["sigmas"]["params"]["strength"] = strength
+    return wf

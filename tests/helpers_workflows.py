@@ -23,14 +23,14 @@ HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
 FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
 LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]
 # a folder workflow named *_<family>.json runs against that family's tiny pipeline (tests/test_pipeline_<family>.py);
-# the others against the tiny SD pipeline of tests/test_pipeline_sd.py
-PIPELINE_FAMILIES = ("flux",)
+# the others (txt2img.json, img2img.json, ...) against the tiny SD pipeline of tests/test_pipeline_sd.py
+PIPELINE_FAMILIES = ("sdxl", "flux")
 
 
 def family_of(path: Path) -> str:
     return next((f for f in PIPELINE_FAMILIES if path.stem.endswith(f"_{f}")), "sd")
 
 
-def family_workflows(family: str) -> list[Path]:
+def folder_workflows(family: str) -> list[Path]:
     """The folder workflows that run against `family`'s tiny pipeline ("sd": those named for no other family)."""
     return [p for p in FOLDER_WORKFLOWS if family_of(p) == family]

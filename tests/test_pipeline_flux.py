@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers_pipeline import run_cli
+from helpers_pipeline import run_through_cli
 from helpers_pipeline_flux import SCHEDULER, build_flux_pipeline
-from helpers_workflows import family_workflows
+from helpers_workflows import folder_workflows
 from peers import diffusers
 from samplegraph import Runtime
 from samplegraph.graph.errors import NodeError, NodeRunError
@@ -225,22 +224,6 @@ def test_missing_text_encoder_2_and_mismatched_components_are_refused(dev, tmp_p
     load_error(small, "tokenizer_2' has 292 tokens.*does not belong to this text_encoder")
 
 
-def cli_sets(path: Path, folder: Path) -> list[str]:
-    """--set values that point a shipped Flux workflow at the tiny pipeline, small and short."""
-    sets = []
-    for name, spec in json.loads(path.read_text())["nodes"].items():
-        if spec["kind"] == "model.pipeline":
-            sets.append(f"{name}.path={folder}")
-        elif spec["kind"] in ("latent.empty", "schedule.flux"):
-            sets += [f"{name}.width={SIZE}", f"{name}.height={SIZE}"]
-        if spec["kind"] == "schedule.flux":
-            sets.append(f"{name}.steps=2")
-    return sets
-
-
-@pytest.mark.parametrize("path", family_workflows("flux"), ids=[p.stem for p in family_workflows("flux")])
+@pytest.mark.parametrize("path", folder_workflows("flux"), ids=[p.stem for p in folder_workflows("flux")])
 def test_flux_workflows_run_through_the_cli(dev, path, tmp_path):
-    run_cli(path, tmp_path / "out", cli_sets(path, dev))
-    with Image.open(next((tmp_path / "out").glob("*.png"))) as png:
-        assert png.size == (SIZE, SIZE) and np.asarray(png).std() > 0
-        assert json.loads(png.text["workflow"])["nodes"]["pipe"]["params"]["path"] == str(dev)
+    run_through_cli(path, dev, tmp_path, SIZE)

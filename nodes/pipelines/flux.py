@@ -20,7 +20,7 @@ from ..core.model import Model, ModelSampling
 from ..models.parametrisation import NetworkDenoiser
 from ..models.sampling import RectifiedFlowSampling
 from ..schedules.time_shift import flux_mu
-from .sd import KLVae, module_dtype, truncated_text
+from .sd import KLVae, lost_text, module_dtype
 from .types import Conditioning, EncodeOptions, TextEncoder, TextModel, repeat_rows
 
 FAMILY = "flux"
@@ -112,8 +112,8 @@ class FluxTextEncoder(TextEncoder):
             extras["guidance"] = torch.full((len(prompts),), guidance, dtype=torch.float32)  # (B,)
         pooled = self.pooled(prompts)  # (B, P)
         tokens = self.tokens(prompts, length)  # (B, L, D)
-        lost = [max(truncated_text(self.clip_tokenizer, p, self.context), truncated_text(self.t5_tokenizer, p, length),
-                    key=len) for p in prompts]
+        lost = [max(lost_text(self.clip_tokenizer, self.context, p), lost_text(self.t5_tokenizer, length, p), key=len)
+                for p in prompts]
         return Conditioning(tokens.float(), FAMILY, pooled.float(), extras), lost
 
     def guidance(self, value: float | None) -> float | None:

@@ -5,6 +5,7 @@ Every failure is a NodeError naming the file or folder and the fix; pickle-only 
 before anything is opened (models/safetensors_model.refuse_pickles)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ from ..models.diffusers_model import check_loading_info, read_json
 from ..models.safetensors_model import file_state, refuse_pickles
 
 INDEX = "model_index.json"
+LEGACY_CLIP_EOS = 2
 # component -> (its weights file or None, the classes samplegraph loads it as)
 Components = dict[str, tuple[str | None, tuple[str, ...]]]
 
@@ -27,6 +29,8 @@ class Family(NamedTuple):
     classes: tuple[str, ...]  # model_index.json _class_name values
     components: Components
     loader: str  # "module:function" under nodes/pipelines, called as function(PipelineFolder, LoadSettings)
+    # variants refused by name before any component is read: (model_index.json key, value, what such a folder is)
+    refused: tuple[tuple[str, Any, str], ...] = ()
 
 
 SD_COMPONENTS: Components = {
@@ -35,6 +39,11 @@ SD_COMPONENTS: Components = {
     "tokenizer": (None, ("CLIPTokenizer", "CLIPTokenizerFast")),
     "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
     "scheduler": (None, ()),
+}
+SDXL_COMPONENTS: Components = {
+    **SD_COMPONENTS,
+    "text_encoder_2": ("model.safetensors", ("CLIPTextModelWithProjection",)),
+    "tokenizer_2": (None, ("CLIPTokenizer", "CLIPTokenizerFast")),
 }
 FLUX_COMPONENTS: Components = {
     "transformer": ("diffusion_pytorch_model.safetensors", ("FluxTransformer2DModel",)),
@@ -49,10 +58,12 @@ FLUX_COMPONENTS: Components = {
 FAMILIES: tuple[Family, ...] = (
     Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), SD_COMPONENTS,
            "sd_folder:load_sd"),
+    Family("SDXL", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"), SDXL_COMPONENTS,
+           "sdxl_folder:load_sdxl", (("requires_aesthetics_score", True, "an SDXL refiner (aesthetic-score "
+                                                                         "conditioning, one text encoder)"),)),
     Family("Flux", ("FluxPipeline", "FluxImg2ImgPipeline"), FLUX_COMPONENTS, "flux_folder:load_flux"),
 )
-NOT_YET = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL",
-           "StableDiffusion3Pipeline": "SD3", "StableDiffusionInpaintPipeline":
+NOT_YET = {"StableDiffusion3Pipeline": "SD3", "StableDiffusionInpaintPipeline":
            "the 9-channel SD inpainting UNet"}
 
 
@@ -102,6 +113,10 @@ def read_index(root: Path) -> tuple[dict[str, Any], Family]:
     kind = str(index.get("_class_name", ""))
     family = next((f for f in FAMILIES if kind in f.classes), None)
     if family is not None:
+        for key, value, what in family.refused:
+            if index.get(key) == value:
+                raise NodeError(f"'{root / INDEX}' is {what} ({key}: {json.dumps(value)}), which model.pipeline "
+                                f"does not support yet; supported: {supported()}")
         return index, family
     if kind in NOT_YET:
         raise NodeError(f"'{root / INDEX}' is a {kind} ({NOT_YET[kind]}), which model.pipeline does not support "
@@ -147,8 +162,8 @@ def pipeline_files(root: Path) -> dict[str, list[int] | None]:
 
 def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device,
                       kind: str = "CLIPTextModel") -> torch.nn.Module:
-    """A transformers text encoder of class `kind` (CLIPTextModel, T5EncoderModel, ...) from model.safetensors,
-    offline, strict."""
+    """A transformers text encoder of class `kind` (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel,
+    ...) from model.safetensors, offline, strict."""
     transformers = import_transformers()
     try:
         module, info = getattr(transformers, kind).from_pretrained(
@@ -175,9 +190,13 @@ def load_tokenizer(folder: Path, kind: str, encoder: torch.nn.Module) -> Any:
     if positions is not None and tokenizer.model_max_length > positions:
         raise NodeError(f"'{folder}': model_max_length {tokenizer.model_max_length} exceeds the text encoder's "
                         f"max_position_embeddings {config.max_position_embeddings}")
-    if tokenizer.eos_token_id != config.eos_token_id:
-        raise NodeError(f"'{folder}': the tokenizer's end token is id {tokenizer.eos_token_id}, the text encoder's "
-                        f"eos_token_id is {config.eos_token_id}: the tokenizer does not belong to this text_encoder")
+    # eos_token_id 2 is the stale default of CLIP configs written before transformers #24773 (SD 1.5's, SDXL's):
+    # transformers then pools at the largest token id, which is the end token only if it is the vocabulary's last
+    eos = len(tokenizer) - 1 if config.eos_token_id == LEGACY_CLIP_EOS else config.eos_token_id
+    if tokenizer.eos_token_id != eos:
+        raise NodeError(f"'{folder}': the tokenizer's end token is id {tokenizer.eos_token_id}, the text encoder "
+                        f"expects {eos} (eos_token_id {config.eos_token_id}): the tokenizer does not belong to this "
+                        f"text encoder")
     return tokenizer
 
 

@@ -24,7 +24,7 @@ from .types import Pipeline
 
 @node("model.pipeline")
 class ModelPipeline(Node):
-    """A Stable Diffusion pipeline folder (Rombach et al. 2022): UNet as the Denoiser of Karras et al. (2022), eq. 7."""
+    """An SD 1.x/2.x (Rombach et al. 2022) or SDXL (Podell et al. 2023) pipeline folder: its UNet as a Karras et al. (2022) Denoiser."""
 
     path: str = Field(min_length=1, description="local diffusers pipeline folder: model_index.json, unet/ or "
                                                 "transformer/, text_encoder(s)/, tokenizer(s)/, vae/, scheduler/")

@@ -22,6 +22,32 @@ def module_dtype(module: torch.nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def check_clip_skip(clip_skip: int, encoder: torch.nn.Module) -> None:
+    """clip_skip k keeps the encoder's first L - k layers, so k < L (param named for text.encode)."""
+    layers = int(encoder.config.num_hidden_layers)
+    if clip_skip >= layers:
+        raise NodeError(f"param 'clip_skip' is {clip_skip}, but the text encoder has {layers} layers; use "
+                        f"0..{layers - 1}")
+
+
+def tokenize(tokenizer: Any, prompts: list[str], context: int) -> Any:
+    """input_ids and attention_mask (B, context), padded to and cut at the context as diffusers' encode_prompt does."""
+    return tokenizer(prompts, padding="max_length", max_length=context, truncation=True, return_tensors="pt")
+
+
+def lost_text(tokenizer: Any, context: int, prompt: str) -> str:
+    """The text a `context`-token encoding loses (before the final EOS), decoded as diffusers reports it; '' if none:
+    the same slice for CLIP (BOS ... EOS) and T5 (... EOS), since both keep context - 1 tokens before their EOS."""
+    ids = tokenizer(prompt, verbose=False).input_ids  # untruncated, EOS last
+    if len(ids) <= context:
+        return ""
+    return tokenizer.decode(ids[context - 1:-1])
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 class ClipTextEncoder(TextEncoder):
     """CLIP tokenizer + CLIPTextModel: prompts -> token embeddings (B, 77, D), as diffusers' encode_prompt."""
 
@@ -35,13 +61,9 @@ class ClipTextEncoder(TextEncoder):
     def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
         """Embeddings of the last layer (clip_skip 0) or of layer -(clip_skip + 1) after the final layer norm."""
         clip_skip = options.clip_skip
-        layers = int(self.encoder.config.num_hidden_layers)
-        if clip_skip >= layers:
-            raise NodeError(f"param 'clip_skip' is {clip_skip}, but the text encoder has {layers} layers; use "
-                            f"0..{layers - 1}")
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.context, truncation=True,
-                                return_tensors="pt")
-        device = next(self.encoder.parameters()).device
+        check_clip_skip(clip_skip, self.encoder)
+        device = module_device(self.encoder)
+        tokens = tokenize(self.tokenizer, prompts, self.context)
         ids = tokens.input_ids.to(device)  # (B, L)
         mask = tokens.attention_mask.to(device) if self.use_mask else None
         with torch.no_grad():
@@ -51,19 +73,7 @@ class ClipTextEncoder(TextEncoder):
                 hidden = self.encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
                 norm = getattr(self.encoder, "text_model", self.encoder).final_layer_norm  # transformers < 5 nests it
                 emb = norm(hidden[-(clip_skip + 1)])  # (B, L, D)
-        return Conditioning(emb.float(), FAMILY), [self.lost_text(p) for p in prompts]
-
-    def lost_text(self, prompt: str) -> str:
-        return truncated_text(self.tokenizer, prompt, self.context)
-
-
-def truncated_text(tokenizer: Any, prompt: str, context: int) -> str:
-    """The text a `context`-token encoding loses (before the final EOS), decoded as diffusers reports it: the same
-    slice for CLIP (BOS ... EOS) and T5 (... EOS), since both keep context - 1 tokens before their EOS."""
-    ids = tokenizer(prompt, verbose=False).input_ids  # untruncated, EOS last
-    if len(ids) <= context:
-        return ""
-    return tokenizer.decode(ids[context - 1:-1])
+        return Conditioning(emb.float(), FAMILY), [lost_text(self.tokenizer, self.context, p) for p in prompts]
 
 
 class UNetNet(torch.nn.Module):
@@ -74,10 +84,19 @@ class UNetNet(torch.nn.Module):
         self.unet = unet
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        dtype = module_dtype(self.unet)
-        context = repeat_rows(context, x.shape[0])  # (B, L, D)
-        context = context.to(device=x.device, dtype=dtype)  # a disk-cached Conditioning comes back on the CPU
-        out = self.unet(x.to(dtype), t, encoder_hidden_states=context, return_dict=False)[0]  # (B, C, h, w)
+        return self.call(x, t, context)
+
+    def call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+             added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The UNet in its dtype on x's device; `added`: its added_cond_kwargs (1 or B rows; SDXL's)."""
+        batch, dtype = x.shape[0], module_dtype(self.unet)
+
+        def ready(t: torch.Tensor) -> torch.Tensor:  # a disk-cached Conditioning comes back on the CPU
+            return repeat_rows(t, batch).to(device=x.device, dtype=dtype)
+
+        extra = None if added is None else {k: ready(v) for k, v in added.items()}
+        out = self.unet(x.to(dtype), t, encoder_hidden_states=ready(context), added_cond_kwargs=extra,
+                        return_dict=False)[0]  # (B, C, h, w)
         return out.to(x.dtype)
 
 
@@ -96,34 +115,51 @@ class UNetTextModel(TextModel):
         return self._sampling
 
     def bind(self, cond: Conditioning) -> Model:
+        self.check(cond)
+        return NetworkDenoiser(self.net, self._sampling, self.prediction, self.timestep, cond=self.net_cond(cond))
+
+    def check(self, cond: Conditioning) -> None:
+        """NodeError unless `cond` is this family's and as wide as the UNet's cross-attention."""
         if cond.family != self.family:
             raise NodeError(f"input 'cond' comes from a {cond.family!r} text encoder, but the model is a {self.family!r} "
                             f"model: encode with this pipeline's text_encoder")
         if cond.embeddings.shape[-1] != self.context_dim:
             raise NodeError(f"the conditioning's embeddings have width {cond.embeddings.shape[-1]}, but the UNet's "
                             f"cross_attention_dim is {self.context_dim}: encode with this pipeline's text encoder")
-        return NetworkDenoiser(self.net, self._sampling, self.prediction, self.timestep,
-                               cond={"context": cond.embeddings})
+
+    def net_cond(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """The keyword tensors the network's forward takes besides (x, t)."""
+        return {"context": cond.embeddings}
 
 
 class KLVae(Vae):
-    """An AutoencoderKL: latents = (mean of q(z | image) - shift) * scaling_factor, as diffusers pipelines scale them."""
+    """An AutoencoderKL: latents = (mean of q(z | image) - shift) * scaling_factor, as diffusers pipelines scale them.
+
+    A VAE whose config has per-channel latents_mean / latents_std (e.g. Playground v2.5's SDXL VAE) uses
+    (z - mean) * scaling_factor / std instead, as StableDiffusionXLPipeline does."""
 
     def __init__(self, vae: torch.nn.Module):
         self.vae = vae
-        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.channels = int(vae.config.latent_channels)
-        self.scale = float(vae.config.scaling_factor)
-        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        config = vae.config
+        self.factor = 2 ** (len(config.block_out_channels) - 1)
+        self.channels = int(config.latent_channels)
+        self.scale = float(config.scaling_factor)
+        shape = (1, self.channels, 1, 1)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        shift = float(getattr(config, "shift_factor", None) or 0.0)
+        self.shift = torch.tensor(mean).view(shape) if mean is not None and std is not None else torch.tensor(shift)
+        self.std = torch.tensor(std).view(shape) if mean is not None and std is not None else torch.tensor(1.0)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         x = (images * 2 - 1).to(module_dtype(self.vae))  # (B, 3, H, W) in [-1, 1]
         with torch.no_grad():
             z = self.vae.encode(x).latent_dist.mode()  # (B, C, H/f, W/f)
-        return ((z - self.shift) * self.scale).to(images.dtype)
+        shift, std = self.shift.to(z), self.std.to(z)
+        return ((z - shift) * self.scale / std).to(images.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        z = (latents / self.scale + self.shift).to(module_dtype(self.vae))  # (B, C, h, w)
+        shift, std = self.shift.to(latents), self.std.to(latents)
+        z = (latents * std / self.scale + shift).to(module_dtype(self.vae))  # (B, C, h, w)
         with torch.no_grad():
             image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, h*f, w*f) in about [-1, 1]
         return (image.to(latents.dtype) / 2 + 0.5).clamp(0, 1)

@@ -2,6 +2,8 @@
 UNet2DConditionModel under the scheduler's noise process, an AutoencoderKL, each checked against the others."""
 from __future__ import annotations
 
+import torch
+
 from ...graph.errors import NodeError
 from ..models.diffusers_model import load_module
 from ..models.networks.diffusers_net import scheduler_sampling
@@ -17,13 +19,21 @@ def load_sd(folder: PipelineFolder, settings: LoadSettings) -> Pipeline:
                                               f"scheduler of '{folder.root}'")
     encoder = load_text_encoder(dirs["text_encoder"], dtype("text_encoder"), device)
     tokenizer = load_tokenizer(dirs["tokenizer"], folder.index["tokenizer"][1], encoder)
-    unet = load_module("UNet2DConditionModel", dirs["unet"], dtype("unet")).to(device)
-    vae = KLVae(load_module("AutoencoderKL", dirs["vae"], dtype("vae")).to(device))
-    if unet.config.in_channels != vae.channels:
-        raise NodeError(f"'{dirs['unet']}': the UNet takes {unet.config.in_channels} channels but the VAE "
-                        f"makes {vae.channels}-channel latents (an inpainting UNet?); not supported yet")
+    unet, vae = load_unet_and_vae(folder, settings, dtype("vae"))
     model = UNetTextModel(unet, sampling, settings.prediction_or(prediction), settings.timestep)
     if model.context_dim != encoder.config.hidden_size:
         raise NodeError(f"'{dirs['text_encoder']}': hidden_size {encoder.config.hidden_size} differs from the "
                         f"UNet's cross_attention_dim {model.context_dim}: the components do not belong together")
     return Pipeline(model, ClipTextEncoder(tokenizer, encoder), vae)
+
+
+def load_unet_and_vae(folder: PipelineFolder, settings: LoadSettings,
+                      vae_dtype: torch.dtype) -> tuple[torch.nn.Module, KLVae]:
+    """The UNet2DConditionModel and the AutoencoderKL on the run's device, their latent channels checked."""
+    dirs = folder.folders
+    unet = load_module("UNet2DConditionModel", dirs["unet"], settings.dtype_of("unet")).to(settings.device)
+    vae = KLVae(load_module("AutoencoderKL", dirs["vae"], vae_dtype).to(settings.device))
+    if unet.config.in_channels != vae.channels:
+        raise NodeError(f"'{dirs['unet']}': the UNet takes {unet.config.in_channels} channels but the VAE "
+                        f"makes {vae.channels}-channel latents (an inpainting UNet?); not supported yet")
+    return unet, vae

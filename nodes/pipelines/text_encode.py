@@ -21,7 +21,8 @@ class TextEncode(Node):
     clip_skip: int = Field(0, ge=0, description="0 = the last layer; k = the output of layer -(k+1) through the "
                                                 "final layer norm (diffusers' clip_skip; ComfyUI's last layer -(k+1))")
     original_size: tuple[int, int] | None = Field(None, description="SDXL: the (height, width) micro-conditioning "
-                                                  "'original size' in pixels; None = the target size")
+                                                  "'original size' in pixels; None = the size of the latent being "
+                                                  "sampled (as diffusers)")
     crop_top_left: tuple[int, int] = Field((0, 0), description="SDXL: the (top, left) crop micro-conditioning")
     target_size: tuple[int, int] | None = Field(None, description="SDXL: the (height, width) target size in pixels; "
                                                 "None = the size of the latent being sampled")

@@ -61,7 +61,7 @@ class EncodeOptions:
     """text.encode's settings; beyond clip_skip each applies to the families whose TextEncoder names it in `options`."""
 
     clip_skip: int = 0  # every CLIP-based family
-    original_size: tuple[int, int] | None = None  # SDXL micro-conditioning (height, width); None = the target size
+    original_size: tuple[int, int] | None = None  # SDXL micro-conditioning (height, width); None = the latent's size
     crop_top_left: tuple[int, int] = (0, 0)  # SDXL micro-conditioning (top, left)
     target_size: tuple[int, int] | None = None  # SDXL micro-conditioning (height, width); None = the latent's size
     max_sequence_length: int | None = None  # T5 tokens (SD3: 256, Flux: 512 by default); None = the family's default

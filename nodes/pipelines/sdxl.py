@@ -1,0 +1,122 @@
+"""SDXL components behind the pipeline port types (nodes/pipelines/types.py): two CLIP tokenizers + encoders
+(CLIPTextModel, CLIPTextModelWithProjection) and a UNet2DConditionModel with SDXL's added conditioning.
+
+The arithmetic follows diffusers' StableDiffusionXLPipeline (encode_prompt, _get_add_time_ids, the UNet call):
+- token embeddings: each encoder's hidden_states[-(clip_skip + 2)], the penultimate layer's output for
+  clip_skip 0, WITHOUT the final layer norm (unlike SD 1.x's clip_skip), concatenated on D;
+- pooled: text_encoder_2's projected text_embeds (B, P);
+- force_zeros_for_empty_prompt (model_index.json): an empty prompt's embeddings and pooled are zeros
+  (diffusers does it for an omitted negative prompt; here every prompt '' of such a folder is zeros);
+- time ids (Podell et al. 2023, "micro-conditioning"): original_size + crop_top_left + target_size, each
+  (height, width) / (top, left) in pixels; a size not given is the pixel size of the latent being sampled
+  (latent h, w times the VAE factor), filled in by the network's forward (the encoder does not see it)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...graph.errors import NodeError
+from ..core.model import ModelSampling
+from ..models.parametrisation import Prediction, TimestepMode
+from .sd import UNetNet, UNetTextModel, check_clip_skip, lost_text, module_device, tokenize
+from .types import Conditioning, EncodeOptions, TextEncoder, repeat_rows
+
+FAMILY = "sdxl"
+DEFAULT = -1.0  # a time id not given: the latent's pixel size, filled in by SdxlUNetNet
+SIZE_COLUMNS = [0, 1, 4, 5]  # original (h, w) and target (h, w) in [original, crop (top, left), target]
+
+
+def time_ids(options: EncodeOptions) -> torch.Tensor:
+    """(1, 6): original_size + crop_top_left + target_size, DEFAULT where a size is not given."""
+    for name in ("original_size", "target_size"):
+        size = getattr(options, name)
+        if size is not None and min(size) < 1:
+            raise NodeError(f"param {name!r} is {tuple(size)}; give (height, width) in pixels, both >= 1")
+    if min(options.crop_top_left) < 0:
+        raise NodeError(f"param 'crop_top_left' is {tuple(options.crop_top_left)}; give (top, left) >= 0")
+    original = options.original_size or (DEFAULT, DEFAULT)
+    target = options.target_size or (DEFAULT, DEFAULT)
+    return torch.tensor([[*original, *options.crop_top_left, *target]], dtype=torch.float32)  # (1, 6)
+
+
+class SdxlTextEncoder(TextEncoder):
+    """SDXL's CLIP-L and OpenCLIP-G: prompts -> penultimate-layer tokens (B, 77, D1 + D2) and pooled (B, P)."""
+
+    family = FAMILY
+    options = frozenset({"original_size", "crop_top_left", "target_size"})
+
+    def __init__(self, tokenizers: tuple[Any, Any], encoders: tuple[torch.nn.Module, torch.nn.Module],
+                 zeros_for_empty: bool):
+        self.tokenizers, self.encoders, self.zeros_for_empty = tokenizers, encoders, zeros_for_empty
+        self.context = int(tokenizers[0].model_max_length)  # tokenizer_2's too (sdxl_folder checks)
+
+    def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
+        """Both encoders' hidden_states[-(clip_skip + 2)] concatenated; pooled from text_encoder_2."""
+        k = options.clip_skip
+        ids = time_ids(options)
+        hidden = []
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
+            check_clip_skip(k, encoder)
+            tokens = tokenize(tokenizer, prompts, self.context).input_ids.to(module_device(encoder))  # (B, L)
+            with torch.no_grad():
+                out = encoder(tokens, output_hidden_states=True)
+            hidden.append(out.hidden_states[-(k + 2)].float())  # (B, L, Di)
+        emb = torch.cat(hidden, dim=-1)  # (B, L, D1 + D2)
+        pooled = out.text_embeds.float()  # (B, P): text_encoder_2's projection
+        if self.zeros_for_empty:
+            keep = torch.tensor([p != "" for p in prompts], device=emb.device)  # (B,)
+            emb = torch.where(keep[:, None, None], emb, torch.zeros_like(emb))
+            pooled = torch.where(keep[:, None], pooled, torch.zeros_like(pooled))
+        cond = Conditioning(emb, FAMILY, pooled, {"time_ids": ids})
+        return cond, [self.lost(p) for p in prompts]
+
+    def lost(self, prompt: str) -> str:
+        """The longer of the two tokenizers' truncation reports."""
+        return max((lost_text(t, self.context, prompt) for t in self.tokenizers), key=len)
+
+
+class SdxlUNetNet(UNetNet):
+    """The SDXL UNet as net(x_in (B, C, h, w), t_in (B,), context (B, L, D), text_embeds (B, P), time_ids (B, 6)).
+
+    Each conditioning tensor may have 1 row for any batch; time ids equal to DEFAULT become the latent's pixel size."""
+
+    def __init__(self, unet: torch.nn.Module, factor: int):
+        super().__init__(unet)
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, text_embeds: torch.Tensor,
+                time_ids: torch.Tensor) -> torch.Tensor:
+        ids = repeat_rows(time_ids, x.shape[0]).to(x.device, torch.float32).clone()  # (B, 6)
+        height, width = (n * self.factor for n in x.shape[-2:])
+        sizes = ids[:, SIZE_COLUMNS]  # (B, 4)
+        ids[:, SIZE_COLUMNS] = torch.where(sizes == DEFAULT, sizes.new_tensor([height, width] * 2), sizes)
+        return self.call(x, t, context, {"text_embeds": text_embeds, "time_ids": ids})
+
+
+class SdxlTextModel(UNetTextModel):
+    """An SDXL UNet (addition_embed_type 'text_time') under its scheduler's noise process."""
+
+    family = FAMILY
+
+    def __init__(self, unet: torch.nn.Module, sampling: ModelSampling, prediction: Prediction,
+                 timestep: TimestepMode, factor: int):
+        super().__init__(unet, sampling, prediction, timestep)
+        self.net = SdxlUNetNet(unet, factor)
+        self.pooled_dim = pooled_width(unet)
+
+    def check(self, cond: Conditioning) -> None:
+        super().check(cond)
+        width = None if cond.pooled is None else int(cond.pooled.shape[-1])
+        if width != self.pooled_dim or "time_ids" not in cond.extras:
+            raise NodeError(f"the conditioning has pooled width {width} and extras {sorted(cond.extras)}, but the "
+                            f"SDXL UNet takes pooled width {self.pooled_dim} and time_ids: encode with this "
+                            f"pipeline's text encoder")
+
+    def net_cond(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        return {"context": cond.embeddings, "text_embeds": cond.pooled, "time_ids": cond.extras["time_ids"]}
+
+
+def pooled_width(unet: torch.nn.Module) -> int:
+    """The pooled width P the UNet's add_embedding takes besides its 6 time ids (each addition_time_embed_dim wide)."""
+    return int(unet.add_embedding.linear_1.in_features) - 6 * int(unet.config.addition_time_embed_dim)

@@ -1,0 +1,294 @@
+"""model.pipeline on a tiny random-weight SDXL pipeline built offline (tests/helpers_pipeline_sdxl.py): the
+txt2img graph equals diffusers' StableDiffusionXLPipeline.__call__ on the same folder, prompt, initial latents and
+scheduler (Euler on 'leading' timesteps, SDXL base's config), with CFG over an empty negative prompt (zeros:
+force_zeros_for_empty_prompt) and over a non-empty one, without CFG, and with explicit original size, crop and
+target size; img2img equals StableDiffusionXLImg2ImgPipeline. Final latents and decoded images to float32
+precision (median and 99.9th percentile of |err| / RMS(reference)). The encoder's facts are checked against
+diffusers' encode_prompt and the encoders' own outputs; bad folders are located errors; workflows/txt2img_sdxl.json
+runs through the CLI."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers_pipeline import img2img_workflow, quantiles, run_through_cli
+from helpers_pipeline_sdxl import POOLED, WIDTHS, build_sdxl_pipeline
+from helpers_workflows import folder_workflows
+from peers import diffusers
+from samplegraph import Runtime
+from samplegraph.graph.errors import NodeError
+from samplegraph.nodes.core.context import NodeContext
+from samplegraph.nodes.pipelines.pipeline import ModelPipeline
+from samplegraph.nodes.pipelines.text_encode import TextEncode
+from samplegraph.nodes.pipelines.types import Conditioning, EncodeOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+TXT2IMG = ROOT / "workflows" / "txt2img_sdxl.json"
+WIDTH, HEIGHT, STEPS, SCALE = 64, 48, 4, 5.0  # non-square: 6 x 8 latents through the VAE's factor 8
+PROMPT, NEGATIVE = "a red cat on a mat", "blurry"
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory) -> Path:
+    diffusers()  # skip without the peer
+    return build_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+@pytest.fixture(scope="module")
+def pipe(sdxl):
+    return diffusers_pipe(sdxl)
+
+
+@pytest.fixture(scope="module")
+def ours(sdxl):
+    return ModelPipeline(path=str(sdxl)).run(NodeContext.detached())
+
+
+def diffusers_pipe(path: Path, kind: str = "StableDiffusionXLPipeline"):
+    pipe = getattr(diffusers(), kind).from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                      add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def txt2img(path: Path, negative: str = "", scale: float = SCALE, **options) -> dict:
+    wf = json.loads(TXT2IMG.read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"] = str(path)
+    n["prompt"]["params"].update(prompt=PROMPT, **options)
+    n["negative"]["params"].update(prompt=negative, **options)  # diffusers' negative time ids are the prompt's
+    n["guided"]["params"]["scale"] = scale
+    n["sigmas"]["params"]["steps"] = STEPS
+    n["latent"]["params"].update(width=WIDTH, height=HEIGHT)
+    return wf
+
+
+def run(wf: dict, *outputs: str) -> list:
+    result = Runtime(device="cpu").run(wf, outputs=list(outputs))
+    return [result[o] for o in outputs]
+
+
+def assert_close(what: str, ours: torch.Tensor, ref: torch.Tensor) -> None:
+    med, p999 = quantiles(ours, ref)
+    print(f"{what}: median {med:.2e}, 99.9% {p999:.2e}")
+    assert med < 1e-6 and p999 < 1e-5, (what, med, p999)
+
+
+SIZES = dict(original_size=(96, 128), crop_top_left=(8, 16), target_size=(40, 72))
+CASES = {  # name: (negative prompt here, diffusers' negative_prompt, guidance scale, text.encode options)
+    "cfg_empty_negative_zeros": ("", None, SCALE, {}),
+    "cfg_negative_prompt": (NEGATIVE, NEGATIVE, SCALE, {}),
+    "no_cfg": ("", None, 1.0, {}),
+    "cfg_explicit_sizes": (NEGATIVE, NEGATIVE, SCALE, SIZES),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_txt2img_equals_diffusers_sdxl_pipeline(sdxl, pipe, case):
+    negative, ref_negative, scale, options = CASES[case]
+    wf = txt2img(sdxl, negative, scale, **options)
+    if scale == 1.0:  # diffusers skips the unconditional branch at guidance_scale <= 1
+        wf["nodes"]["sample"]["inputs"]["denoise"] = "cond"
+    latent0, sigmas, final, images = run(wf, "latent", "sigmas", "sample", "decode")
+    pipe.scheduler.set_timesteps(STEPS)
+    assert torch.allclose(sigmas.values.float(), pipe.scheduler.sigmas, rtol=1e-5, atol=1e-6), (sigmas.values,
+                                                                                      pipe.scheduler.sigmas)
+    # diffusers multiplies the given latents by init_noise_sigma, sqrt(sigma_max^2 + 1) for 'leading' spacing
+    noise = (latent0 / pipe.scheduler.init_noise_sigma).float()
+    sizes = {"original_size": options.get("original_size"), "target_size": options.get("target_size"),
+             "crops_coords_top_left": options.get("crop_top_left", (0, 0))}
+    call = dict(prompt=PROMPT, negative_prompt=ref_negative, num_inference_steps=STEPS, guidance_scale=scale,
+                height=HEIGHT, width=WIDTH, **sizes)
+    ref_latent = pipe(latents=noise.clone(), output_type="latent", **call).images
+    ref_images = pipe(latents=noise.clone(), output_type="pt", **call).images
+    assert_close(f"{case} latents", final, ref_latent)
+    assert_close(f"{case} images", images, ref_images)
+    assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
+
+
+def test_explicit_sizes_and_the_negative_prompt_change_the_result(sdxl):
+    """Each conditioning input reaches the UNet (else the parity above could hold vacuously)."""
+    base, negative, sized = (run(txt2img(sdxl, neg, **opts), "sample")[0]
+                             for neg, opts in (("", {}), (NEGATIVE, {}), ("", SIZES)))
+    assert not torch.allclose(base, negative, atol=1e-3) and not torch.allclose(base, sized, atol=1e-3)
+
+
+def test_img2img_equals_diffusers_sdxl_img2img_pipeline(sdxl, pipe, tmp_path, monkeypatch):
+    """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
+    StableDiffusionXLImg2ImgPipeline given our encoded latents as its image and our noised latents as its start
+    (its own add_noise of our noise agrees with them to float32 rounding, checked first)."""
+    wf = img2img_workflow(sdxl, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
+    n = wf["nodes"]
+    n["full"] = {"kind": "schedule.uniform_timesteps", "inputs": {"model": "cond"},  # SDXL's scheduler grid
+                 "params": {"steps": STEPS, "spacing": "leading", "steps_offset": 1}}
+    n["pipe"]["params"]["timestep"] = "rounded"  # diffusers' leading timesteps are integers
+    encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
+    assert sigmas.steps == 2 and encoded.shape == (1, 4, HEIGHT // 8, WIDTH // 8)
+    d = diffusers()
+    img2img = d.StableDiffusionXLImg2ImgPipeline(**pipe.components, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    img2img.scheduler.set_timesteps(STEPS)
+    eps = ((noised - encoded) / sigmas.values[0]).float()
+    start = img2img.scheduler.timesteps[STEPS - sigmas.steps:][:1]  # diffusers' first img2img timestep
+    assert torch.allclose(img2img.scheduler.add_noise(encoded, eps, start), noised, atol=2e-6)
+    monkeypatch.setattr(sys.modules[type(img2img).__module__], "randn_tensor", lambda shape, **kw: eps.clone())
+    monkeypatch.setattr(img2img.scheduler, "add_noise", lambda x0, noise, t: noised.float().clone())
+    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5,
+                num_inference_steps=STEPS, guidance_scale=SCALE)
+    assert_close("img2img latents", final, img2img(output_type="latent", **call).images)
+    assert_close("img2img images", images, img2img(output_type="pt", **call).images)
+
+
+def test_encoder_is_both_penultimate_layers_without_the_final_norm_and_g_pooled(ours, pipe):
+    """embeddings = [CLIP-L hidden_states[-(k+2)], CLIP-G hidden_states[-(k+2)]] on D, not layer-normed; pooled =
+    CLIP-G's text_embeds; equal to diffusers' encode_prompt for clip_skip 0 and 1."""
+    enc = ours.text_encoder
+    ids = [tok([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
+           for tok in (pipe.tokenizer, pipe.tokenizer_2)]
+    with torch.no_grad():
+        outs = [te(i, output_hidden_states=True) for te, i in zip((pipe.text_encoder, pipe.text_encoder_2), ids)]
+    for skip in (0, 1):
+        cond, lost = enc.encode([PROMPT], EncodeOptions(clip_skip=skip))
+        assert cond.embeddings.shape == (1, 77, sum(WIDTHS)) and cond.pooled.shape == (1, POOLED) and lost == [""]
+        expect = torch.cat([o.hidden_states[-(skip + 2)] for o in outs], dim=-1)
+        assert torch.equal(cond.embeddings, expect) and torch.equal(cond.pooled, outs[1].text_embeds)
+        ref, _, ref_pooled, _ = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False,
+                                                   clip_skip=None if skip == 0 else skip)
+        assert torch.equal(cond.embeddings, ref) and torch.equal(cond.pooled, ref_pooled)
+    normed = pipe.text_encoder_2.text_model.final_layer_norm(outs[1].hidden_states[-2])
+    assert not torch.allclose(cond.embeddings[..., WIDTHS[0]:], normed, atol=1e-3)  # the norm is not applied
+    with pytest.raises(NodeError, match="clip_skip"):
+        enc.encode([PROMPT], EncodeOptions(clip_skip=3))
+    long = "word " * 60  # 300 characters: far past 77 tokens; truncated as diffusers does, the lost text reported
+    (cond, lost), tok = enc.encode([long], EncodeOptions()), pipe.tokenizer
+    assert cond.embeddings.shape[1] == 77 and lost == [tok.decode(tok(long).input_ids[76:-1])] and lost[0]
+
+
+def test_empty_prompt_is_zeros_only_where_the_folder_forces_it(sdxl, ours, tmp_path):
+    """force_zeros_for_empty_prompt (model_index.json): '' gives zero embeddings and pooled; without it '' is
+    encoded, as diffusers' encode_prompt does for negative_prompt None."""
+    cond, _ = ours.text_encoder.encode(["", PROMPT], EncodeOptions())
+    assert not cond.embeddings[0].any() and not cond.pooled[0].any() and cond.embeddings[1].abs().max() > 0
+    root = Path(shutil.copytree(sdxl, tmp_path / "no_zeros"))
+    index = json.loads((root / "model_index.json").read_text())
+    (root / "model_index.json").write_text(json.dumps({**index, "force_zeros_for_empty_prompt": False}))
+    cond, _ = ModelPipeline(path=str(root)).run(NodeContext.detached()).text_encoder.encode([""], EncodeOptions())
+    _, ref, _, ref_pooled = diffusers_pipe(root).encode_prompt(PROMPT, device="cpu")
+    assert cond.embeddings.abs().max() > 0 and torch.equal(cond.embeddings, ref) and torch.equal(cond.pooled,
+                                                                                                 ref_pooled)
+
+
+def test_time_ids_default_to_the_latents_pixel_size_and_round_trip_the_disk_cache(sdxl, tmp_path):
+    wf = txt2img(sdxl, original_size=(96, 128))
+    first, second = (Runtime(device="cpu", cache_dir=tmp_path).run(wf, outputs=["prompt", "sample"])
+                     for _ in range(2))
+    assert {n.node: n.cache for n in second.report.nodes}["prompt"] == "disk"
+    assert torch.equal(first["prompt"].extras["time_ids"], torch.tensor([[96.0, 128, 0, 0, -1, -1]]))
+    assert torch.equal(second["prompt"].extras["time_ids"], first["prompt"].extras["time_ids"])
+    assert torch.equal(first["sample"], second["sample"])
+    # the default target size is the latent's (height, width) times 8: stating it explicitly changes nothing
+    (explicit,) = run(txt2img(sdxl, original_size=(96, 128), target_size=(HEIGHT, WIDTH)), "sample")
+    assert torch.equal(explicit, first["sample"])
+
+
+def test_bad_sizes_and_options_of_other_families_are_refused_by_name(ours):
+    for options, match in [(dict(original_size=(0, 64)), "'original_size' is \\(0, 64\\)"),
+                           (dict(crop_top_left=(-1, 0)), "'crop_top_left'")]:
+        with pytest.raises(NodeError, match=match):
+            ours.text_encoder.encode([PROMPT], EncodeOptions(**options))
+    with pytest.raises(NodeError, match="'max_sequence_length' does not apply to a 'sdxl' text encoder"):
+        TextEncode(prompt=PROMPT, max_sequence_length=8).run(ours.text_encoder, NodeContext.detached())
+
+
+def test_conditioning_of_another_family_or_without_pooled_is_refused_when_bound(ours):
+    with pytest.raises(NodeError, match="'sd' text encoder"):
+        ours.model.bind(Conditioning(torch.zeros(1, 77, sum(WIDTHS)), "sd"))
+    with pytest.raises(NodeError, match=f"pooled width None.*takes pooled width {POOLED} and time_ids"):
+        ours.model.bind(Conditioning(torch.zeros(1, 77, sum(WIDTHS)), "sdxl"))
+
+
+def test_a_vae_with_latents_mean_and_std_scales_as_the_sdxl_pipelines_do():
+    """(z - mean) * scaling_factor / std to latents and back (StableDiffusionXL(Img2Img)Pipeline's formulas), per
+    channel; shift_factor is then unused."""
+    from helpers_pipeline import VAE
+    from samplegraph.nodes.pipelines.sd import KLVae
+    mean, std = [0.1, -0.2, 0.3, 0.0], [0.5, 1.5, 1.0, 2.0]
+    torch.manual_seed(0)
+    vae = diffusers().AutoencoderKL(**VAE, latents_mean=mean, latents_std=std, scaling_factor=0.5).eval()
+    mean_t, std_t = torch.tensor(mean).view(1, 4, 1, 1), torch.tensor(std).view(1, 4, 1, 1)
+    images = torch.rand(2, 3, 16, 16)
+    latents = KLVae(vae).encode(images)
+    with torch.no_grad():
+        z = vae.encode(images * 2 - 1).latent_dist.mode()  # (2, 4, 2, 2)
+        decoded = (vae.decode(latents * std_t / 0.5 + mean_t).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(latents, (z - mean_t) * 0.5 / std_t, atol=1e-6)
+    assert torch.allclose(KLVae(vae).decode(latents), decoded, atol=1e-6)
+
+
+def test_a_float16_run_keeps_a_force_upcast_vae_in_float32_unless_dtypes_names_it(sdxl):
+    """diffusers decodes SDXL's VAE (force_upcast) in float32 when the pipeline is float16."""
+    dtype_of = {name: next(module.parameters()).dtype for name, module in components(ModelPipeline(
+        path=str(sdxl), dtype="float16").run(NodeContext.detached())).items()}
+    assert dtype_of == {"unet": torch.float16, "text_encoder_2": torch.float16, "vae": torch.float32}
+    pipe = ModelPipeline(path=str(sdxl), dtype="float16", dtypes={"vae": "float16"}).run(NodeContext.detached())
+    assert next(pipe.vae.vae.parameters()).dtype == torch.float16
+
+
+def components(pipe) -> dict[str, torch.nn.Module]:
+    return {"unet": pipe.model.net.unet, "text_encoder_2": pipe.text_encoder.encoders[1], "vae": pipe.vae.vae}
+
+
+def load_error(path: Path, match: str) -> None:
+    with pytest.raises(NodeError, match=match):
+        ModelPipeline(path=str(path)).run(NodeContext.detached())
+
+
+def test_missing_text_encoder_2_is_a_located_error(sdxl, tmp_path):
+    root = Path(shutil.copytree(sdxl, tmp_path / "copy"))
+    shutil.rmtree(root / "text_encoder_2")
+    load_error(root, "missing the 'text_encoder_2/' folder that model_index.json lists \\(CLIPTextModelWithProjection")
+    index = json.loads((root / "model_index.json").read_text())
+    (root / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": [None, None]}))
+    load_error(root, "names no 'text_encoder_2' component; a SDXL pipeline needs")
+
+
+def test_tokenizer_2_that_does_not_match_text_encoder_2_is_refused(tmp_path):
+    root = build_sdxl_pipeline(tmp_path / "small", vocab_size_2=100)  # tokenizer_2 has ~190 tokens
+    load_error(root, "tokenizer_2' has .* tokens but the text encoder's vocab_size is 100: the tokenizer does not "
+                     "belong")
+
+
+def test_the_legacy_clip_eos_token_id_2_is_accepted_when_the_end_token_is_the_last_id(tmp_path):
+    """SD 1.5's and SDXL's text encoder configs say eos_token_id 2 (transformers then pools at the largest id, the end
+    token of CLIP's real vocabulary): accepted when that holds for the tokenizer, refused otherwise."""
+    from types import SimpleNamespace
+
+    from helpers_pipeline import save_tokenizer, tiny_vocab
+    from samplegraph.nodes.pipelines.folder import load_tokenizer
+    vocab = [t for t in tiny_vocab() if t != "<|endoftext|>"] + ["<|endoftext|>"]  # the end token last, as CLIP's
+    save_tokenizer(tmp_path / "last", {t: i for i, t in enumerate(vocab)})
+    save_tokenizer(tmp_path / "first")  # the end token is id 1
+    legacy = SimpleNamespace(config=SimpleNamespace(vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=2))
+    assert load_tokenizer(tmp_path / "last", "CLIPTokenizer", legacy).eos_token_id == len(vocab) - 1
+    with pytest.raises(NodeError, match="expects 1 \\(eos_token_id 1\\)"):
+        load_tokenizer(tmp_path / "last", "CLIPTokenizer", SimpleNamespace(config=SimpleNamespace(
+            vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=1)))
+    with pytest.raises(NodeError, match=f"expects {len(vocab) - 1} \\(eos_token_id 2\\)"):
+        load_tokenizer(tmp_path / "first", "CLIPTokenizer", legacy)
+
+
+def test_a_refiner_is_refused_by_name(sdxl, tmp_path):
+    root = Path(shutil.copytree(sdxl, tmp_path / "refiner"))
+    index = json.loads((root / "model_index.json").read_text())
+    refiner = {"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": True,
+               "text_encoder": [None, None]}
+    (root / "model_index.json").write_text(json.dumps({**index, **refiner}))
+    load_error(root, "is an SDXL refiner .*requires_aesthetics_score: true.*not support yet")
+
+
+@pytest.mark.parametrize("path", folder_workflows("sdxl"), ids=[p.stem for p in folder_workflows("sdxl")])
+def test_sdxl_workflows_run_through_the_cli(sdxl, path, tmp_path):
+    run_through_cli(path, sdxl, tmp_path, 64)
