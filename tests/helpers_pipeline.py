@@ -60,9 +60,9 @@ def build_sd_pipeline(root: Path, seed: int = 0, vocab_size: int | None = None,
     return root
 
 
-def load_tokenizer(root: Path):
+def load_tokenizer(root: Path, name: str = "tokenizer"):
     from transformers import CLIPTokenizer
-    return CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    return CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
 
 
 def save_t5_tokenizer(folder: Path, max_length: int = 32) -> int:
@@ -83,3 +83,57 @@ def save_t5_tokenizer(folder: Path, max_length: int = 32) -> int:
     t5 = T5TokenizerFast.from_pretrained(folder, local_files_only=True)
     t5.save_pretrained(folder)
     return len(t5)
+
+
+def quantiles(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Median and 99.9th percentile of |a - b| relative to b's RMS (a random network's latents reach ~30)."""
+    err = (a.double() - b.double()).abs().flatten() / b.double().square().mean().sqrt()
+    return float(err.median()), float(err.quantile(0.999))
+
+
+def cli_overrides(path: Path, pipeline: Path, tmp_path: Path, size: int) -> list[str]:
+    """--set arguments that point a shipped pipeline workflow at a tiny pipeline, small (size x size) and short."""
+    import numpy as np
+    from PIL import Image
+    sets = []
+    for name, spec in json.loads(path.read_text())["nodes"].items():
+        kind = spec["kind"]
+        if kind == "model.pipeline":
+            sets.append(f"{name}.path={pipeline}")
+        elif kind == "latent.empty":
+            sets += [f"{name}.width={size}", f"{name}.height={size}"]
+        elif kind == "io.load_image":
+            image = tmp_path / "input.png"
+            Image.fromarray(np.full((size, size, 3), 128, dtype=np.uint8)).save(image)
+            sets.append(f"{name}.path={image}")
+        elif kind.startswith("schedule.") and "steps" in spec.get("params", {}):
+            sets.append(f"{name}.steps=2")
+    return [a for s in sets for a in ("--set", s)]
+
+
+def run_workflow_cli(path: Path, pipeline: Path, tmp_path: Path, size: int) -> None:
+    """`samplegraph run` of a shipped pipeline workflow on a tiny pipeline: a size x size PNG carrying the workflow,
+    and `samplegraph run image.png` re-makes the same pixels."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from samplegraph import Runtime
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),
+                           "--no-cache", "--device", "cpu", "--threads", "1", "--quiet",
+                           *cli_overrides(path, pipeline, tmp_path, size)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["status"] == "ok"
+    image = next(out.glob("*.png"))
+    with Image.open(image) as png:
+        pipe_node = next(n for n in json.loads(png.text["workflow"])["nodes"].values() if n["kind"] == "model.pipeline")
+        assert png.size == (size, size) and pipe_node["params"]["path"] == str(pipeline)
+        pixels = np.asarray(png)
+    again = tmp_path / "again"  # `samplegraph run image.png` (Runtime.run on the PNG) re-runs its workflow
+    Runtime(device="cpu").run(image, out_dir=again)
+    with Image.open(again / image.name) as png:
+        assert np.array_equal(np.asarray(png), pixels)

@@ -22,3 +22,16 @@ ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
 FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
 LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]
+# a pipeline workflow of another family than SD 1.x/2.x is named for it (txt2img_sd3.json) and runs in that
+# family's test (tests/test_pipeline_sd3.py) against its own tiny pipeline
+PIPELINE_FAMILIES = ("sd3",)
+
+
+def family_of(path: Path) -> str:
+    suffix = path.stem.rsplit("_", 1)[-1]
+    return suffix if suffix in PIPELINE_FAMILIES else "sd"
+
+
+def folder_workflows(family: str) -> list[Path]:
+    """The pipeline workflows of one family ('sd', 'sd3', ...)."""
+    return [p for p in FOLDER_WORKFLOWS if family_of(p) == family]

@@ -27,6 +27,7 @@ class Family(NamedTuple):
     classes: tuple[str, ...]  # model_index.json _class_name values
     components: Components
     loader: str  # "module:function" under nodes/pipelines, called as function(PipelineFolder, LoadSettings)
+    optional: tuple[str, ...] = ()  # components model_index.json may name null (SD3's T5: diffusers then uses zeros)
 
 
 SD_COMPONENTS: Components = {
@@ -36,13 +37,27 @@ SD_COMPONENTS: Components = {
     "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
     "scheduler": (None, ()),
 }
+CLIP_TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
+SD3_COMPONENTS: Components = {
+    "transformer": ("diffusion_pytorch_model.safetensors", ("SD3Transformer2DModel",)),
+    "text_encoder": ("model.safetensors", ("CLIPTextModelWithProjection",)),
+    "text_encoder_2": ("model.safetensors", ("CLIPTextModelWithProjection",)),
+    "text_encoder_3": ("model.safetensors", ("T5EncoderModel",)),
+    "tokenizer": (None, CLIP_TOKENIZERS),
+    "tokenizer_2": (None, CLIP_TOKENIZERS),
+    "tokenizer_3": (None, ("T5TokenizerFast", "T5Tokenizer")),
+    "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
+    "scheduler": (None, ("FlowMatchEulerDiscreteScheduler",)),
+}
 # every family model.pipeline reads; a new family adds one entry (and its loader module)
 FAMILIES: tuple[Family, ...] = (
     Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), SD_COMPONENTS,
            "sd_folder:load_sd"),
+    Family("Stable Diffusion 3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"), SD3_COMPONENTS,
+           "sd3_folder:load_sd3", optional=("text_encoder_3", "tokenizer_3")),
 )
 NOT_YET = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL",
-           "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "Flux", "StableDiffusionInpaintPipeline":
+           "FluxPipeline": "Flux", "StableDiffusionInpaintPipeline":
            "the 9-channel SD inpainting UNet"}
 
 
@@ -103,7 +118,12 @@ def open_folder(root: Path) -> PipelineFolder:
     """The folder checked: its family known and every component it needs present."""
     index, family = read_index(root)
     return PipelineFolder(root, index, family, {name: component(root, index, family, name)
-                                                for name in family.components})
+                                                for name in family.components if not absent(index, family, name)})
+
+
+def absent(index: dict[str, Any], family: Family, name: str) -> bool:
+    """An optional component that model_index.json names null ([null, null]), as save_pretrained writes a None."""
+    return name in family.optional and index.get(name) in ([None, None], None)
 
 
 def component(root: Path, index: dict[str, Any], family: Family, name: str) -> Path:
@@ -135,20 +155,23 @@ def pipeline_files(root: Path) -> dict[str, list[int] | None]:
     return {str(f): file_state(f) for f in files}
 
 
-def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """A CLIPTextModel from model.safetensors, offline, strict."""
+def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device,
+                      kind: str = "CLIPTextModel") -> torch.nn.Module:
+    """A transformers text encoder of class `kind` (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel) from
+    model.safetensors (or its shards), offline, strict."""
     transformers = import_transformers()
     try:
-        module, info = transformers.CLIPTextModel.from_pretrained(
+        module, info = getattr(transformers, kind).from_pretrained(
             folder, local_files_only=True, use_safetensors=True, dtype=dtype, output_loading_info=True)
     except Exception as e:  # transformers raises OSError, ValueError, RuntimeError, SafetensorError...
-        raise NodeError(f"cannot load the CLIPTextModel in '{folder}': {' '.join(str(e).split())[:400]}") from None
+        raise NodeError(f"cannot load the {kind} in '{folder}': {' '.join(str(e).split())[:400]}") from None
     check_loading_info(info, folder, "model.safetensors")
     return module.eval().requires_grad_(False).to(device)
 
 
 def load_tokenizer(folder: Path, kind: str, encoder: torch.nn.Module) -> Any:
-    """The CLIP tokenizer (offline), checked against the encoder: ids within its vocabulary, context in range."""
+    """The tokenizer (offline), checked against the encoder: ids within its vocabulary, context in range (CLIP's
+    absolute positions; T5's relative positions have no limit)."""
     transformers = import_transformers()
     try:
         tokenizer = getattr(transformers, kind).from_pretrained(folder, local_files_only=True)
@@ -158,9 +181,10 @@ def load_tokenizer(folder: Path, kind: str, encoder: torch.nn.Module) -> Any:
     if len(tokenizer) > config.vocab_size:
         raise NodeError(f"'{folder}' has {len(tokenizer)} tokens but the text encoder's vocab_size is "
                         f"{config.vocab_size}: the tokenizer does not belong to this text_encoder")
-    if tokenizer.model_max_length > config.max_position_embeddings:
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and tokenizer.model_max_length > positions:
         raise NodeError(f"'{folder}': model_max_length {tokenizer.model_max_length} exceeds the text encoder's "
-                        f"max_position_embeddings {config.max_position_embeddings}")
+                        f"max_position_embeddings {positions}")
     if tokenizer.eos_token_id != config.eos_token_id:
         raise NodeError(f"'{folder}': the tokenizer's end token is id {tokenizer.eos_token_id}, the text encoder's "
                         f"eos_token_id is {config.eos_token_id}: the tokenizer does not belong to this text_encoder")

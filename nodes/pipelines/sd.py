@@ -55,10 +55,15 @@ class ClipTextEncoder(TextEncoder):
 
     def lost_text(self, prompt: str) -> str:
         """The text beyond the context (after BOS and before EOS), decoded as diffusers reports it."""
-        ids = self.tokenizer(prompt, verbose=False).input_ids  # BOS ... EOS, untruncated
-        if len(ids) <= self.context:
-            return ""
-        return self.tokenizer.decode(ids[self.context - 1:-1])
+        return truncated(self.tokenizer, prompt, self.context)
+
+
+def truncated(tokenizer: Any, prompt: str, length: int) -> str:
+    """The text of `prompt` beyond `length` tokens (its special end token excluded), '' when it fits."""
+    ids = tokenizer(prompt, verbose=False).input_ids  # untruncated: (BOS) ... EOS
+    if len(ids) <= length:
+        return ""
+    return tokenizer.decode(ids[length - 1:-1])
 
 
 class UNetNet(torch.nn.Module):
