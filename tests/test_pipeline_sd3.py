@@ -119,6 +119,41 @@ def test_txt2img_equals_diffusers_sd3_pipeline(sd3, sd3_no_t5, t5, scale):
     assert final.shape == (1, 16, 8, 8) and final.abs().max() > 0.1 and images.std() > 1e-3
 
 
+def test_img2img_equals_diffusers_sd3_img2img_pipeline(sd3, tmp_path, monkeypatch):
+    """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
+    StableDiffusion3Img2ImgPipeline given our encoded latents as its image and our noise as its draw
+    (flow: scale_noise = t eps + (1 - t) x0 = (x0 + sigma eps) / (1 + sigma))."""
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    d = diffusers()
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(source)
+    wf = json.loads((ROOT / "workflows" / "img2img_sd3.json").read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(sd3), str(source)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
+    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = SCALE, STEPS
+    n["sigmas"]["params"]["strength"] = 0.5
+    encoded, noised, full, sigmas, final, images = run(wf, "encode", "noised", "full", "sigmas", "sample", "decode")
+    assert sigmas.steps == 2 and encoded.shape == (1, 16, 8, 8)
+    eps = ((noised - encoded) / sigmas.values[0]).float()
+    module = sys.modules[d.StableDiffusion3Img2ImgPipeline.__module__]
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: eps.clone())
+    pipe = d.StableDiffusion3Img2ImgPipeline(**diffusers_pipe(sd3).components)
+    pipe.set_progress_bar_config(disable=True)
+    s = full.values
+    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5, guidance_scale=SCALE,
+                num_inference_steps=STEPS, sigmas=unshifted(s[:-1] / (1 + s[:-1])).tolist())
+    ref_latent = pipe(output_type="latent", **call).images
+    ref_images = pipe(output_type="pt", **call).images
+    for what, ours, ref in (("latents", final, ref_latent), ("images", images, ref_images)):
+        med, p999 = quantiles(ours, ref)
+        print(f"sd3 img2img {what}: median {med:.2e}, 99.9% {p999:.2e}")
+        assert med < 1e-6 and p999 < 1e-5, (med, p999)
+
+
 def test_encoder_equals_encode_prompt_with_clip_skip_and_max_sequence_length(sd3):
     """Penultimate CLIP states (clip_skip k: hidden_states[-(k + 2)]), both CLIPs on D, zero-padded to T5's width,
     then the T5 tokens; pooled = both text_embeds; a shorter max_sequence_length gives fewer T5 tokens."""
