@@ -1,5 +1,5 @@
 """Text-to-image pipelines: a local diffusers pipeline folder as model, text-encoder and VAE ports, and the
-nodes between them (text.encode, model.text_condition, vae.encode, vae.decode). Only SD 1.x/2.x today;
+nodes between them (text.encode, model.text_condition, vae.encode, vae.decode). SD 1.x/2.x and SD3 today;
 the contracts (types.py, docs/ARCHITECTURE.md "Text-to-image pipelines") are sized for SDXL, SD3 and Flux."""
 
 
