@@ -137,3 +137,56 @@ def run_workflow_cli(path: Path, pipeline: Path, tmp_path: Path, size: int) -> N
     Runtime(device="cpu").run(image, out_dir=again)
     with Image.open(again / image.name) as png:
         assert np.array_equal(np.asarray(png), pixels)
+
+
+def assert_parity(label: str, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
+    """Each (what, ours, reference) agrees to float32 precision: |err| / RMS median < 1e-6, 99.9th pct < 1e-5."""
+    for what, ours, ref in pairs:
+        med, p999 = quantiles(ours, ref)
+        print(f"{label} {what}: median {med:.2e}, 99.9% {p999:.2e}")
+        assert med < 1e-6 and p999 < 1e-5, (label, what, med, p999)
+
+
+def img2img_workflow(name: str, pipeline: Path, tmp_path: Path, size: int, prompts: tuple[str, str], scale: float,
+                     steps: int, strength: float) -> dict:
+    """workflows/<name> (an img2img workflow) on `pipeline` and a random size x size PNG, with these prompt and
+    negative prompt, CFG scale, full steps and strength."""
+    import numpy as np
+    from PIL import Image
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(source)
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / name).read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(pipeline), str(source)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = prompts
+    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = scale, steps
+    n["sigmas"]["params"]["strength"] = strength
+    return wf
+
+
+def draw_noise_as(monkeypatch, pipeline_class: type, eps: torch.Tensor) -> None:
+    """Make a diffusers img2img pipeline's noise draw (randn_tensor in its module) return `eps`."""
+    import sys
+    monkeypatch.setattr(sys.modules[pipeline_class.__module__], "randn_tensor", lambda shape, **kw: eps.clone())
+
+
+def txt2img_workflow(name: str, pipeline: Path, size: int, prompts: tuple[str, str], scale: float, steps: int,
+                     batch: int = 1, seed: int = 0) -> dict:
+    """workflows/<name> (a txt2img workflow) on `pipeline`: these prompt and negative prompt, CFG scale, steps,
+    size x size images, batch and seed."""
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / name).read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"] = str(pipeline)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = prompts
+    n["guided"]["params"]["scale"] = scale
+    n["sigmas"]["params"]["steps"] = steps
+    n["latent"]["params"].update(width=size, height=size, batch=batch)
+    wf["seed"] = seed
+    return wf
+
+
+def run_outputs(wf: dict, *outputs: str) -> list:
+    """The named outputs of one CPU run of `wf`."""
+    from samplegraph import Runtime
+    result = Runtime(device="cpu").run(wf, outputs=list(outputs))
+    return [result[o] for o in outputs]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_pipeline import quantiles, run_workflow_cli
+from helpers_pipeline import (assert_parity, draw_noise_as, img2img_workflow, run_outputs as run, run_workflow_cli,
+                              txt2img_workflow)
 from helpers_pipeline_sd3 import SHIFT, build_sd3_pipeline
 from helpers_workflows import folder_workflows
 from peers import diffusers
@@ -23,8 +24,6 @@ from samplegraph.nodes.pipelines.pipeline import ModelPipeline
 from samplegraph.nodes.pipelines.text_encode import TextEncode
 from samplegraph.nodes.pipelines.types import Conditioning, EncodeOptions
 
-ROOT = Path(__file__).resolve().parents[1]
-TXT2IMG = ROOT / "workflows" / "txt2img_sd3.json"
 SIZE, STEPS, SCALE = 64, 4, 5.0  # 64x64 images: 8x8 latents through the VAE's factor 8, 4x4 patches of 2
 PROMPT, NEGATIVE = "a red cat on a mat", "blurry"
 
@@ -41,21 +40,8 @@ def sd3_no_t5(tmp_path_factory) -> Path:
     return build_sd3_pipeline(tmp_path_factory.mktemp("tiny_sd3_no_t5"), t5=False)
 
 
-def txt2img(path: Path, scale: float = SCALE, steps: int = STEPS, seed: int = 0) -> dict:
-    wf = json.loads(TXT2IMG.read_text())
-    n = wf["nodes"]
-    n["pipe"]["params"]["path"] = str(path)
-    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
-    n["guided"]["params"]["scale"] = scale
-    n["sigmas"]["params"]["steps"] = steps
-    n["latent"]["params"].update(width=SIZE, height=SIZE)
-    wf["seed"] = seed
-    return wf
-
-
-def run(wf: dict, *outputs: str) -> list:
-    result = Runtime(device="cpu").run(wf, outputs=list(outputs))
-    return [result[o] for o in outputs]
+def txt2img(path: Path, scale: float = SCALE, steps: int = STEPS) -> dict:
+    return txt2img_workflow("txt2img_sd3.json", path, SIZE, (PROMPT, NEGATIVE), scale, steps)
 
 
 def diffusers_pipe(path: Path):
@@ -112,10 +98,8 @@ def test_txt2img_equals_diffusers_sd3_pipeline(sd3, sd3_no_t5, t5, scale):
     ref_latent = pipe(latents=noise.clone(), output_type="latent", **call).images
     torch.testing.assert_close(pipe.scheduler.sigmas.double(), s / (1 + s), rtol=1e-6, atol=0)
     ref_images = pipe(latents=noise.clone(), output_type="pt", **call).images
-    for what, ours, ref in (("latents", final, ref_latent), ("images", images, ref_images)):
-        med, p999 = quantiles(ours, ref)
-        print(f"sd3 {'t5' if t5 else 'no t5'} scale {scale} {what}: median {med:.2e}, 99.9% {p999:.2e}")
-        assert med < 1e-6 and p999 < 1e-5, (med, p999)
+    assert_parity(f"sd3 {'t5' if t5 else 'no t5'} scale {scale}", [("latents", final, ref_latent),
+                                                                  ("images", images, ref_images)])
     assert final.shape == (1, 16, 8, 8) and final.abs().max() > 0.1 and images.std() > 1e-3
 
 
@@ -123,35 +107,18 @@ def test_img2img_equals_diffusers_sd3_img2img_pipeline(sd3, tmp_path, monkeypatc
     """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
     StableDiffusion3Img2ImgPipeline given our encoded latents as its image and our noise as its draw
     (flow: scale_noise = t eps + (1 - t) x0 = (x0 + sigma eps) / (1 + sigma))."""
-    import sys
-
-    import numpy as np
-    from PIL import Image
     d = diffusers()
-    source = tmp_path / "input.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(source)
-    wf = json.loads((ROOT / "workflows" / "img2img_sd3.json").read_text())
-    n = wf["nodes"]
-    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(sd3), str(source)
-    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
-    n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = SCALE, STEPS
-    n["sigmas"]["params"]["strength"] = 0.5
+    wf = img2img_workflow("img2img_sd3.json", sd3, tmp_path, SIZE, (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
     encoded, noised, full, sigmas, final, images = run(wf, "encode", "noised", "full", "sigmas", "sample", "decode")
     assert sigmas.steps == 2 and encoded.shape == (1, 16, 8, 8)
-    eps = ((noised - encoded) / sigmas.values[0]).float()
-    module = sys.modules[d.StableDiffusion3Img2ImgPipeline.__module__]
-    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: eps.clone())
+    draw_noise_as(monkeypatch, d.StableDiffusion3Img2ImgPipeline, ((noised - encoded) / sigmas.values[0]).float())
     pipe = d.StableDiffusion3Img2ImgPipeline(**diffusers_pipe(sd3).components)
     pipe.set_progress_bar_config(disable=True)
     s = full.values
     call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5, guidance_scale=SCALE,
                 num_inference_steps=STEPS, sigmas=unshifted(s[:-1] / (1 + s[:-1])).tolist())
-    ref_latent = pipe(output_type="latent", **call).images
-    ref_images = pipe(output_type="pt", **call).images
-    for what, ours, ref in (("latents", final, ref_latent), ("images", images, ref_images)):
-        med, p999 = quantiles(ours, ref)
-        print(f"sd3 img2img {what}: median {med:.2e}, 99.9% {p999:.2e}")
-        assert med < 1e-6 and p999 < 1e-5, (med, p999)
+    assert_parity("sd3 img2img", [("latents", final, pipe(output_type="latent", **call).images),
+                                  ("images", images, pipe(output_type="pt", **call).images)])
 
 
 def test_encoder_equals_encode_prompt_with_clip_skip_and_max_sequence_length(sd3):

@@ -18,10 +18,8 @@ from typing import Any
 import torch
 
 from ...graph.errors import NodeError
-from ..core.model import Model, ModelSampling
-from ..models.parametrisation import NetworkDenoiser, Prediction, TimestepMode
 from .sd import module_dtype, truncated
-from .types import Conditioning, EncodeOptions, TextEncoder, TextModel, repeat_rows
+from .types import Conditioning, EncodeOptions, NetworkTextModel, TextEncoder, repeat_rows
 
 FAMILY = "sd3"
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default T5 tokens
@@ -110,30 +108,18 @@ class Sd3Net(torch.nn.Module):
         return out.to(x.dtype)
 
 
-class Sd3TextModel(TextModel):
+class Sd3TextModel(NetworkTextModel):
     """An SD3Transformer2DModel under rectified flow (its scheduler's shift and 1000 train timesteps)."""
 
     family = FAMILY
+    net: Sd3Net
 
-    def __init__(self, transformer: torch.nn.Module, sampling: ModelSampling, prediction: Prediction,
-                 timestep: TimestepMode):
-        self.net, self._sampling, self.prediction, self.timestep = Sd3Net(transformer), sampling, prediction, timestep
-        self.width = int(transformer.config.joint_attention_dim)
-        self.pooled_width = int(transformer.config.pooled_projection_dim)
-
-    @property
-    def sampling(self) -> ModelSampling:
-        return self._sampling
-
-    def bind(self, cond: Conditioning) -> Model:
-        if cond.family != self.family:
-            raise NodeError(f"input 'cond' comes from a {cond.family!r} text encoder, but the model is a {self.family!r} "
-                            f"model: encode with this pipeline's text_encoder")
-        pooled = cond.pooled
-        if cond.embeddings.shape[-1] != self.width or pooled is None or pooled.shape[-1] != self.pooled_width:
+    def conditioning(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        config, pooled = self.net.transformer.config, cond.pooled
+        width, pooled_width = int(config.joint_attention_dim), int(config.pooled_projection_dim)
+        if cond.embeddings.shape[-1] != width or pooled is None or pooled.shape[-1] != pooled_width:
             got = None if pooled is None else pooled.shape[-1]
             raise NodeError(f"the conditioning has token width {cond.embeddings.shape[-1]} and pooled width {got}, but "
-                            f"the transformer's joint_attention_dim is {self.width} and pooled_projection_dim "
-                            f"{self.pooled_width}: encode with this pipeline's text encoder")
-        return NetworkDenoiser(self.net, self._sampling, self.prediction, self.timestep,
-                               cond={"context": cond.embeddings, "pooled": pooled})
+                            f"the transformer's joint_attention_dim is {width} and pooled_projection_dim "
+                            f"{pooled_width}: encode with this pipeline's text encoder")
+        return {"context": cond.embeddings, "pooled": pooled}

@@ -13,7 +13,7 @@ from ..models.diffusers_model import load_module
 from ..models.networks.diffusers_net import scheduler_sampling
 from .folder import LoadSettings, PipelineFolder, load_text_encoder, load_tokenizer
 from .sd import KLVae
-from .sd3 import ClipPair, Sd3TextEncoder, Sd3TextModel
+from .sd3 import ClipPair, Sd3Net, Sd3TextEncoder, Sd3TextModel
 from .types import Pipeline
 
 
@@ -32,7 +32,7 @@ def load_sd3(folder: PipelineFolder, settings: LoadSettings) -> Pipeline:
     check_clips(folder, clips, config)
     encoder = Sd3TextEncoder(clips, t5(folder, settings, int(config.joint_attention_dim)),
                              int(config.joint_attention_dim))
-    model = Sd3TextModel(transformer, sampling, settings.prediction_or(prediction), settings.timestep)
+    model = Sd3TextModel(Sd3Net(transformer), sampling, settings.prediction_or(prediction), settings.timestep)
     return Pipeline(model, encoder, vae)
 
 

@@ -6,7 +6,7 @@ from ...graph.errors import NodeError
 from ..models.diffusers_model import load_module
 from ..models.networks.diffusers_net import scheduler_sampling
 from .folder import LoadSettings, PipelineFolder, load_text_encoder, load_tokenizer
-from .sd import ClipTextEncoder, KLVae, UNetTextModel
+from .sd import ClipTextEncoder, KLVae, UNetNet, UNetTextModel
 from .types import Pipeline
 
 
@@ -22,7 +22,7 @@ def load_sd(folder: PipelineFolder, settings: LoadSettings) -> Pipeline:
     if unet.config.in_channels != vae.channels:
         raise NodeError(f"'{dirs['unet']}': the UNet takes {unet.config.in_channels} channels but the VAE "
                         f"makes {vae.channels}-channel latents (an inpainting UNet?); not supported yet")
-    model = UNetTextModel(unet, sampling, settings.prediction_or(prediction), settings.timestep)
+    model = UNetTextModel(UNetNet(unet), sampling, settings.prediction_or(prediction), settings.timestep)
     if model.context_dim != encoder.config.hidden_size:
         raise NodeError(f"'{dirs['text_encoder']}': hidden_size {encoder.config.hidden_size} differs from the "
                         f"UNet's cross_attention_dim {model.context_dim}: the components do not belong together")
