@@ -60,9 +60,9 @@ def build_sd_pipeline(root: Path, seed: int = 0, vocab_size: int | None = None,
     return root
 
 
-def load_tokenizer(root: Path):
+def load_tokenizer(root: Path, name: str = "tokenizer"):
     from transformers import CLIPTokenizer
-    return CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    return CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
 
 
 def save_t5_tokenizer(folder: Path, max_length: int = 32) -> int:
@@ -86,20 +86,20 @@ def save_t5_tokenizer(folder: Path, max_length: int = 32) -> int:
 
 
 def quantiles(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Median and 99.9th percentile of |a - b| relative to b's RMS (the random UNet's latents reach ~30)."""
+    """Median and 99.9th percentile of |a - b| relative to b's RMS (a random network's latents reach ~30)."""
     err = (a.double() - b.double()).abs().flatten() / b.double().square().mean().sqrt()
     return float(err.median()), float(err.quantile(0.999))
 
 
-def cli_overrides(path: Path, folder: Path, tmp_path: Path, size: int) -> list[str]:
-    """--set arguments that point a shipped pipeline workflow at a tiny pipeline folder, small and short."""
+def cli_overrides(path: Path, pipeline: Path, tmp_path: Path, size: int) -> list[str]:
+    """--set arguments that point a shipped pipeline workflow at a tiny pipeline, small (size x size) and short."""
     import numpy as np
     from PIL import Image
     sets = []
     for name, spec in json.loads(path.read_text())["nodes"].items():
         kind = spec["kind"]
         if kind == "model.pipeline":
-            sets.append(f"{name}.path={folder}")
+            sets.append(f"{name}.path={pipeline}")
         elif kind in ("latent.empty", "schedule.flux"):  # schedule.flux shifts by the image's size
             sets += [f"{name}.width={size}", f"{name}.height={size}"]
         elif kind == "io.load_image":
@@ -111,9 +111,9 @@ def cli_overrides(path: Path, folder: Path, tmp_path: Path, size: int) -> list[s
     return [a for s in sets for a in ("--set", s)]
 
 
-def run_through_cli(path: Path, folder: Path, tmp_path: Path, size: int) -> None:
-    """`samplegraph run` of a pipeline workflow on `folder` writes a size x size PNG carrying the workflow, and
-    re-running that PNG gives the same pixels (asserted)."""
+def run_through_cli(path: Path, pipeline: Path, tmp_path: Path, size: int) -> None:
+    """`samplegraph run` of a shipped pipeline workflow on a tiny pipeline: a size x size PNG carrying the workflow,
+    and `samplegraph run image.png` re-makes the same pixels."""
     import subprocess
     import sys
 
@@ -124,14 +124,14 @@ def run_through_cli(path: Path, folder: Path, tmp_path: Path, size: int) -> None
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),
                            "--no-cache", "--device", "cpu", "--threads", "1", "--quiet",
-                           *cli_overrides(path, folder, tmp_path, size)], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+                           *cli_overrides(path, pipeline, tmp_path, size)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["status"] == "ok"
     image = next(out.glob("*.png"))
     with Image.open(image) as png:
-        assert png.size == (size, size)
-        assert json.loads(png.text["workflow"])["nodes"]["pipe"]["params"]["path"] == str(folder)
+        pipe_node = next(n for n in json.loads(png.text["workflow"])["nodes"].values() if n["kind"] == "model.pipeline")
+        assert png.size == (size, size) and pipe_node["params"]["path"] == str(pipeline)
         pixels = np.asarray(png)
     again = tmp_path / "again"  # `samplegraph run image.png` (Runtime.run on the PNG) re-runs its workflow
     Runtime(device="cpu").run(image, out_dir=again)
@@ -139,18 +139,55 @@ def run_through_cli(path: Path, folder: Path, tmp_path: Path, size: int) -> None
         assert np.array_equal(np.asarray(png), pixels)
 
 
-def img2img_workflow(folder: Path, tmp_path: Path, size: tuple[int, int], prompts: tuple[str, str], scale: float,
-                     steps: int, strength: float) -> dict:
-    """workflows/img2img.json on `folder` over a random (height, width) = `size` input image written to tmp_path,
-    with (prompt, negative prompt), guidance scale, schedule steps and denoising strength set."""
+def assert_parity(label: str, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
+    """Each (what, ours, reference) agrees to float32 precision: |err| / RMS median < 1e-6, 99.9th pct < 1e-5."""
+    for what, ours, ref in pairs:
+        med, p999 = quantiles(ours, ref)
+        print(f"{label} {what}: median {med:.2e}, 99.9% {p999:.2e}")
+        assert med < 1e-6 and p999 < 1e-5, (label, what, med, p999)
+
+
+def img2img_workflow(name: str, pipeline: Path, tmp_path: Path, size: int | tuple[int, int], prompts: tuple[str, str],
+                     scale: float, steps: int, strength: float) -> dict:
+    """workflows/<name> (an img2img workflow) on `pipeline` and a random PNG of `size` ((height, width); an int:
+    square), with these prompt and negative prompt, CFG scale, full steps and strength."""
     import numpy as np
     from PIL import Image
     source = tmp_path / "input.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)).save(source)
-    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "img2img.json").read_text())
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*((size, size) if isinstance(size, int) else size), 3),
+                                                              dtype=np.uint8)).save(source)
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / name).read_text())
     n = wf["nodes"]
-    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(folder), str(source)
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(pipeline), str(source)
     n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = prompts
     n["guided"]["params"]["scale"], n["full"]["params"]["steps"] = scale, steps
     n["sigmas"]["params"]["strength"] = strength
     return wf
+
+
+def draw_noise_as(monkeypatch, pipeline_class: type, eps: torch.Tensor) -> None:
+    """Make a diffusers img2img pipeline's noise draw (randn_tensor in its module) return `eps`."""
+    import sys
+    monkeypatch.setattr(sys.modules[pipeline_class.__module__], "randn_tensor", lambda shape, **kw: eps.clone())
+
+
+def txt2img_workflow(name: str, pipeline: Path, size: int, prompts: tuple[str, str], scale: float, steps: int,
+                     batch: int = 1, seed: int = 0) -> dict:
+    """workflows/<name> (a txt2img workflow) on `pipeline`: these prompt and negative prompt, CFG scale, steps,
+    size x size images, batch and seed."""
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / name).read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"] = str(pipeline)
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = prompts
+    n["guided"]["params"]["scale"] = scale
+    n["sigmas"]["params"]["steps"] = steps
+    n["latent"]["params"].update(width=size, height=size, batch=batch)
+    wf["seed"] = seed
+    return wf
+
+
+def run_outputs(wf: dict, *outputs: str) -> list:
+    """The named outputs of one CPU run of `wf`."""
+    from samplegraph import Runtime
+    result = Runtime(device="cpu").run(wf, outputs=list(outputs))
+    return [result[o] for o in outputs]

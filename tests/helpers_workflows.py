@@ -24,7 +24,7 @@ FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
 LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]
 # a folder workflow named *_<family>.json runs against that family's tiny pipeline (tests/test_pipeline_<family>.py);
 # the others (txt2img.json, img2img.json, ...) against the tiny SD pipeline of tests/test_pipeline_sd.py
-PIPELINE_FAMILIES = ("sdxl", "flux")
+PIPELINE_FAMILIES = ("sdxl", "sd3", "flux")
 
 
 def family_of(path: Path) -> str:

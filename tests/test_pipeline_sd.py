@@ -6,7 +6,6 @@ img2img equals StableDiffusionImg2ImgPipeline: final latents and decoded images 
 deterministic per seed); bad folders and inputs are located errors; workflows/txt2img.json runs through the CLI."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers_pipeline import build_sd_pipeline, img2img_workflow, load_tokenizer, quantiles, run_through_cli
+from helpers_pipeline import (assert_parity, build_sd_pipeline, draw_noise_as, img2img_workflow, load_tokenizer,
+                              quantiles, run_outputs as run, run_through_cli, txt2img_workflow)
 from helpers_workflows import folder_workflows
 from peers import diffusers
 from samplegraph import Runtime, Workflow
@@ -24,8 +24,6 @@ from samplegraph.nodes.pipelines.pipeline import ModelPipeline
 from samplegraph.nodes.pipelines.text_encode import TextEncode
 from samplegraph.nodes.pipelines.types import EncodeOptions
 
-ROOT = Path(__file__).resolve().parents[1]
-TXT2IMG = ROOT / "workflows" / "txt2img.json"
 SIZE, STEPS, SCALE = 64, 4, 3.0  # 64x64 images: 8x8 latents through the VAE's factor 8
 PROMPT, NEGATIVE = "a red cat on a mat", "blurry"
 
@@ -38,21 +36,9 @@ def sd(tmp_path_factory) -> Path:
 
 def txt2img(path: Path, sampler: str = "sampler.euler", steps: int = STEPS, scale: float = SCALE,
             batch: int = 1, seed: int = 0, **sampler_params) -> dict:
-    wf = json.loads(TXT2IMG.read_text())
-    n = wf["nodes"]
-    n["pipe"]["params"]["path"] = str(path)
-    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
-    n["guided"]["params"]["scale"] = scale
-    n["sigmas"]["params"]["steps"] = steps
-    n["solver"] = {"kind": sampler, "params": sampler_params}
-    n["latent"]["params"].update(width=SIZE, height=SIZE, batch=batch)
-    wf["seed"] = seed
+    wf = txt2img_workflow("txt2img.json", path, SIZE, (PROMPT, NEGATIVE), scale, steps, batch, seed)
+    wf["nodes"]["solver"] = {"kind": sampler, "params": sampler_params}
     return wf
-
-
-def run(wf: dict, *outputs: str) -> list:
-    result = Runtime(device="cpu").run(wf, outputs=list(outputs))
-    return [result[o] for o in outputs]
 
 
 def diffusers_pipe(path: Path, scheduler: str):
@@ -100,22 +86,16 @@ def test_img2img_equals_diffusers_img2img_pipeline(sd, tmp_path, monkeypatch):
     """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
     StableDiffusionImg2ImgPipeline given our encoded latents as its image and our noise as its draw."""
     d = diffusers()
-    wf = img2img_workflow(sd, tmp_path, (SIZE, SIZE), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
+    wf = img2img_workflow("img2img.json", sd, tmp_path, SIZE, (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
     encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
     assert sigmas.steps == 2 and encoded.shape == (1, 4, 8, 8)
-    eps = ((noised - encoded) / sigmas.values[0]).float()
-    module = sys.modules[d.StableDiffusionImg2ImgPipeline.__module__]
-    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: eps.clone())
+    draw_noise_as(monkeypatch, d.StableDiffusionImg2ImgPipeline, ((noised - encoded) / sigmas.values[0]).float())
     pipe = d.StableDiffusionImg2ImgPipeline(**diffusers_pipe(sd, "EulerDiscreteScheduler").components)
     pipe.set_progress_bar_config(disable=True)
     call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5,
                 num_inference_steps=STEPS, guidance_scale=SCALE)
-    ref_latent = pipe(output_type="latent", **call).images
-    ref_images = pipe(output_type="pt", **call).images
-    for what, ours, ref in (("latents", final, ref_latent), ("images", images, ref_images)):
-        med, p999 = quantiles(ours, ref)
-        print(f"img2img {what}: median {med:.2e}, 99.9% {p999:.2e}")
-        assert med < 1e-6 and p999 < 1e-5, (med, p999)
+    assert_parity("img2img", [("latents", final, pipe(output_type="latent", **call).images),
+                              ("images", images, pipe(output_type="pt", **call).images)])
 
 
 def ref_sigma_grid(sched) -> torch.Tensor:
@@ -262,7 +242,7 @@ def test_missing_component_and_pickle_only_folder_are_refused(sd, tmp_path):
 
 def test_other_families_are_named_as_not_yet_supported(sd, tmp_path):
     root = copy_of(sd, tmp_path)
-    for kind, family in [("StableDiffusion3Pipeline", "SD3")]:
+    for kind, family in [("StableDiffusionInpaintPipeline", "inpainting UNet")]:
         index = json.loads((root / "model_index.json").read_text())
         (root / "model_index.json").write_text(json.dumps({**index, "_class_name": kind}))
         load_error(root, f"{family}.*not support.*yet")

@@ -120,7 +120,7 @@ def test_img2img_equals_diffusers_sdxl_img2img_pipeline(sdxl, pipe, tmp_path, mo
     """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
     StableDiffusionXLImg2ImgPipeline given our encoded latents as its image and our noised latents as its start
     (its own add_noise of our noise agrees with them to float32 rounding, checked first)."""
-    wf = img2img_workflow(sdxl, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
+    wf = img2img_workflow("img2img.json", sdxl, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
     n = wf["nodes"]
     n["full"] = {"kind": "schedule.uniform_timesteps", "inputs": {"model": "cond"},  # SDXL's scheduler grid
                  "params": {"steps": STEPS, "spacing": "leading", "steps_offset": 1}}

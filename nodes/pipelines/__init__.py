@@ -1,7 +1,7 @@
 """Text-to-image pipelines: a local diffusers pipeline folder as model, text-encoder and VAE ports, and the
-nodes between them (text.encode, model.text_condition, vae.encode, vae.decode; schedule.flux gives FluxPipeline's
-sigmas). SD 1.x/2.x, SDXL and Flux today; the contracts (types.py, docs/ARCHITECTURE.md "Text-to-image pipelines")
-are sized for SD3 too."""
+nodes between them (text.encode, model.text_condition, vae.encode, vae.decode; schedule.flux and schedule.flow_match
+give FluxPipeline's and SD3's sigmas): SD 1.x/2.x, SDXL, SD3 and Flux (contracts: types.py, docs/ARCHITECTURE.md
+"Text-to-image pipelines")."""
 
 
 def nodes() -> list[type]:

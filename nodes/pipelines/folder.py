@@ -31,28 +31,41 @@ class Family(NamedTuple):
     loader: str  # "module:function" under nodes/pipelines, called as function(PipelineFolder, LoadSettings)
     # variants refused by name before any component is read: (model_index.json key, value, what such a folder is)
     refused: tuple[tuple[str, Any, str], ...] = ()
+    optional: tuple[str, ...] = ()  # components model_index.json may name null (SD3's T5: diffusers then uses zeros)
 
 
+CLIP_TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
 SD_COMPONENTS: Components = {
     "unet": ("diffusion_pytorch_model.safetensors", ("UNet2DConditionModel",)),
     "text_encoder": ("model.safetensors", ("CLIPTextModel",)),
-    "tokenizer": (None, ("CLIPTokenizer", "CLIPTokenizerFast")),
+    "tokenizer": (None, CLIP_TOKENIZERS),
     "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
     "scheduler": (None, ()),
 }
 SDXL_COMPONENTS: Components = {
     **SD_COMPONENTS,
     "text_encoder_2": ("model.safetensors", ("CLIPTextModelWithProjection",)),
-    "tokenizer_2": (None, ("CLIPTokenizer", "CLIPTokenizerFast")),
+    "tokenizer_2": (None, CLIP_TOKENIZERS),
 }
 FLUX_COMPONENTS: Components = {
     "transformer": ("diffusion_pytorch_model.safetensors", ("FluxTransformer2DModel",)),
     "text_encoder": ("model.safetensors", ("CLIPTextModel",)),
     "text_encoder_2": ("model.safetensors", ("T5EncoderModel",)),
-    "tokenizer": (None, ("CLIPTokenizer", "CLIPTokenizerFast")),
+    "tokenizer": (None, CLIP_TOKENIZERS),
     "tokenizer_2": (None, ("T5Tokenizer", "T5TokenizerFast")),
     "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
     "scheduler": (None, ()),  # any flow-matching scheduler (flux_folder checks)
+}
+SD3_COMPONENTS: Components = {
+    "transformer": ("diffusion_pytorch_model.safetensors", ("SD3Transformer2DModel",)),
+    "text_encoder": ("model.safetensors", ("CLIPTextModelWithProjection",)),
+    "text_encoder_2": ("model.safetensors", ("CLIPTextModelWithProjection",)),
+    "text_encoder_3": ("model.safetensors", ("T5EncoderModel",)),
+    "tokenizer": (None, CLIP_TOKENIZERS),
+    "tokenizer_2": (None, CLIP_TOKENIZERS),
+    "tokenizer_3": (None, ("T5TokenizerFast", "T5Tokenizer")),
+    "vae": ("diffusion_pytorch_model.safetensors", ("AutoencoderKL",)),
+    "scheduler": (None, ("FlowMatchEulerDiscreteScheduler",)),
 }
 # every family model.pipeline reads; a new family adds one entry (and its loader module)
 FAMILIES: tuple[Family, ...] = (
@@ -61,10 +74,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("SDXL", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"), SDXL_COMPONENTS,
            "sdxl_folder:load_sdxl", (("requires_aesthetics_score", True, "an SDXL refiner (aesthetic-score "
                                                                          "conditioning, one text encoder)"),)),
+    Family("Stable Diffusion 3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"), SD3_COMPONENTS,
+           "sd3_folder:load_sd3", optional=("text_encoder_3", "tokenizer_3")),
     Family("Flux", ("FluxPipeline", "FluxImg2ImgPipeline"), FLUX_COMPONENTS, "flux_folder:load_flux"),
 )
-NOT_YET = {"StableDiffusion3Pipeline": "SD3", "StableDiffusionInpaintPipeline":
-           "the 9-channel SD inpainting UNet"}
+NOT_YET = {"StableDiffusionInpaintPipeline": "the 9-channel SD inpainting UNet"}
 
 
 @dataclass(frozen=True)
@@ -128,7 +142,12 @@ def open_folder(root: Path) -> PipelineFolder:
     """The folder checked: its family known and every component it needs present."""
     index, family = read_index(root)
     return PipelineFolder(root, index, family, {name: component(root, index, family, name)
-                                                for name in family.components})
+                                                for name in family.components if not absent(index, family, name)})
+
+
+def absent(index: dict[str, Any], family: Family, name: str) -> bool:
+    """An optional component that model_index.json names null ([null, null]), as save_pretrained writes a None."""
+    return name in family.optional and index.get(name) in ([None, None], None)
 
 
 def component(root: Path, index: dict[str, Any], family: Family, name: str) -> Path:
@@ -162,8 +181,8 @@ def pipeline_files(root: Path) -> dict[str, list[int] | None]:
 
 def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device,
                       kind: str = "CLIPTextModel") -> torch.nn.Module:
-    """A transformers text encoder of class `kind` (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel,
-    ...) from model.safetensors, offline, strict."""
+    """A transformers text encoder of class `kind` (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel) from
+    model.safetensors (or its shards), offline, strict."""
     transformers = import_transformers()
     try:
         module, info = getattr(transformers, kind).from_pretrained(
@@ -189,7 +208,7 @@ def load_tokenizer(folder: Path, kind: str, encoder: torch.nn.Module) -> Any:
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and tokenizer.model_max_length > positions:
         raise NodeError(f"'{folder}': model_max_length {tokenizer.model_max_length} exceeds the text encoder's "
-                        f"max_position_embeddings {config.max_position_embeddings}")
+                        f"max_position_embeddings {positions}")
     # eos_token_id 2 is the stale default of CLIP configs written before transformers #24773 (SD 1.5's, SDXL's):
     # transformers then pools at the largest token id, which is the end token only if it is the vocabulary's last
     eos = len(tokenizer) - 1 if config.eos_token_id == LEGACY_CLIP_EOS else config.eos_token_id

@@ -11,9 +11,7 @@ from typing import Any
 import torch
 
 from ...graph.errors import NodeError
-from ..core.model import Model, ModelSampling
-from ..models.parametrisation import NetworkDenoiser, Prediction, TimestepMode
-from .types import Conditioning, EncodeOptions, TextEncoder, TextModel, Vae, repeat_rows
+from .types import Conditioning, EncodeOptions, NetworkTextModel, TextEncoder, Vae, repeat_rows
 
 FAMILY = "sd"
 
@@ -100,35 +98,20 @@ class UNetNet(torch.nn.Module):
         return out.to(x.dtype)
 
 
-class UNetTextModel(TextModel):
+class UNetTextModel(NetworkTextModel):
     """A UNet2DConditionModel under its scheduler's noise process and prediction type (eps or v)."""
 
     family = FAMILY
-
-    def __init__(self, unet: torch.nn.Module, sampling: ModelSampling, prediction: Prediction,
-                 timestep: TimestepMode):
-        self.net, self._sampling, self.prediction, self.timestep = UNetNet(unet), sampling, prediction, timestep
-        self.context_dim = int(unet.config.cross_attention_dim)
+    net: UNetNet
 
     @property
-    def sampling(self) -> ModelSampling:
-        return self._sampling
+    def context_dim(self) -> int:
+        return int(self.net.unet.config.cross_attention_dim)
 
-    def bind(self, cond: Conditioning) -> Model:
-        self.check(cond)
-        return NetworkDenoiser(self.net, self._sampling, self.prediction, self.timestep, cond=self.net_cond(cond))
-
-    def check(self, cond: Conditioning) -> None:
-        """NodeError unless `cond` is this family's and as wide as the UNet's cross-attention."""
-        if cond.family != self.family:
-            raise NodeError(f"input 'cond' comes from a {cond.family!r} text encoder, but the model is a {self.family!r} "
-                            f"model: encode with this pipeline's text_encoder")
+    def conditioning(self, cond: Conditioning) -> dict[str, torch.Tensor]:
         if cond.embeddings.shape[-1] != self.context_dim:
             raise NodeError(f"the conditioning's embeddings have width {cond.embeddings.shape[-1]}, but the UNet's "
                             f"cross_attention_dim is {self.context_dim}: encode with this pipeline's text encoder")
-
-    def net_cond(self, cond: Conditioning) -> dict[str, torch.Tensor]:
-        """The keyword tensors the network's forward takes besides (x, t)."""
         return {"context": cond.embeddings}
 
 

@@ -8,7 +8,7 @@ from ...graph.errors import NodeError
 from ..models.diffusers_model import load_module
 from ..models.networks.diffusers_net import scheduler_sampling
 from .folder import LoadSettings, PipelineFolder, load_text_encoder, load_tokenizer
-from .sd import ClipTextEncoder, KLVae, UNetTextModel
+from .sd import ClipTextEncoder, KLVae, UNetNet, UNetTextModel
 from .types import Pipeline
 
 
@@ -20,7 +20,7 @@ def load_sd(folder: PipelineFolder, settings: LoadSettings) -> Pipeline:
     encoder = load_text_encoder(dirs["text_encoder"], dtype("text_encoder"), device)
     tokenizer = load_tokenizer(dirs["tokenizer"], folder.index["tokenizer"][1], encoder)
     unet, vae = load_unet_and_vae(folder, settings, dtype("vae"))
-    model = UNetTextModel(unet, sampling, settings.prediction_or(prediction), settings.timestep)
+    model = UNetTextModel(UNetNet(unet), sampling, settings.prediction_or(prediction), settings.timestep)
     if model.context_dim != encoder.config.hidden_size:
         raise NodeError(f"'{dirs['text_encoder']}': hidden_size {encoder.config.hidden_size} differs from the "
                         f"UNet's cross_attention_dim {model.context_dim}: the components do not belong together")

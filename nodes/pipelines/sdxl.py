@@ -101,20 +101,17 @@ class SdxlTextModel(UNetTextModel):
 
     def __init__(self, unet: torch.nn.Module, sampling: ModelSampling, prediction: Prediction,
                  timestep: TimestepMode, factor: int):
-        super().__init__(unet, sampling, prediction, timestep)
-        self.net = SdxlUNetNet(unet, factor)
+        super().__init__(SdxlUNetNet(unet, factor), sampling, prediction, timestep)
         self.pooled_dim = pooled_width(unet)
 
-    def check(self, cond: Conditioning) -> None:
-        super().check(cond)
+    def conditioning(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        context = super().conditioning(cond)["context"]
         width = None if cond.pooled is None else int(cond.pooled.shape[-1])
         if width != self.pooled_dim or "time_ids" not in cond.extras:
             raise NodeError(f"the conditioning has pooled width {width} and extras {sorted(cond.extras)}, but the "
                             f"SDXL UNet takes pooled width {self.pooled_dim} and time_ids: encode with this "
                             f"pipeline's text encoder")
-
-    def net_cond(self, cond: Conditioning) -> dict[str, torch.Tensor]:
-        return {"context": cond.embeddings, "text_embeds": cond.pooled, "time_ids": cond.extras["time_ids"]}
+        return {"context": context, "text_embeds": cond.pooled, "time_ids": cond.extras["time_ids"]}
 
 
 def pooled_width(unet: torch.nn.Module) -> int:

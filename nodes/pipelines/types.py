@@ -17,6 +17,7 @@ import torch
 
 from ...graph.errors import NodeError
 from ..core.model import Model, ModelSampling
+from ..models.parametrisation import NetworkDenoiser, Prediction, TimestepMode
 
 
 def repeat_rows(t: torch.Tensor, batch: int, what: str = "the conditioning") -> torch.Tensor:
@@ -97,6 +98,28 @@ class TextModel(ABC):
     @abstractmethod
     def bind(self, cond: Conditioning) -> Model:
         """The Denoiser (x, sigma) -> x0 conditioned on `cond` (its rows repeated to the latent batch)."""
+
+
+class NetworkTextModel(TextModel):
+    """A TextModel over one network net(x_in, t_in, **tensors) under its noise process: bind checks the family and
+    gives a NetworkDenoiser with the tensors `conditioning` picks (and checks) from the Conditioning."""
+
+    def __init__(self, net: torch.nn.Module, sampling: ModelSampling, prediction: Prediction, timestep: TimestepMode):
+        self.net, self._sampling, self.prediction, self.timestep = net, sampling, prediction, timestep
+
+    @property
+    def sampling(self) -> ModelSampling:
+        return self._sampling
+
+    @abstractmethod
+    def conditioning(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """The network's keyword tensors from `cond` (NodeError when their widths do not fit the network)."""
+
+    def bind(self, cond: Conditioning) -> Model:
+        if cond.family != self.family:
+            raise NodeError(f"input 'cond' comes from a {cond.family!r} text encoder, but the model is a {self.family!r} "
+                            f"model: encode with this pipeline's text_encoder")
+        return NetworkDenoiser(self.net, self._sampling, self.prediction, self.timestep, cond=self.conditioning(cond))
 
 
 class Vae(ABC):

@@ -10,6 +10,7 @@ def nodes() -> list[type]:
     from .denoise_strength import DenoiseStrength
     from .exponential import Exponential
     from .flip import Flip
+    from .flow_match import FlowMatch
     from .gits import GITS
     from .karras import Karras
     from .kl_optimal import KLOptimal
@@ -29,7 +30,7 @@ def nodes() -> list[type]:
 
     model_free = [Karras, Exponential, Polyexponential, VP, KLOptimal, Laplace, LinearQuadratic, AlignYourSteps,
                   TimeShift, Manual]
-    model_based = [UniformTimesteps, Simple, SGMUniform, DDIMUniform, Normal, Beta]
+    model_based = [UniformTimesteps, Simple, SGMUniform, DDIMUniform, Normal, Beta, FlowMatch]
     calibrated = [GITS, AYSOptimize]
     sigma_ops = [SplitAtStep, SplitAtSigma, Flip, Concat, SetFirst, DenoiseStrength]
     return [*model_free, *model_based, *sigma_ops, *calibrated]
