@@ -1,5 +1,5 @@
-"""ModelWorker: a Ray actor that keeps Denoisers resident and serves batched sampling calls, and the
-task that splits one `sample` node's batch across such workers.
+"""ModelWorker: a Ray actor that keeps Denoisers resident and serves batched sampling and denoiser calls, and the
+task that splits one `sample` node's batch across such workers (search strategies: split_denoiser.py).
 
 Counter-based noise draws the same noise for the same (particle id, step, slot) however the batch is
 cut, so each chunk is started with its global particle ids (`offset + arange(n)`) and the concatenated
@@ -45,14 +45,32 @@ class ModelWorker:
         """The sample node on particles offset..offset+n-1 of its batch: final x (n, ...) and the batched
         denoiser calls made. `boxed_model` is a one-element list so that Ray does not fetch the model on
         every call: it is fetched only when not resident."""
-        if model_key not in self.models:
-            self.models[model_key] = ray.get(boxed_model[0]).to(self.device)
         x = latent.to(self.device)
         particle = torch.arange(offset, offset + x.shape[0], device=self.device)
-        ctx = NodeContext(node_id="sample", device=self.device, out_dir=Path("."), seed=seed)
-        state = run_steps(sampler, self.models[model_key], sampler.init(x, sigmas, particle),
+        ctx = NodeContext(node_id="sample", device=self.device, out_dir=Path("."), seed=seed,
+                          is_cancelled=task_cancelled)
+        state = run_steps(sampler, self.model(model_key, boxed_model), sampler.init(x, sigmas, particle),
                           ctx.noise, ctx)
         return state.x.cpu(), int(ctx.metrics.get("nfe", 0))
+
+    def denoise(self, model_key: str, boxed_model: list[ray.ObjectRef], xs: list[torch.Tensor],
+                sigmas: list[torch.Tensor], renoise: bool) -> list[tuple[torch.Tensor, ...]]:
+        """Denoiser calls of a split search strategy (runtime/backends/split_denoiser.py): each block xs[i]
+        (b_i, ...) at sigmas[i] (b_i,) as one call, (x0,) or (x0, x0_renoise) each, on the CPU."""
+        blocks = self.model(model_key, boxed_model).evaluate_many(
+            [x.to(self.device) for x in xs], [s.to(self.device) for s in sigmas], renoise)
+        return [tuple(t.cpu() for t in block) for block in blocks]
+
+    def model(self, model_key: str, boxed_model: list[ray.ObjectRef]) -> Denoiser:
+        """The resident model under `model_key`, fetched from its boxed ref (and moved here) the first time."""
+        if model_key not in self.models:
+            self.models[model_key] = ray.get(boxed_model[0]).to(self.device)
+        return self.models[model_key]
+
+
+def task_cancelled() -> bool:
+    """True once the driver has ray.cancel()ed the running task or actor call (loops check it between steps)."""
+    return ray.get_runtime_context().is_canceled()
 
 
 def chunks(batch: int, parts: int) -> list[tuple[int, int]]:
