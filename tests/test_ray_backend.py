@@ -95,7 +95,8 @@ def test_8_particles_over_2_logical_gpu_actors_equal_the_local_run(backend, tmp_
     remote = Runtime(device="cpu", cache_dir=tmp_path, backend=backend).run(wf)
     assert torch.equal(remote["sample"], local["sample"]) and remote["sliced_w2"] == local["sliced_w2"]
     sample = next(n for n in remote.report.nodes if n.node == "sample")
-    assert sample.cache == "miss" and sample.metrics == {"workers": 2} and sample.nfe == 6
+    assert sample.cache == "miss" and sample.metrics == {"workers": 2, "resumed_from_steps": [0, 0]}
+    assert sample.nfe == 6
     assert all(len(ray.get(w.resident.remote())) >= 1 for w in backend.workers)  # each loaded the model
 
 
@@ -213,9 +214,11 @@ def wait_until(predicate, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-def cancel_mid_run(runtime: Runtime, wf: dict, node: str, after: float) -> tuple[BaseException | None, float]:
+def cancel_mid_run(runtime: Runtime, wf: dict, node: str, after: float = 0.0, until=None
+                   ) -> tuple[BaseException | None, float]:
     """Run wf in a thread and set its CancelToken `after` s once the driver waits for `node` (its inputs are
-    done, so its task is running); (what the run raised, seconds from the cancel to the end of the run)."""
+    done, so its task is running) and `until()` holds; (what the run raised, seconds from the cancel to the
+    end of the run)."""
     token, raised, reached = CancelToken(), {}, threading.Event()
 
     def on_event(event) -> None:
@@ -231,6 +234,8 @@ def cancel_mid_run(runtime: Runtime, wf: dict, node: str, after: float) -> tuple
     runner.start()
     assert reached.wait(timeout=120), f"the run never reached node '{node}'"
     time.sleep(after)
+    if until is not None:
+        wait_until(until, timeout=60)
     assert runner.is_alive(), "the run ended before the cancel: make the workflow longer"
     token.cancel()
     start = time.perf_counter()
@@ -260,3 +265,31 @@ def test_a_cancel_mid_run_cancels_the_submitted_tasks_promptly(backend, tmp_path
         assert ray.wait([out_ref], timeout=0)[0] and ray.get(entry_ref).cache == "miss"
     small = workflow(8, 4)
     assert torch.equal(runtime.run(small)["sample"], Runtime(device="cpu", cache=False).run(small)["sample"])
+
+
+def test_a_split_sample_checkpoints_each_chunk_and_a_rerun_resumes_bit_for_bit(backend, tmp_path):
+    """Each actor checkpoints its chunk under the node key and its rows (the sample node's own policy); a run
+    cancelled mid-way leaves one checkpoint per chunk, the re-run resumes both and equals the local run; the
+    stored output then discards them."""
+    backend.forget()
+    wf = workflow(4000, 2000)
+    wf["nodes"]["sample"]["params"] = {"checkpoint_every": 25, "checkpoint_seconds": None}
+    root = tmp_path / "cache" / "checkpoints"
+    runtime = Runtime(device="cpu", cache_dir=tmp_path / "cache", backend=backend)
+    worker_pids(backend)
+
+    def saved() -> list[int]:
+        files = sorted(root.glob("*/*.safetensors")) if root.is_dir() else []
+        return [int(p.stem) for p in files]
+    raised, _ = cancel_mid_run(runtime, wf, "sample", until=lambda: len(saved()) == 2 and min(saved()) >= 50)
+    assert isinstance(raised, RunCancelled), raised
+    worker_pids(backend)  # answered once both actors have stopped (a last checkpoint may land until then)
+    folders = sorted(p.name for p in root.iterdir())
+    assert [f.split(".")[1] for f in folders] == ["rows0-2000of4000", "rows2000-4000of4000"]
+    steps = [int(next((root / f).glob("*.safetensors")).stem) for f in folders]  # one file per chunk: its latest
+    resumed = runtime.run(wf)
+    local = Runtime(device="cpu", cache=False).run(wf)
+    assert torch.equal(resumed["sample"], local["sample"])
+    metrics = node_report(resumed, "sample").metrics
+    assert metrics["resumed_from_steps"] == steps and min(steps) >= 50 and max(steps) < 2000
+    assert not any(root.iterdir())  # the output is stored: the chunks' checkpoints are gone

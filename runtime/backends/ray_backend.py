@@ -181,11 +181,12 @@ class RayBackend(Backend):
         stop at their next step) and forget their keys, so a later run submits them again."""
         for node_id in mine:
             out_ref = refs[node_id][0]
+            if ray.wait([out_ref], timeout=0)[0]:
+                continue  # finished: a sound result, kept for later runs
             with self._lock:
                 if self._refs.get(keys[node_id], (None,))[0] == out_ref:
                     self._refs.pop(keys[node_id])
-            if not ray.wait([out_ref], timeout=0)[0]:
-                ray.cancel(out_ref, recursive=True)
+            ray.cancel(out_ref, recursive=True)
 
     def report_of(self, key: str, entry_ref: ray.ObjectRef) -> NodeReport:
         """The task's NodeReport; a failed node is forgotten (a later run tries it again) and its own typed
