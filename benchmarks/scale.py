@@ -1,11 +1,13 @@
-"""Scale-out on Ray: a sweep, an SMC sweep and one split `sample` batch on 1 vs 2 Ray workers, against
+"""Scale-out on Ray: a sweep, an SMC sweep, one split `sample` batch and single SMC runs whose denoiser calls are
+split (on the ring GMM, and on the digits network) on 1 vs 2 Ray workers, against
 the local backend and against Ray's own empty-task latency measured in the same run.
 
     RAY_AUTH_MODE=disabled python benchmarks/scale.py [--repeat 2] [--out benchmarks/results/scale.md]
 
 For each worker count W a fresh local cluster is started with W CPUs and W logical GPUs. Sweep points
 run as node tasks (W at a time); the split case cuts one `sample` node's batch over W ModelWorker
-actors (one logical GPU each, holding no CPU, as on a GPU machine; here they compute on the CPU).
+actors (one logical GPU each, holding no CPU, as on a GPU machine; here they compute on the CPU); the split SMC
+cases run the strategy in one task and cut each of its denoiser calls over the W actors.
 Per case: the local backend's wall time (one process, the same memory cache), the Ray wall time
 (best of --repeat, the backend's key table cleared between
 repeats so everything is recomputed), the speed-up of W=2 over W=1, and the overhead per task:
@@ -15,6 +17,7 @@ backend's, bit for bit. Torch runs one thread per process (OMP_NUM_THREADS=1) ev
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -48,27 +51,41 @@ def gmm_workflow(batch: int, steps: int) -> dict:
         "outputs": ["sliced_w2"]}
 
 
-def smc_workflow() -> dict:
+def smc_workflow(batch: int = 2048, **smc: object) -> dict:
     return {"version": 1, "seed": 0, "nodes": {
         "model": {"kind": "model.gmm", "params": {"preset": "ring"}},
         "reward": {"kind": "reward.linear", "params": {"a": [1.0, 0.0]}},
         "target": {"kind": "reward.tilted_gmm", "params": {"lam": 0.5},
                    "inputs": {"model": "model", "reward": "reward"}},
         "sigmas": {"kind": "schedule.karras", "params": {"steps": 20, "sigma_min": 0.01, "sigma_max": 20.0}},
-        "noise": {"kind": "latent.noise", "params": {"batch": 2048, "shape": [2]}, "inputs": {"sigmas": "sigmas"}},
+        "noise": {"kind": "latent.noise", "params": {"batch": batch, "shape": [2]}, "inputs": {"sigmas": "sigmas"}},
         "solver": {"kind": "sampler.euler_ancestral"},
-        "smc": {"kind": "search.smc", "params": {"particles": 16, "lam": 0.5, "potential": "difference"},
+        "smc": {"kind": "search.smc", "params": {"particles": 16, "lam": 0.5, "potential": "difference", **smc},
                 "inputs": {"denoise": "model", "sigmas": "sigmas", "sampler": "solver", "latent": "noise",
                            "reward": "reward"}},
         "sliced_w2": {"kind": "metrics.sliced_wasserstein", "inputs": {"samples": "smc", "reference": "target"}}},
         "outputs": ["sliced_w2"]}
 
 
-# name -> (workflow, grid flags: sweep points as tasks; None: one run, its sample batch split over the actors)
+def digits_smc_workflow(batch: int, max_batch: int) -> dict:
+    """The shipped digits SMC (a network denoiser, steered by a classifier), `batch` particles in groups of 8,
+    denoiser calls in chunks of max_batch (whole chunks go to the actors: exact for any model)."""
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "search_digits_classifier.json").read_text())
+    wf["nodes"]["noise"]["params"]["batch"] = batch
+    wf["nodes"]["smc"]["params"]["max_batch"] = max_batch
+    del wf["nodes"]["grid"]
+    wf["outputs"] = ["accuracy.accuracy"]
+    return wf
+
+
+# name -> (workflow, grid flags: sweep points as tasks; None: one run, its sample batch or its search strategy's
+# denoiser calls split over the actors)
 CASES = {
     "sweep: 4 x Heun 40-43 steps, 4096 samples": (gmm_workflow(4096, 40), ["sigmas.steps=40,41,42,43"]),
     "SMC sweep: 4 x search.smc (lam), 2048 x 16": (smc_workflow(), ["smc.lam=0.25,0.5,0.75,1.0"]),
     "one sample node, 65536 samples, split": (gmm_workflow(65536, 40), None),
+    "one search.smc, ring, 4096 x 16 particles, split": (smc_workflow(65536), None),
+    "one search.smc, digits net, 4096 particles, max_batch 512, split": (digits_smc_workflow(4096, 512), None),
 }
 
 
@@ -94,12 +111,13 @@ def run_case(runtime: Runtime, wf: dict, grid: list[str] | None, out: Path, para
     """(the outputs in order, the nodes computed); sweep points all in flight at once when `parallel` (Ray),
     else one after the other (the local backend: concurrent points on one Runtime could compute a shared key
     twice, since its memory cache has no in-flight entries)."""
+    metric = wf["outputs"][0]
     if grid is None:
         r = runtime.run(wf)
-        return [r["sliced_w2"]], sum(n.cache == "miss" for n in r.report.nodes)
+        return [r[metric]], sum(n.cache == "miss" for n in r.report.nodes)
     axes = parse_grids(grid)
     s = run_sweep(runtime, wf, axes, out, parallel=len(axes[0].values) if parallel else 1)
-    return [row["sliced_w2"] for row in s.rows], s.computed
+    return [row[metric] for row in s.rows], s.computed
 
 
 def timed(fn) -> tuple[float, object]:

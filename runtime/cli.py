@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, default=Path("samplegraph-state"),
                        help="jobs database, outputs, token and cache (default: ./samplegraph-state)")
     serve.add_argument("--workers", type=positive_int, default=1, help="jobs run at once (worker threads)")
+    serve.add_argument("--threads", type=threads_arg, default="auto",
+                       help="CPU threads for torch in each worker (each running job): a positive integer, or 'auto' "
+                            "(the default): the cores other processes leave free at start, shared among the workers")
     serve.add_argument("--model-root", action="append", type=Path, default=[], dest="model_roots",
                        help="folder that workflows may load model files from (repeatable; default: none)")
     serve.add_argument("--cache-dir", type=Path, help="disk cache (default: STATE_DIR/cache)")
@@ -382,7 +385,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     return serve(ServeOptions(host=args.host, port=args.port, state_dir=args.state_dir, workers=args.workers,
                               model_roots=args.model_roots, cache_dir=args.cache_dir, device=args.device,
-                              max_body=args.max_body))
+                              max_body=args.max_body, threads=args.threads))
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "nodes": cmd_nodes, "schema": cmd_schema,

@@ -37,7 +37,8 @@ class RunReport:
     nodes: list[NodeReport] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)  # numbers as numbers, other values described
     environment: dict[str, str] = field(default_factory=lambda: {
-        "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()})
+        "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+        "torch_threads": str(torch.get_num_threads())})  # intra-op threads of the thread that runs the workflow
 
     @property
     def nfe(self) -> int:

@@ -48,6 +48,15 @@ def available_cores() -> int:
     return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
+def per_worker_threads(threads: Threads, workers: int) -> int:
+    """Torch threads for each of `workers` jobs running at once (samplegraph serve): `threads` as given, or for
+    'auto' the free cores shared among the workers (at least 1 each)."""
+    n = max(1, auto_threads() // max(1, workers)) if threads == "auto" else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be at least 1 or 'auto', got {threads}")
+    return n
+
+
 def apply_threads(threads: Threads) -> int:
     """Set torch's intra-op threads to `threads` (or the `auto` rule); returns the number set."""
     n = auto_threads() if threads == "auto" else int(threads)

@@ -38,7 +38,7 @@ def forever(seed: int = 0) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("serve"), workers=2,
-                 extra=["--max-body", str(MAX_BODY), "--model-root", str(WEIGHTS)]).start()
+                 extra=["--max-body", str(MAX_BODY), "--model-root", str(WEIGHTS), "--threads", "2"]).start()
     yield srv
     err = srv.stop()
     assert "Traceback" not in err, err
@@ -71,6 +71,17 @@ def test_quickstart_progress_and_outputs(server):
     again = server.submit(QUICKSTART, wait=60)
     cached = {e["node"]: e["cache"] for e in server.events(again["id"]) if e["type"] == "node_finished"}
     assert cached["sample"] == "memory" and cached["save"] == "uncached"
+
+
+def test_threads_per_worker(server):
+    """--threads 2 (the server's environment says OMP_NUM_THREADS=1): health reports it, and each job's report
+    records the torch intra-op threads of the worker thread that ran it."""
+    health = server.request("GET", "/api/v1/health").json()
+    assert health["threads"] == 2 and health["workers"] == 2
+    jobs = [server.submit(tiny_workflow(seed=40 + i)) for i in range(2)]  # both workers take one
+    done = [server.job(job["id"], wait=60) for job in jobs]
+    assert [j["status"] for j in done] == ["succeeded"] * 2
+    assert [j["report"]["environment"]["torch_threads"] for j in done] == ["2", "2"]
 
 
 def test_websocket_stream_equals_sse(server):

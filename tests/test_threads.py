@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from samplegraph.runtime import threads
-from samplegraph.runtime.threads import apply_threads, auto_threads
+from samplegraph.runtime.threads import apply_threads, auto_threads, per_worker_threads
 
 
 @pytest.mark.parametrize("cores,busy,expected", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 2.0, 1), (2, 7.0, 1),
@@ -29,3 +29,16 @@ def test_apply_sets_torch_and_reads_the_load(monkeypatch):
 
 def test_busy_cores_is_a_non_negative_reading():
     assert threads.busy_cores() >= 0.0
+
+
+@pytest.mark.parametrize("asked,free,workers,expected", [("auto", 8, 1, 8), ("auto", 8, 3, 2), ("auto", 2, 4, 1),
+                                                           (3, 8, 4, 3), (1, 8, 1, 1)])
+def test_serve_threads_per_worker(monkeypatch, asked, free, workers, expected):
+    """samplegraph serve --threads: a number is each worker's; 'auto' shares the free cores among the workers."""
+    monkeypatch.setattr(threads, "auto_threads", lambda: free)
+    assert per_worker_threads(asked, workers) == expected
+
+
+def test_serve_threads_refuses_zero():
+    with pytest.raises(ValueError, match="at least 1"):
+        per_worker_threads(0, 2)

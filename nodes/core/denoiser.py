@@ -3,7 +3,7 @@ x = x0 + sigma * eps (Karras et al. 2022). Every model, guided or not, is seen t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -34,6 +34,13 @@ class Denoiser(ABC):
         (x - x0_renoise) / sigma it re-noises with (Chung et al. 2024); the same tensor by default."""
         x0 = self(x, sigma)  # (B, ...)
         return x0, x0
+
+    def evaluate_many(self, xs: Sequence[torch.Tensor], sigmas: Sequence[torch.Tensor],
+                      renoise: bool = False) -> list[tuple[torch.Tensor, ...]]:
+        """Independent calls on row blocks xs[i] (b_i, ...) at sigmas[i] (b_i,): (x0,) each, or (x0, x0_renoise)
+        with `renoise`. One after the other here; a Denoiser that can run them at once (the Ray backend's
+        split over model workers) overrides this, each block still evaluated as one call."""
+        return [self.estimates(x, s) if renoise else (self(x, s),) for x, s in zip(xs, sigmas)]
 
     @property
     def stateful(self) -> bool:

@@ -3,7 +3,6 @@ and wall time of a search strategy; `report()` is what the run report shows."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +71,7 @@ class BudgetDenoiser(Denoiser):
         self.inner, self.budget, self.group, self.max_batch = inner, budget, group, max_batch
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.chunked(lambda xc, sc: (self.inner(xc, sc),), x, sigma)[0]  # (B, ...)
+        return self.chunked(x, sigma, renoise=False)[0]  # (B, ...)
 
     @property
     def separate_renoise(self) -> bool:
@@ -83,17 +82,17 @@ class BudgetDenoiser(Denoiser):
         if not self.separate_renoise:
             x0 = self(x, sigma)  # (B, ...)
             return x0, x0
-        x0, x0_r = self.chunked(self.inner.estimates, x, sigma)
+        x0, x0_r = self.chunked(x, sigma, renoise=True)
         return x0, x0_r
 
-    def chunked(self, fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]], x: torch.Tensor,
-                sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """fn's outputs (each (B, ...)) over chunks of at most max_batch rows, charged to the budget once."""
+    def chunked(self, x: torch.Tensor, sigma: torch.Tensor, renoise: bool) -> tuple[torch.Tensor, ...]:
+        """The inner (x0,) or (x0, x0_renoise) (each (B, ...)) over chunks of at most max_batch rows, handed to
+        the inner `evaluate_many` together (a split denoiser runs them at once), charged to the budget once."""
         if x.shape[0] != self.group.shape[0]:
             raise NodeError(f"search: the sampler called the denoiser on {x.shape[0]} rows but the strategy holds "
                             f"{self.group.shape[0]} particles; use a sampler that steps the whole batch")
         size = x.shape[0] if not self.max_batch else self.max_batch
-        parts = [fn(xc, sc) for xc, sc in zip(x.split(size), sigma.split(size))]  # tuples of (b, ...)
+        parts = self.inner.evaluate_many(x.split(size), sigma.split(size), renoise)  # tuples of (b, ...)
         self.budget.charge_denoiser(self.group, len(parts))
         if len(parts) == 1:
             return parts[0]

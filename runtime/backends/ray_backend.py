@@ -25,9 +25,11 @@ from ..events import NodeFinished, NodeStarted, RunStarted
 from ..executor import UNHASHED, RunSettings, compute_keys, run_node
 from ..report import NodeReport, RunReport
 from .base import Backend
-from .model_worker import ModelWorker, split_sample_task
+from .model_worker import ModelWorker, split_sample_task, task_cancelled
+from .split_denoiser import split_inputs, split_ports, split_report
 
 TASK_RETRIES = 3  # a task whose worker process dies is re-run (nodes are pure functions of their inputs)
+CANCEL_POLL_S = 0.05  # how often the driver, waiting for a task, looks at the run's CancelToken
 
 
 def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None,
@@ -56,14 +58,18 @@ def worker_disk(root: str | None, max_bytes: int) -> DiskCache | None:
 def worker_settings(device: str, seed: int, out_dir: str, disk_root: str | None, disk_bytes: int) -> RunSettings:
     """What a node run needs inside a task: no memory cache (the driver's ref table is one), the shared disk."""
     return RunSettings(device=torch.device(device), seed=seed, out_dir=Path(out_dir), memory=None,
-                       disk=worker_disk(disk_root, disk_bytes), emit=None, is_cancelled=lambda: False)
+                       disk=worker_disk(disk_root, disk_bytes), emit=None, is_cancelled=task_cancelled)
 
 
-def node_task(rn: ResolvedNode, key: str, settings: tuple, links: list[Link], *inputs: Any
-              ) -> tuple[dict[str, Any], NodeReport]:
-    """One node, with its producers' output dicts as `inputs` (one per entry of `links`)."""
+def node_task(rn: ResolvedNode, key: str, settings: tuple, links: list[Link], *inputs: Any,
+              split: tuple[list[Any], dict[str, str]] | None = None) -> tuple[dict[str, Any], NodeReport]:
+    """One node, with its producers' output dicts as `inputs` (one per entry of `links`). `split` (the
+    ModelWorkers, {Denoiser input port: model key}): a search strategy whose denoiser calls the workers make."""
     vals = {(link.node, link.port): produced[link.port] for link, produced in zip(links, inputs)}
+    made = split_inputs(rn, vals, *split) if split is not None else []
     entry = run_node(rn, key, vals, worker_settings(*settings))
+    if made:
+        entry = split_report(entry, made, len(split[0]))
     return {p.name: vals[(rn.id, p.name)] for p in rn.spec.outputs}, entry
 
 
@@ -74,7 +80,10 @@ class RayBackend(Backend):
     """Nodes as Ray tasks on a cluster (`address`: None starts a local one, 'auto', or host:port).
 
     `model_workers` > 0 starts that many ModelWorker actors (each `gpus_per_worker` GPUs, no CPU held);
-    a `sample` node's batch is then split across them, each keeping the model resident."""
+    a `sample` node's batch is then split across them, each keeping the model resident, and so are the
+    denoiser calls of the search strategies (search.*: the strategy runs in one task, see split_denoiser.py).
+    A run whose CancelToken is set while it waits cancels the tasks it submitted (ray.cancel) and raises
+    RunCancelled."""
 
     name = "ray"
 
@@ -122,6 +131,9 @@ class RayBackend(Backend):
         if self.workers and rn.spec.kind == "sample":
             model_key = keys[rn.inputs["denoise"].node]
             return split_sample_task.remote(rn, key, settings, links, self.workers, model_key, *inputs)
+        if self.workers and (ports := split_ports(rn)):
+            model_keys = {port: f"{keys[rn.inputs[port].node]}:{rn.inputs[port].port}" for port in ports}
+            return remote_node.remote(rn, key, settings, links, *inputs, split=(self.workers, model_keys))
         return remote_node.remote(rn, key, settings, links, *inputs)
 
     def collect(self, graph: ValidGraph, order: list[str], keys: dict[str, str | None], wanted: list[Link],
@@ -143,7 +155,7 @@ class RayBackend(Backend):
                 entry = run_node(rn, None, vals, run)
             else:
                 out_ref, entry_ref = refs[node_id]
-                entry = self.report_of(keys[node_id], entry_ref)
+                entry = self.report_of(keys[node_id], self.wait(node_id, entry_ref, run, keys, refs, mine))
                 if node_id not in mine:  # another run submitted this key: its work is shared, not redone
                     entry = replace(entry, cache="memory", wall_s=0.0, nfe=0)
                 if any(link.node == node_id for link in needed):
@@ -153,6 +165,28 @@ class RayBackend(Backend):
             if emit is not None:
                 emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
         return {(link.node, link.port): vals[link] for link in wanted}
+
+    def wait(self, node_id: str, ref: ray.ObjectRef, run: RunSettings, keys: dict[str, str | None],
+             refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]], mine: set[str]) -> ray.ObjectRef:
+        """`ref` once its task has finished; if the run is cancelled meanwhile, cancel this run's tasks first."""
+        while not ray.wait([ref], timeout=CANCEL_POLL_S)[0]:
+            if run.is_cancelled():
+                self.cancel(keys, refs, mine)
+                raise RunCancelled(f"run cancelled during node '{node_id}'")
+        return ref
+
+    def cancel(self, keys: dict[str, str | None], refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]],
+               mine: set[str]) -> None:
+        """ray.cancel every unfinished task this run submitted (recursively: a split node's worker calls too, which
+        stop at their next step) and forget their keys, so a later run submits them again."""
+        for node_id in mine:
+            out_ref = refs[node_id][0]
+            if ray.wait([out_ref], timeout=0)[0]:
+                continue  # finished: a sound result, kept for later runs
+            with self._lock:
+                if self._refs.get(keys[node_id], (None,))[0] == out_ref:
+                    self._refs.pop(keys[node_id])
+            ray.cancel(out_ref, recursive=True)
 
     def report_of(self, key: str, entry_ref: ray.ObjectRef) -> NodeReport:
         """The task's NodeReport; a failed node is forgotten (a later run tries it again) and its own typed

@@ -175,7 +175,8 @@ def add_job_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get(f"{API}/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "uptime_s": round(time.time() - state.started, 3)}
+        return {"status": "ok", "uptime_s": round(time.time() - state.started, 3), "workers": len(state.workers),
+                "threads": state.workers.threads}
 
     @app.post(f"{API}/jobs", status_code=201)
     async def create_job(request: Request, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> JSONResponse:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ...graph.errors import Problem, RunCancelled, SamplegraphError, WorkflowError
 from ...graph.validate import execution_order
 from ...graph.workflow import Workflow, parse_override
@@ -146,8 +148,9 @@ class Workers:
     """N threads taking queued jobs in submission order; one job's failure never stops the queue."""
 
     def __init__(self, store: Store, runtime: Runtime, notifier: Notifier, jobs_dir: Path,
-                 model_roots: Sequence[Path], count: int):
+                 model_roots: Sequence[Path], count: int, threads: int | None = None):
         self.store, self.runtime, self.notifier = store, runtime, notifier
+        self.threads = threads  # torch intra-op threads each worker runs its jobs with (None: leave torch's)
         self.jobs_dir, self.model_roots = jobs_dir, list(model_roots)
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -155,6 +158,10 @@ class Workers:
         self._tokens_lock = threading.Lock()
         self._threads = [threading.Thread(target=self.loop, name=f"samplegraph-worker-{i}", daemon=True)
                          for i in range(count)]
+
+    def __len__(self) -> int:
+        """The number of worker threads (jobs run at once)."""
+        return len(self._threads)
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -186,6 +193,8 @@ class Workers:
             token.cancel()
 
     def loop(self) -> None:
+        if self.threads is not None:  # in this thread: MKL's count is per thread, OpenMP's read at a thread's first op
+            torch.set_num_threads(self.threads)
         while True:
             with self._wakeup:
                 if self._stopping:

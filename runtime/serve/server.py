@@ -6,12 +6,13 @@ import fcntl
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from ...graph.errors import SamplegraphError
 from ..api import Runtime
+from ..threads import Threads, per_worker_threads
 from .jobs import Notifier, Workers
 from .security import is_loopback, load_or_create_token
 from .store import Store
@@ -33,6 +34,7 @@ class ServeOptions:
     cache_dir: Path | None = None  # default: <state dir>/cache
     device: str = "auto"
     max_body: int = DEFAULT_MAX_BODY
+    threads: Threads = "auto"  # torch intra-op threads per worker; 'auto': the free cores shared among the workers
 
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
@@ -76,7 +78,8 @@ def build(options: ServeOptions, out: IO[str] = sys.stdout) -> tuple[Any, IO[str
     runtime = Runtime(device=options.device, cache_dir=options.cache_dir or state_dir / "cache")
     notifier = Notifier()
     roots = [Path(r).expanduser().resolve() for r in options.model_roots]
-    workers = Workers(store, runtime, notifier, state_dir / "jobs", roots, options.workers)
+    workers = Workers(store, runtime, notifier, state_dir / "jobs", roots, options.workers,
+                      per_worker_threads(options.threads, options.workers))
     shipped = Path(__file__).resolve().parents[2] / "workflows"
     state = ServerState(store, runtime, workers, notifier, roots, options.max_body,
                         workflows_dir=shipped if shipped.is_dir() else None)
@@ -86,12 +89,13 @@ def build(options: ServeOptions, out: IO[str] = sys.stdout) -> tuple[Any, IO[str
 def serve(options: ServeOptions) -> int:
     import uvicorn
 
+    options = replace(options, threads=per_worker_threads(options.threads, options.workers))  # 'auto' read once
     app, lock = build(options)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
                             ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     print(f"samplegraph serve: http://{url_host(options.host)}:{options.port}/ (state dir "
-          f"{options.state_dir}, {options.workers} worker(s))", flush=True)
+          f"{options.state_dir}, {options.workers} worker(s), {options.threads} torch thread(s) each)", flush=True)
     try:
         server.run()
     finally:
