@@ -3,9 +3,10 @@
     python benchmarks/serve.py [--jobs 100] [--workers 1] [--job png|gmm]
     COMFYUI_DIR=... COMFYUI_PYTHON=... python benchmarks/serve.py  # adds the ComfyUI row (benchmarks/comfyui_server.py)
 
-The tiny job (`--job png`, the default) needs no model on either side: samplegraph makes one 3x64x64 noise image
-(schedule.karras -> latent.noise -> io.save_image, a PNG with the workflow in its metadata); ComfyUI makes one
-64x64 colour image (EmptyImage -> SaveImage, a PNG with the prompt in its metadata). Each job has its own seed /
+The tiny job (`--job png`, the default) needs no model on either side: samplegraph makes one 3x64x64 image
+(schedule.karras -> latent.noise at sigma 1e-4, one flat colour once quantised -> io.save_image, a PNG with the
+workflow in its metadata); ComfyUI makes one 64x64 colour image (EmptyImage -> SaveImage, a PNG with the prompt
+in its metadata). Each job has its own seed /
 colour, so no cache skips one. `--job gmm` is a GMM sample of 8 points in 4 Euler steps, saved as a tensor
 (samplegraph only: ComfyUI has no sampling job without a model file).
 
@@ -46,9 +47,11 @@ WARM_UP = 10**6  # seed / colour of the warm-up job, distinct from every measure
 
 
 def png_workflow(seed: int, size: int = 64) -> Workflow:
-    """One 3 x size x size image of clamped noise saved as a PNG with the workflow in its metadata."""
+    """One 3 x size x size image saved as a PNG with the workflow in its metadata: noise at sigma 1e-4, which
+    8-bit quantisation makes flat black (a value rounds to 1/255 only past 1/510, 19.6 sigma), so its PNG
+    encodes like ComfyUI's one-colour image."""
     return {"version": 1, "seed": seed, "nodes": {
-        "sigmas": {"kind": "schedule.karras", "params": {"steps": 1, "sigma_max": 0.5}},
+        "sigmas": {"kind": "schedule.karras", "params": {"steps": 1, "sigma_min": 1e-5, "sigma_max": 1e-4}},
         "noise": {"kind": "latent.noise", "params": {"batch": 1, "shape": [3, size, size]},
                   "inputs": {"sigmas": "sigmas"}},
         "save": {"kind": "io.save_image", "params": {"path": "x.png"}, "inputs": {"images": "noise"}}},
