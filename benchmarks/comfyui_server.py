@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common import concurrently
 
 HOW_TO = ("set COMFYUI_DIR to a ComfyUI checkout and COMFYUI_PYTHON to a Python with its requirements.txt "
           "installed (COMFYUI_PYTHONPATH: extra import paths for that interpreter only)")
@@ -121,9 +124,11 @@ class ComfyUIServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def submit(self, prompt: dict[str, Any], client_id: str) -> str:
-        """POST /prompt; its prompt_id. A refused graph (400: node_errors) raises ComfyUIError."""
-        body = json.dumps({"prompt": prompt, "client_id": client_id}).encode()
+    def submit(self, prompt: dict[str, Any], client_id: str, prompt_id: str | None = None) -> str:
+        """POST /prompt (with our own prompt_id, if given); its prompt_id. A refused graph (400: node_errors)
+        raises ComfyUIError."""
+        body = json.dumps({"prompt": prompt, "client_id": client_id}
+                          | ({"prompt_id": prompt_id} if prompt_id else {})).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/prompt", data=body,
                                      headers={"Content-Type": "application/json"})
         try:
@@ -132,29 +137,78 @@ class ComfyUIServer:
         except urllib.error.HTTPError as e:
             raise ComfyUIError(f"ComfyUI refused the prompt ({e.code}): {e.read()[:500]!r}") from e
 
-    def run_timed(self, prompt: dict[str, Any], start: float) -> dict[str, Any]:
-        """Submit one prompt over a fresh WebSocket; seconds from the POST to it returning ("submit"), to the
-        first message about this prompt ("first") and to execution_start ("started") and its terminal message
-        ("done"), plus "t0" (the POST's time after `start`) and "status"."""
+    def run_timed(self, prompt: dict[str, Any], barrier: threading.Barrier | None = None) -> dict[str, Any]:
+        """Submit one prompt over a fresh WebSocket (connected first; then `barrier`, if any, is passed); seconds
+        from the POST to it returning ("submit"), to the first message about this prompt ("first"), to
+        execution_start ("started") and to its terminal message ("done"), plus "t0" (the POST's
+        time.perf_counter()) and "status"."""
         from websockets.sync.client import connect
 
         client_id = uuid.uuid4().hex
         with connect(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", max_size=None,
                      open_timeout=120) as ws:
+            if barrier is not None:
+                barrier.wait()
             t0 = time.perf_counter()
             prompt_id = self.submit(prompt, client_id)
-            times: dict[str, Any] = {"submit": time.perf_counter() - t0, "t0": t0 - start}
-            while "status" not in times:
-                message = ws.recv(timeout=300)
-                if isinstance(message, bytes):  # previews: binary frames, none for this graph
-                    continue
-                event = json.loads(message)
-                if event.get("data", {}).get("prompt_id") != prompt_id:
-                    continue  # "status" broadcasts (queue length) and other prompts' messages
-                now = time.perf_counter() - t0
-                times.setdefault("first", now)
-                if event["type"] == "execution_start":
-                    times.setdefault("started", now)
-                if event["type"] in TERMINAL:
-                    times["done"], times["status"] = now, TERMINAL[event["type"]]
-        return times
+            times: dict[str, Any] = {"submit": time.perf_counter() - t0, "t0": t0}  # then messages, read late
+            seen: dict[str, dict[str, Any]] = {prompt_id: {}}
+            while "status" not in seen[prompt_id]:
+                record(ws.recv(timeout=300), seen)
+        return relative(times, seen[prompt_id])
+
+    def run_shared_socket(self, prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All prompts from one client: one WebSocket (read by one thread) and one POST thread per prompt, with
+        prompt ids chosen here so that no message can come before its id is known. Times as `run_timed`."""
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        client_id = uuid.uuid4().hex
+        ids = [uuid.uuid4().hex for _ in prompts]
+        seen: dict[str, dict[str, Any]] = {i: {} for i in ids}
+        with connect(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", max_size=None,
+                     open_timeout=120) as ws:
+            def read() -> None:
+                try:
+                    while any("status" not in s for s in seen.values()):
+                        record(ws.recv(timeout=300), seen)
+                except (ConnectionClosed, TimeoutError):
+                    return  # the prompts without a terminal message fail the run
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+
+            def post(i: int, barrier: threading.Barrier) -> dict[str, Any]:
+                barrier.wait()
+                t0 = time.perf_counter()
+                self.submit(prompts[i], client_id, ids[i])
+                return {"submit": time.perf_counter() - t0, "t0": t0}
+
+            posted = concurrently(len(prompts), post)
+            if any("t0" not in p for p in posted):  # a POST failed: its terminal message never comes
+                return posted
+            reader.join()
+        return [relative(p, seen[i]) for p, i in zip(posted, ids)]
+
+
+def relative(post: dict[str, Any], arrivals: dict[str, Any]) -> dict[str, Any]:
+    """A POST's times with the arrival times of its prompt's messages as seconds after the POST."""
+    return post | {k: v if k == "status" else v - post["t0"] for k, v in arrivals.items()}
+
+
+def record(message: str | bytes, seen: dict[str, dict[str, Any]]) -> None:
+    """Note the arrival time (time.perf_counter()) of the first message, of execution_start and of the terminal
+    message of each prompt in `seen`; other messages ("status" broadcasts of the queue length, other prompts',
+    binary preview frames) are skipped."""
+    if isinstance(message, bytes):
+        return
+    event = json.loads(message)
+    times = seen.get(event.get("data", {}).get("prompt_id"))
+    if times is None:
+        return
+    now = time.perf_counter()
+    times.setdefault("first", now)
+    if event["type"] == "execution_start":
+        times.setdefault("started", now)
+    if event["type"] in TERMINAL:
+        times["done"], times["status"] = now, TERMINAL[event["type"]]

@@ -84,5 +84,5 @@ def test_the_script_runs_without_comfyui_and_says_how_to_add_it(bench, monkeypat
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert "not installed: set COMFYUI_DIR" in rows["ComfyUI server"]
-    for name in ("samplegraph serve", "direct Runtime.run loop"):
+    for name in ("samplegraph serve, a stream per job", "direct Runtime.run loop"):
         assert float(rows[name].split("|")[2]) > 0  # jobs/s measured
