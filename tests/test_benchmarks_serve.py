@@ -2,7 +2,6 @@
 installed" and how to add it), the install is found only where COMFYUI_DIR / COMFYUI_PYTHON name a checkout and an
 interpreter, every ComfyUI job differs (its cache skips none), the model-free PNG job makes a flat image with its
 workflow embedded, and the summary's numbers are the exact percentiles of the per-job times."""
-import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -13,21 +12,23 @@ from PIL import Image
 
 from samplegraph import Runtime
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers_benchmarks import benchmark_modules
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        yield importlib.import_module("serve")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def modules():
+    with benchmark_modules("serve", "comfyui_server") as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
-def comfy(bench):
-    return importlib.import_module("comfyui_server")
+def bench(modules):
+    return modules[0]
+
+
+@pytest.fixture(scope="module")
+def comfy(modules):
+    return modules[1]
 
 
 def test_the_comfyui_install_comes_only_from_a_checkout_and_an_interpreter(comfy, tmp_path):
@@ -71,6 +72,8 @@ def test_summary_is_the_exact_percentiles_and_refuses_a_failed_job(bench):
 
 
 def test_the_script_runs_without_comfyui_and_says_how_to_add_it(bench, monkeypatch, capsys):
+    for extra in ("fastapi", "uvicorn"):
+        pytest.importorskip(extra, reason="the serve extra is not installed: pip install 'samplegraph[serve]'")
     for name in ("COMFYUI_DIR", "COMFYUI_PYTHON"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "argv", ["serve.py", "--jobs", "2"])
