@@ -1,25 +1,26 @@
 """`samplegraph serve` and ComfyUI's server under 100 queued tiny jobs, beside a direct `Runtime.run` loop.
 
     python benchmarks/serve.py [--jobs 100] [--workers 1] [--job png|gmm]
-    COMFYUI_DIR=... COMFYUI_PYTHON=... python benchmarks/serve.py  # adds the ComfyUI row (benchmarks/comfyui_server.py)
+    COMFYUI_DIR=... COMFYUI_PYTHON=... python benchmarks/serve.py  # adds ComfyUI's rows (benchmarks/comfyui_server.py)
 
 The tiny job (`--job png`, the default) needs no model on either side: samplegraph makes one 3x64x64 image
 (schedule.karras -> latent.noise at sigma 1e-4, one flat colour once quantised -> io.save_image, a PNG with the
 workflow in its metadata); ComfyUI makes one 64x64 colour image (EmptyImage -> SaveImage, a PNG with the prompt
-in its metadata). Each job has its own seed /
-colour, so no cache skips one. `--job gmm` is a GMM sample of 8 points in 4 Euler steps, saved as a tensor
-(samplegraph only: ComfyUI has no sampling job without a model file).
+in its metadata). Each job has its own seed / colour, so no cache skips one. `--job gmm` is a GMM sample of 8
+points in 4 Euler steps, saved as a tensor (samplegraph only: ComfyUI has no sampling job without a model file).
 
 Each server runs in its own process with one queue worker (ComfyUI has one). All jobs are submitted at once, one
 client thread each, released together by a barrier: samplegraph's threads POST the job, then open its SSE
 stream (its events are replayed from the first); ComfyUI's open a WebSocket with their own clientId before the
-barrier (ComfyUI does not replay), then POST /prompt. Per job: "first" = POST sent to the first event about this job
-received (samplegraph: its "queued"; ComfyUI sends no per-prompt event before "execution_start"), "started" =
-to run_started / execution_start (the job reached the worker, after the jobs ahead of it), "done" = to the
-terminal event (succeeded / execution_success). Throughput is jobs / (last terminal event - first POST). The
-direct loop runs the same workflows with `Runtime.run` in this process ("first" = its first `on_event` call,
-"done" = the call's return). Every side runs one warm-up job first; server start-up (process start to the
-first answer) is reported apart."""
+barrier (ComfyUI does not replay), then POST /prompt. ComfyUI is measured a second time the way its own API
+examples work, as one client: one WebSocket and reader thread, 100 POST threads.
+
+Per job: "first" = POST sent to the first event about this job received (samplegraph: its "queued"; ComfyUI
+sends no per-prompt event before "execution_start"), "started" = to run_started / execution_start (the job
+reached the worker, after the jobs ahead of it), "done" = to the terminal event (succeeded / execution_success).
+Throughput is jobs / (last terminal event - first POST). The direct loop runs the same workflows with
+`Runtime.run` in this process ("first" = its first `on_event` call, "done" = the call's return). Every side runs
+one warm-up job first; server start-up (process start to the first answer) is reported apart."""
 from __future__ import annotations
 
 import argparse
