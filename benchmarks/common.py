@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def timings(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -33,3 +35,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def concurrently(n: int, one: Callable[[int, threading.Barrier], dict[str, Any]]) -> list[dict[str, Any]]:
+    """`one(i, barrier)` for i < n, each on its own thread. A client passes the barrier just before it submits,
+    so that all n submit at once (after any per-client set-up); one that raises gets {"status": "client error:
+    ..."} as its result and breaks the barrier for the others."""
+    results: list[dict[str, Any]] = [{} for _ in range(n)]
+    barrier = threading.Barrier(n, timeout=300)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = one(i, barrier)
+        except Exception as e:  # noqa: BLE001 - the caller checks every status
+            barrier.abort()  # release the others: the run is void
+            results[i] = {"status": f"client error: {e!r}"}
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
