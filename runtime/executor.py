@@ -35,6 +35,7 @@ from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
                      NodeWarning, RunStarted, StepProgress)
+from .memory import MemoryManager
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -49,6 +50,7 @@ class RunSettings:
     emit: Callable[[Event], None] | None  # None: nobody listens, so no event is built
     is_cancelled: Callable[[], bool]
     workflow: Workflow | None = None  # the workflow as it runs: io.save_image embeds it
+    residency: MemoryManager | None = None  # the Runtime's device-memory manager (runtime/memory.py), if any
     cuda: bool = field(init=False)  # asked once per run: torch.device.type costs as much as a small node
 
     def __post_init__(self) -> None:
@@ -149,6 +151,7 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
         torch.cuda.reset_peak_memory_stats(run.device)
     entry, cache = lookup(rn, key, run)
     nfe = 0
+    before = run.residency.snapshot() if run.residency is not None else None
     if entry is not None:
         outputs, metrics = entry.outputs, dict(entry.metrics)
     else:
@@ -173,7 +176,16 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
             devices.append(device)
     return NodeReport(rn.id, rn.spec.kind, cache, time.perf_counter() - start, nfe,
                       ",".join(sorted(devices)) if devices else None, peak_rss_bytes(),
-                      torch.cuda.max_memory_allocated(run.device) if cuda else None, described, metrics)
+                      torch.cuda.max_memory_allocated(run.device) if cuda else None, described, metrics,
+                      moves_since(run.residency, before))
+
+
+def moves_since(residency: MemoryManager | None, before: Any) -> dict[str, Any] | None:
+    """The memory manager's transfers during a node; None when it moved nothing (or the run has no manager)."""
+    if residency is None:
+        return None
+    moved = residency.changes(before)
+    return moved if moved["in"]["count"] or moved["out"]["count"] or moved["evictions"] else None
 
 
 def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry | None, str]:
@@ -226,7 +238,8 @@ def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> 
     ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
                       seed=run.seed if rn.spec.uses_seed else None,
                       on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled,
-                      on_warning=on_warning if emit is not None else None, workflow=run.workflow)
+                      on_warning=on_warning if emit is not None else None, workflow=run.workflow,
+                      residency=run.residency)
     if key is not None and run.disk is not None:
         ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
     return ctx
