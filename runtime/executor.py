@@ -10,7 +10,9 @@ State of one run (all local to `execute`, so runs on one Runtime never share it)
 - the report, filled one NodeReport per node.
 Policy per node: check cancellation; memory cache, then disk cache (both only for
 cacheable nodes not downstream of an uncacheable one); else run it with its inputs (moved to
-the run's device) and store what it returned. A node that fails or is cancelled stores nothing.
+the run's device) and store what it returned. A node that fails or is cancelled stores nothing. With a
+memory manager (runtime/memory.py), a node that runs out of device memory while model components are
+resident runs once more after they are offloaded; its report entry has the transfers it caused.
 Per-node work is only what the run uses: events are built only when somebody listens, and a
 NodeContext only for nodes whose run() takes one."""
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
                      NodeWarning, RunStarted, StepProgress)
-from .memory import MemoryManager
+from .memory import MemoryManager, Snapshot
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -155,18 +157,12 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
     if entry is not None:
         outputs, metrics = entry.outputs, dict(entry.metrics)
     else:
-        inputs = gather_inputs(rn, vals, run.device) if rn.inputs else {}
-        if rn.spec.context_param is None:  # no NodeContext to build: nothing to count or record
-            outputs, metrics = call_node(rn, inputs, run.device), {}
-        else:
-            ctx = inputs[rn.spec.context_param] = make_context(rn, run, key)
-            outputs = call_node(rn, inputs, run.device)
-            nfe = int(ctx.metrics.pop("nfe", 0))
-            metrics = ctx.metrics
+        outputs, metrics, nfe, ctx = compute(rn, key, vals, run) if run.residency is None \
+            else compute_offloading(rn, key, vals, run)
         cache = "uncached" if key is None else "miss"
         if key is not None:
             store(rn, key, outputs, metrics, run)
-            if rn.spec.context_param is not None:
+            if ctx is not None:
                 ctx.checkpoints.discard()
     described, devices = {}, []
     for port, value in outputs.items():
@@ -180,7 +176,38 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
                       moves_since(run.residency, before))
 
 
-def moves_since(residency: MemoryManager | None, before: Any) -> dict[str, Any] | None:
+def compute(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings
+            ) -> tuple[dict[str, Any], dict[str, Any], int, NodeContext | None]:
+    """Run the node on its inputs: (outputs, metrics, nfe, its NodeContext if it takes one)."""
+    inputs = gather_inputs(rn, vals, run.device) if rn.inputs else {}
+    if rn.spec.context_param is None:  # no NodeContext to build: nothing to count or record
+        return call_node(rn, inputs, run.device), {}, 0, None
+    ctx = inputs[rn.spec.context_param] = make_context(rn, run, key)
+    outputs = call_node(rn, inputs, run.device)
+    nfe = int(ctx.metrics.pop("nfe", 0))
+    return outputs, ctx.metrics, nfe, ctx
+
+
+def compute_offloading(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings
+                       ) -> tuple[dict[str, Any], dict[str, Any], int, NodeContext | None]:
+    """compute(), once more after offloading every managed component when the device ran out of memory with
+    some resident (a node's activations need the room; what it calls moves back in when called)."""
+    try:
+        return compute(rn, key, vals, run)
+    except NodeRunError as e:
+        if not isinstance(e.__cause__, torch.OutOfMemoryError) or not (offloaded := run.residency.offload_all()):
+            raise
+    if run.cuda:
+        torch.cuda.empty_cache()
+    message = (f"out of memory on {run.device} with {', '.join(offloaded)} resident; offloaded them and ran "
+               f"the node again")
+    tell(run, NodeWarning(rn.id, message))
+    outputs, metrics, nfe, ctx = compute(rn, key, vals, run)
+    metrics.setdefault("warnings", []).append(message)
+    return outputs, metrics, nfe, ctx
+
+
+def moves_since(residency: MemoryManager | None, before: Snapshot | None) -> dict[str, Any] | None:
     """The memory manager's transfers during a node; None when it moved nothing (or the run has no manager)."""
     if residency is None:
         return None

@@ -148,6 +148,15 @@ class MemoryManager(Residency):
                 self.lru[key] = comp
             self.mru = comp
 
+    def offload_all(self) -> list[str]:
+        """Offload every resident component; their names."""
+        with self._lock:
+            self._purge()
+            victims = list(self.lru.values())
+            for comp in victims:
+                self._evict(comp)
+            return [c.name for c in victims]
+
     def resident(self) -> list[str]:
         """Names of the resident components, least recently used first."""
         with self._lock:
