@@ -1,4 +1,4 @@
-"""The embedding API: `Runtime(device=..., cache_dir=...)`, `runtime.run(workflow, ...)`.
+"""The embedding API: `Runtime(device=..., cache_dir=..., vram_budget=...)`, `runtime.run(workflow, ...)`.
 
 A Runtime owns a node registry and the caches; every run keeps its own state, so one
 Runtime serves several threads at once (the caches lock; disk writes are atomic)."""
@@ -22,6 +22,7 @@ from .cache import DiskCache, MemoryCache
 from .devices import resolve_device
 from .events import Event, RunFinished
 from .executor import RunSettings, plan_keys
+from .memory import MemoryManager, Snapshot, parse_bytes
 from .preflight import preflight
 from .report import RunReport
 
@@ -59,9 +60,14 @@ class Runtime:
     def __init__(self, device: str | torch.device = "auto", cache_dir: str | Path | None = None,
                  memory_cache_bytes: int = 2 << 30, disk_cache_bytes: int = 10 << 30,
                  registry: Registry | None = None, nodes: Iterable[type[Node]] = (),
-                 cache: bool = True, backend: Backend | None = None):
+                 cache: bool = True, backend: Backend | None = None, vram_budget: int | str | None = None):
         self.backend = backend if backend is not None else LocalBackend()  # where nodes run (runtime/backends)
         self.device = resolve_device(device)
+        budget = parse_bytes(vram_budget, "vram_budget") if vram_budget is not None else None
+        # on a GPU (or under a budget, which a CPU run checks without moving anything) pipelines' modules
+        # are managed: offloaded to the CPU and moved to the device when used (runtime/memory.py)
+        self.residency = (MemoryManager(self.device, budget) if self.device.type != "cpu" or budget is not None
+                          else None)
         base = registry if registry is not None else Registry.default()
         self.registry = base.extended(nodes) if nodes else base
         self.memory = MemoryCache(memory_cache_bytes) if cache else None
@@ -100,18 +106,22 @@ class Runtime:
         settings = RunSettings(device=self.device, seed=wf.seed, out_dir=Path(out_dir or "."),
                                memory=self.memory, disk=self.disk, emit=on_event,
                                is_cancelled=(lambda: cancel.cancelled) if cancel else (lambda: False),
-                               workflow=wf)
+                               workflow=wf, residency=self.residency)
         start = time.perf_counter()
+        moved = self.residency.snapshot() if self.residency is not None else None
         try:
             produced = self.backend.execute(graph, order, plan_keys(graph, order, settings), wanted, report,
                                             settings)
             report.status = "ok"
         except (RunCancelled, KeyboardInterrupt):
+            report.memory = self.memory_report(moved)
             save_partial(report, "cancelled", start, out_dir)
             raise
         except SamplegraphError:
+            report.memory = self.memory_report(moved)
             save_partial(report, "failed", start, out_dir)
             raise
+        report.memory = self.memory_report(moved)
         report.wall_s = time.perf_counter() - start
         results = {name: produced[(link.node, link.port)] for name, link in zip(names, wanted)}
         report.outputs = {name: describe_output(v) for name, v in results.items()}
@@ -119,6 +129,10 @@ class Runtime:
         if on_event is not None:
             on_event(RunFinished(report))
         return RunResult(results, report, path)
+
+    def memory_report(self, since: Snapshot | None) -> dict[str, Any] | None:
+        """The report's "memory" section: the manager's state and its transfers since `since`."""
+        return self.residency.report(since) if self.residency is not None and since is not None else None
 
 
 def save_partial(report: RunReport, status: str, start: float, out_dir: str | Path | None) -> None:

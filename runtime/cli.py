@@ -28,6 +28,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samplegraph"
 
 
+VRAM_HELP = ("device memory for model weights, e.g. 6GiB, 512MiB, 1.5GB: pipeline components are offloaded to "
+             "the CPU, least recently used first, so the resident ones fit (default: the GPU's free memory "
+             "bounds them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -45,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(run)
     run.add_argument("--out", type=Path, help="output folder (default: out/<workflow name>)")
     run.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N (default: auto)")
+    run.add_argument("--vram-budget", type=size_arg, metavar="SIZE", help=VRAM_HELP)
     run.add_argument("--cache-dir", type=Path, help=f"disk cache (default: {default_cache_dir()})")
     run.add_argument("--no-cache", action="store_true", help="neither read nor write any cache")
     run.add_argument("--seed", type=int, help="override the workflow's seed")
@@ -71,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --backend ray: grid points in flight at once (default: all of them)")
     sweep.add_argument("--out", type=Path, help="output folder (default: out/<workflow name>-sweep)")
     sweep.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N (default: auto)")
+    sweep.add_argument("--vram-budget", type=size_arg, metavar="SIZE", help=VRAM_HELP)
     sweep.add_argument("--cache-dir", type=Path, help=f"disk cache (default: {default_cache_dir()})")
     sweep.add_argument("--no-cache", action="store_true",
                        help="no disk cache (the memory cache still shares a sweep's common nodes)")
@@ -107,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder that workflows may load model files from (repeatable; default: none)")
     serve.add_argument("--cache-dir", type=Path, help="disk cache (default: STATE_DIR/cache)")
     serve.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N")
+    serve.add_argument("--vram-budget", type=size_arg, metavar="SIZE", help=VRAM_HELP)
     serve.add_argument("--max-body", type=positive_int, default=8 << 20, help="request size limit in bytes")
     return p
 
@@ -131,6 +139,16 @@ def device_arg(text: str) -> str:
     except WorkflowError as e:
         raise argparse.ArgumentTypeError("; ".join(str(p) for p in e.problems)) from None
     return text
+
+
+def size_arg(text: str) -> int:
+    """--vram-budget: a size with a unit (6GiB, 512MiB, 1.5GB) or bytes; anything else is a usage error."""
+    from .memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except WorkflowError as e:
+        raise argparse.ArgumentTypeError("; ".join(str(p) for p in e.problems)) from None
 
 
 def threads_arg(text: str) -> int | str:
@@ -200,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     out = args.out or Path("out") / args.workflow.stem
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache)
+    runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache, vram_budget=args.vram_budget)
     overrides = overrides_of(args)
     printer = None if args.quiet else ProgressPrinter()
     token = CancelToken()
@@ -215,8 +233,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             printer.close()
     for name, value in result.outputs.items():
         print(f"{name}: {show_output(save_tensor_output(name, value, out))}")
+    if (line := memory_summary(result.report)) is not None:
+        print(line)
     print(f"report: {result.report_path}")
     return 0
+
+
+def memory_summary(report: Any) -> str | None:
+    """One line on device memory: the node with the highest CUDA peak, the manager's transfers and budget."""
+    from .preflight import fmt_bytes
+
+    parts = []
+    peaks = [n for n in report.nodes if n.peak_cuda_bytes is not None]
+    if peaks:
+        top = max(peaks, key=lambda n: n.peak_cuda_bytes)
+        parts.append(f"peak {fmt_bytes(top.peak_cuda_bytes, binary=True)} in node '{top.node}'")
+    if report.memory is not None:
+        moved = report.memory["transfers"]
+        count = moved["in"]["count"] + moved["out"]["count"]
+        nbytes = moved["in"]["bytes"] + moved["out"]["bytes"]
+        seconds = moved["in"]["seconds"] + moved["out"]["seconds"]
+        parts.append(f"{count} transfers ({fmt_bytes(nbytes, binary=True)}, {seconds:.2f} s), "
+                     f"{moved['evictions']} offloads")
+        if (budget := report.memory["budget_bytes"]) is not None:
+            parts.append(f"budget {fmt_bytes(budget, binary=True)}, peak resident "
+                         f"{fmt_bytes(report.memory['peak_resident_bytes'], binary=True)}")
+    return "memory: " + "; ".join(parts) if parts else None
 
 
 def save_tensor_output(name: str, value: Any, out: Path) -> Any:
@@ -276,7 +318,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = args.out or Path("out") / f"{args.workflow.stem}-sweep"
     backend = backend_named(args.backend, args.address)
     runtime = Runtime(device=args.device, cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
-                      backend=backend)
+                      backend=backend, vram_budget=args.vram_budget)
     show = None if args.quiet else (lambda i, n, point: print(f"[{i + 1}/{n}] {label(point)}", file=sys.stderr))
     parallel = 1 if args.backend == "local" else (args.parallel or len(grid_points(axes)))
     try:
@@ -385,7 +427,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     return serve(ServeOptions(host=args.host, port=args.port, state_dir=args.state_dir, workers=args.workers,
                               model_roots=args.model_roots, cache_dir=args.cache_dir, device=args.device,
-                              max_body=args.max_body, threads=args.threads))
+                              max_body=args.max_body, threads=args.threads, vram_budget=args.vram_budget))
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "nodes": cmd_nodes, "schema": cmd_schema,

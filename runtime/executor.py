@@ -10,7 +10,9 @@ State of one run (all local to `execute`, so runs on one Runtime never share it)
 - the report, filled one NodeReport per node.
 Policy per node: check cancellation; memory cache, then disk cache (both only for
 cacheable nodes not downstream of an uncacheable one); else run it with its inputs (moved to
-the run's device) and store what it returned. A node that fails or is cancelled stores nothing.
+the run's device) and store what it returned. A node that fails or is cancelled stores nothing. With a
+memory manager (runtime/memory.py), a node that runs out of device memory while model components are
+resident runs once more after they are offloaded; its report entry has the transfers it caused.
 Per-node work is only what the run uses: events are built only when somebody listens, and a
 NodeContext only for nodes whose run() takes one."""
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
                      NodeWarning, RunStarted, StepProgress)
+from .memory import MemoryManager, Snapshot
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -49,6 +52,7 @@ class RunSettings:
     emit: Callable[[Event], None] | None  # None: nobody listens, so no event is built
     is_cancelled: Callable[[], bool]
     workflow: Workflow | None = None  # the workflow as it runs: io.save_image embeds it
+    residency: MemoryManager | None = None  # the Runtime's device-memory manager (runtime/memory.py), if any
     cuda: bool = field(init=False)  # asked once per run: torch.device.type costs as much as a small node
 
     def __post_init__(self) -> None:
@@ -149,21 +153,16 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
         torch.cuda.reset_peak_memory_stats(run.device)
     entry, cache = lookup(rn, key, run)
     nfe = 0
+    before = run.residency.snapshot() if run.residency is not None else None
     if entry is not None:
         outputs, metrics = entry.outputs, dict(entry.metrics)
     else:
-        inputs = gather_inputs(rn, vals, run.device) if rn.inputs else {}
-        if rn.spec.context_param is None:  # no NodeContext to build: nothing to count or record
-            outputs, metrics = call_node(rn, inputs, run.device), {}
-        else:
-            ctx = inputs[rn.spec.context_param] = make_context(rn, run, key)
-            outputs = call_node(rn, inputs, run.device)
-            nfe = int(ctx.metrics.pop("nfe", 0))
-            metrics = ctx.metrics
+        outputs, metrics, nfe, ctx = compute(rn, key, vals, run) if run.residency is None \
+            else compute_offloading(rn, key, vals, run)
         cache = "uncached" if key is None else "miss"
         if key is not None:
             store(rn, key, outputs, metrics, run)
-            if rn.spec.context_param is not None:
+            if ctx is not None:
                 ctx.checkpoints.discard()
     described, devices = {}, []
     for port, value in outputs.items():
@@ -173,7 +172,47 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
             devices.append(device)
     return NodeReport(rn.id, rn.spec.kind, cache, time.perf_counter() - start, nfe,
                       ",".join(sorted(devices)) if devices else None, peak_rss_bytes(),
-                      torch.cuda.max_memory_allocated(run.device) if cuda else None, described, metrics)
+                      torch.cuda.max_memory_allocated(run.device) if cuda else None, described, metrics,
+                      moves_since(run.residency, before))
+
+
+def compute(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings
+            ) -> tuple[dict[str, Any], dict[str, Any], int, NodeContext | None]:
+    """Run the node on its inputs: (outputs, metrics, nfe, its NodeContext if it takes one)."""
+    inputs = gather_inputs(rn, vals, run.device) if rn.inputs else {}
+    if rn.spec.context_param is None:  # no NodeContext to build: nothing to count or record
+        return call_node(rn, inputs, run.device), {}, 0, None
+    ctx = inputs[rn.spec.context_param] = make_context(rn, run, key)
+    outputs = call_node(rn, inputs, run.device)
+    nfe = int(ctx.metrics.pop("nfe", 0))
+    return outputs, ctx.metrics, nfe, ctx
+
+
+def compute_offloading(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings
+                       ) -> tuple[dict[str, Any], dict[str, Any], int, NodeContext | None]:
+    """compute(), once more after offloading every managed component when the device ran out of memory with
+    some resident (a node's activations need the room; what it calls moves back in when called)."""
+    try:
+        return compute(rn, key, vals, run)
+    except NodeRunError as e:
+        if not isinstance(e.__cause__, torch.OutOfMemoryError) or not (offloaded := run.residency.offload_all()):
+            raise
+    if run.cuda:
+        torch.cuda.empty_cache()
+    message = (f"out of memory on {run.device} with {', '.join(offloaded)} resident; offloaded them and ran "
+               f"the node again")
+    tell(run, NodeWarning(rn.id, message))
+    outputs, metrics, nfe, ctx = compute(rn, key, vals, run)
+    metrics.setdefault("warnings", []).append(message)
+    return outputs, metrics, nfe, ctx
+
+
+def moves_since(residency: MemoryManager | None, before: Snapshot | None) -> dict[str, Any] | None:
+    """The memory manager's transfers during a node; None when it moved nothing (or the run has no manager)."""
+    if residency is None:
+        return None
+    moved = residency.changes(before)
+    return moved if moved["in"]["count"] or moved["out"]["count"] or moved["evictions"] else None
 
 
 def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry | None, str]:
@@ -226,7 +265,8 @@ def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> 
     ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
                       seed=run.seed if rn.spec.uses_seed else None,
                       on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled,
-                      on_warning=on_warning if emit is not None else None, workflow=run.workflow)
+                      on_warning=on_warning if emit is not None else None, workflow=run.workflow,
+                      residency=run.residency)
     if key is not None and run.disk is not None:
         ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
     return ctx

@@ -137,12 +137,13 @@ def read_kib_field(path: Path, field: str) -> int | None:
     return None
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+def fmt_bytes(n: float, binary: bool = False) -> str:
+    """'1.5 GB' (powers of 1000), or '1.4 GiB' (powers of 1024) when `binary`."""
+    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "KB", "MB", "GB", "TB"))
+    i = 0
+    while n >= base and i < len(units) - 1:
+        n, i = n / base, i + 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
 
 
 def preflight(graph: ValidGraph, order: list[str], device: torch.device, out_dir: Path | None) -> None:

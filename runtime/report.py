@@ -25,6 +25,7 @@ class NodeReport:
     peak_cuda_bytes: int | None = None  # peak CUDA allocation during this node, when on CUDA
     outputs: dict[str, Any] = field(default_factory=dict)  # numbers as numbers, other values described
     metrics: dict[str, Any] = field(default_factory=dict)
+    transfers: dict[str, Any] | None = None  # the memory manager's module moves during this node; None: none
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunReport:
     status: str = "running"  # "ok" | "cancelled" | "failed"
     nodes: list[NodeReport] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)  # numbers as numbers, other values described
+    memory: dict[str, Any] | None = None  # the memory manager's budget, components and transfers (runtime/memory.py)
     environment: dict[str, str] = field(default_factory=lambda: {
         "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
         "torch_threads": str(torch.get_num_threads())})  # intra-op threads of the thread that runs the workflow

@@ -12,6 +12,7 @@ import torch
 
 from ...graph.errors import NodeError, RunCancelled
 from ...graph.workflow import Workflow
+from .memory import Residency
 from .noise import NoiseSource
 
 
@@ -53,6 +54,7 @@ class NodeContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     checkpoints: Checkpoints = field(default_factory=Checkpoints)
     workflow: Workflow | None = None  # the run's workflow (overrides and seed applied), for provenance
+    residency: Residency | None = None  # the run's device-memory manager; None: modules stay where they are put
 
     @classmethod
     def detached(cls, device: str | torch.device = "cpu", seed: int | None = 0,

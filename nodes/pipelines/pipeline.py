@@ -4,7 +4,9 @@ prompt by model.text_condition), the text encoder and the VAE.
 Loaded through diffusers' and transformers' own classes, offline, from safetensors only (pickle-only
 components refused unopened), with strict keys; model_index.json's _class_name picks the family
 (folder.FAMILIES), whose loader reads the components; the scheduler config gives our ModelSampling exactly
-as model.diffusers reads it (its solver settings are ignored: pick a sampler and a schedule node)."""
+as model.diffusers reads it (its solver settings are ignored: pick a sampler and a schedule node). Under the
+run's memory manager (NodeContext.residency) the components load onto its offload device ('cpu') and move to
+the run's device when used (runtime/memory.py)."""
 from __future__ import annotations
 
 import importlib
@@ -19,6 +21,7 @@ from ..core.context import NodeContext
 from ..models.diffusers_model import DTYPES
 from ..models.parametrisation import TimestepMode
 from .folder import LoadSettings, open_folder, pipeline_files
+from .residency import manage_pipeline
 from .types import Pipeline
 
 
@@ -56,5 +59,10 @@ class ModelPipeline(Node):
         module, function = folder.family.loader.split(":")
         load = getattr(importlib.import_module(f".{module}", __package__), function)
         dtypes = {name: DTYPES[d] for name, d in (self.dtypes or {}).items()}
-        return load(folder, LoadSettings(DTYPES[self.dtype], ctx.device, self.scheduler, self.prediction,
-                                         self.timestep, dtypes))
+        managed = ctx.residency  # with a memory manager, load onto its offload device; it moves what is used
+        device = ctx.device if managed is None else managed.offload_device
+        pipeline = load(folder, LoadSettings(DTYPES[self.dtype], device, self.scheduler, self.prediction,
+                                             self.timestep, dtypes))
+        if managed is not None:
+            manage_pipeline(ctx.node_id, pipeline, managed)
+        return pipeline

@@ -33,6 +33,7 @@ class ServeOptions:
     model_roots: Sequence[Path] = ()
     cache_dir: Path | None = None  # default: <state dir>/cache
     device: str = "auto"
+    vram_budget: int | None = None  # bytes of device memory for model weights (runtime/memory.py)
     max_body: int = DEFAULT_MAX_BODY
     threads: Threads = "auto"  # torch intra-op threads per worker; 'auto': the free cores shared among the workers
 
@@ -75,7 +76,8 @@ def build(options: ServeOptions, out: IO[str] = sys.stdout) -> tuple[Any, IO[str
     requeued = store.requeue_interrupted()
     if requeued:
         print(f"samplegraph serve: re-queued {len(requeued)} job(s) interrupted by the last stop", file=out)
-    runtime = Runtime(device=options.device, cache_dir=options.cache_dir or state_dir / "cache")
+    runtime = Runtime(device=options.device, cache_dir=options.cache_dir or state_dir / "cache",
+                      vram_budget=options.vram_budget)
     notifier = Notifier()
     roots = [Path(r).expanduser().resolve() for r in options.model_roots]
     workers = Workers(store, runtime, notifier, state_dir / "jobs", roots, options.workers,
