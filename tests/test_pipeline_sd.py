@@ -316,6 +316,11 @@ def cli_overrides(path: Path, sd: Path, tmp_path: Path) -> list[str]:
             image = tmp_path / "input.png"
             Image.fromarray(np.full((SIZE, SIZE, 3), 128, dtype=np.uint8)).save(image)
             sets.append(f"{name}.path={image}")
+        elif kind == "io.load_mask":
+            mask = tmp_path / "mask.png"
+            left = np.where(np.arange(SIZE) < SIZE // 2, 255, 0).astype(np.uint8)  # (W,)
+            Image.fromarray(np.tile(left, (SIZE, 1))).save(mask)
+            sets.append(f"{name}.path={mask}")  # the left half repainted
         elif kind.startswith("schedule.") and "steps" in spec.get("params", {}):
             sets.append(f"{name}.steps=2")
     return [a for s in sets for a in ("--set", s)]

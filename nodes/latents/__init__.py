@@ -5,5 +5,6 @@ def nodes() -> list[type]:
     from .noise import LatentNoise
     from .empty import LatentEmpty
     from .add_noise import LatentAddNoise
+    from .mask import LatentMask
 
-    return [LatentNoise, LatentEmpty, LatentAddNoise]
+    return [LatentNoise, LatentEmpty, LatentAddNoise, LatentMask]
