@@ -25,9 +25,8 @@ from samplegraph.nodes.core.state import bcast
 from samplegraph.nodes.io.load_mask import LoadMask
 from samplegraph.nodes.latents.mask import LatentMask
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
-from samplegraph.nodes.samplers.dpm_adaptive import DpmAdaptive
 from samplegraph.nodes.samplers.euler import Euler
-from samplegraph.nodes.samplers.inpaint import Inpaint
+from samplegraph.nodes.samplers.inpaint import Inpaint, KnownDenoiser
 from samplegraph.nodes.schedules.karras import Karras
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,10 +210,28 @@ def test_rows_and_shapes_are_checked():
     wrapped = Inpaint().run(Euler(), KNOWN, MASK)
     with pytest.raises(NodeError, match="same \\(C, h, w\\)"):
         wrapped.init(torch.zeros(1, 3, 5, 5, dtype=torch.float64), SIGMAS)
-    two = Inpaint().run(DpmAdaptive(), KNOWN.expand(2, *SHAPE), MASK)
+    two = Inpaint().run(Euler(), torch.cat([KNOWN, -KNOWN]), MASK)
     x = SIGMAS.sigma_max * torch.ones(3, *SHAPE, dtype=torch.float64)
-    with pytest.raises(NodeError, match="2 rows but the sampler steps a batch of 3"):
+    with pytest.raises(NodeError, match="2 rows .* but particle 2 is stepped"):
         run_steps(two, FunctionDenoiser(gaussian), two.init(x, SIGMAS), NoiseSource(0))
+    inside = KnownDenoiser(FunctionDenoiser(gaussian), torch.cat([KNOWN, -KNOWN]), MASK)  # what a step sees
+    with pytest.raises(NodeError, match="evaluated 1 of the batch's rows"):  # dpm_adaptive's call on a row subset
+        inside(x[:1], SIGMAS.values[:1])
+
+
+def test_per_particle_known_latents_follow_the_particle_ids():
+    """Two images: row p for particle p, whether the batch is stepped whole or one particle at a time."""
+    known = torch.cat([KNOWN, -KNOWN])  # (2, 3, 4, 4)
+    wrapped = Inpaint().run(Euler(), known, MASK)
+    x = SIGMAS.sigma_max * NoiseSource(3).normal(torch.arange(2), INITIAL_STEP, SHAPE, dtype=torch.float64)
+
+    def go(xs, particle):
+        return run_steps(wrapped, FunctionDenoiser(gaussian), wrapped.init(xs, SIGMAS, particle), NoiseSource(3)).x
+
+    whole = go(x, torch.arange(2))
+    assert torch.equal(whole[1:], go(x[1:], torch.tensor([1])))
+    keep = (MASK == 0).expand_as(whole)
+    assert torch.equal(whole[keep], known[keep])
 
 
 SMOKE = ["sampler.euler_ancestral", "sampler.heun", "sampler.dpmpp_2m", "sampler.ddim"]

@@ -17,8 +17,9 @@ Euler this changes nothing in the repainted region (its update is elementwise), 
 
 m is the mask (1 = repaint, 0 = keep; latent.mask gives diffusers' binary one); fractional values blend
 per element, as ComfyUI's noise masks do. The known latents and the mask have 1 row (shared by every
-particle) or as many rows as the batch the sampler steps (then samplers that evaluate row subsets, e.g.
-dpm_adaptive, are refused)."""
+particle) or one row per particle id (row p for particle p, so a batch split across workers or stepped in
+parts still pairs each particle with its image; samplers that evaluate row subsets inside a step, e.g.
+dpm_adaptive, are then refused)."""
 from __future__ import annotations
 
 import torch
@@ -76,20 +77,26 @@ class Inpainting(WrappedSampler):
 
     def step(self, denoise: Denoiser, state: State, noise: NoiseSource) -> State:
         """The inner step with blended x0 estimates, then x's known region at the level reached."""
-        known, mask = self.rows(state.x)  # (B|1, ...) each
+        known, mask = self.rows(state)  # (B|1, ...) each
         out = self.inner.step(KnownDenoiser(denoise, known, mask), state, noise)
         eps = noise.like(out.x, out.particle, INITIAL_STEP)  # (B, ...) the start's noise
         noised = known + bcast(out.sigma, out.x) * eps  # (B, ...) x0_known at the level reached (0: exact)
         return out.replace(x=blend(out.x, noised, mask))
 
-    def rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """known and mask on x's device and dtype, with 1 row or x's rows."""
-        b = x.shape[0]
+    def rows(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """known and mask on x's device and dtype: one row for every particle, or row p for particle p."""
+        x, particle = state.x, state.particle
+        picked = []
         for name, t in (("latent", self.known), ("mask", self.mask)):
-            if t.shape[0] not in (1, b):
-                raise NodeError(f"sampler.inpaint: input '{name}' has {t.shape[0]} rows but the sampler steps a batch "
-                                f"of {b}; give one row (shared by every particle) or one per particle")
-        return self.known.to(x.device, x.dtype), self.mask.to(x.device, x.dtype)
+            t = t.to(x.device, x.dtype)
+            if t.shape[0] > 1:
+                if int(particle.max()) >= t.shape[0]:
+                    raise NodeError(f"sampler.inpaint: input '{name}' has {t.shape[0]} rows (one per particle) but "
+                                    f"particle {int(particle.max())} is stepped; give one row, shared by every "
+                                    f"particle, to search strategies that fork particles")
+                t = t[particle]  # (B, ...)
+            picked.append(t)
+        return picked[0], picked[1]
 
 
 def blend(x: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,6 +113,6 @@ class KnownDenoiser(Denoiser):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if any(t.shape[0] not in (1, x.shape[0]) for t in (self.known, self.mask)):
             raise NodeError(f"sampler.inpaint: the inner sampler evaluated {x.shape[0]} of the batch's rows, which "
-                            f"cannot be matched to per-row known latents; give one known latent and mask (1 row) "
-                            f"or use a sampler that steps whole batches")
+                            f"cannot be matched to per-particle known latents; give one known latent and mask "
+                            f"(1 row) or use a sampler that steps whole batches")
         return blend(self.inner(x, sigma), self.known, self.mask)  # (B, ...)
