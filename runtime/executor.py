@@ -34,7 +34,7 @@ from . import values as V
 from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
-                     NodeWarning, RunStarted, StepProgress)
+                     NodeWarning, RunStarted, StepPreview, StepProgress)
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
 
@@ -223,10 +223,14 @@ def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> 
     def on_warning(message: str) -> None:
         emit(NodeWarning(rn.id, message))
 
+    def on_preview(step: int, total: int, image: torch.Tensor) -> None:
+        emit(StepPreview(rn.id, step, total, image))
+
     ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
                       seed=run.seed if rn.spec.uses_seed else None,
                       on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled,
-                      on_warning=on_warning if emit is not None else None, workflow=run.workflow)
+                      on_warning=on_warning if emit is not None else None, workflow=run.workflow,
+                      on_preview=on_preview if emit is not None else None)
     if key is not None and run.disk is not None:
         ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
     return ctx

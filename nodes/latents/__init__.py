@@ -6,5 +6,6 @@ def nodes() -> list[type]:
     from .empty import LatentEmpty
     from .add_noise import LatentAddNoise
     from .mask import LatentMask
+    from .preview import LatentPreview
 
-    return [LatentNoise, LatentEmpty, LatentAddNoise, LatentMask]
+    return [LatentNoise, LatentEmpty, LatentAddNoise, LatentMask, LatentPreview]
