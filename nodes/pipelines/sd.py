@@ -6,6 +6,7 @@ postprocess) so that the same prompt, latents and sigmas give its result; diffus
 are never imported here (the modules arrive loaded, nodes/pipelines/folder.py)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from ...graph.errors import NodeError
 from ..core.model import Model, ModelSampling
 from ..models.parametrisation import NetworkDenoiser, Prediction, TimestepMode
+from .tiling import Tiling, sliced, tiled
 from .types import Conditioning, EncodeOptions, TextEncoder, TextModel, Vae, repeat_rows
 
 FAMILY = "sd"
@@ -110,15 +112,28 @@ class KLVae(Vae):
         self.channels = int(vae.config.latent_channels)
         self.scale = float(vae.config.scaling_factor)
         self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        size = vae.config.sample_size
+        self.tile = int(size[0] if isinstance(size, (list, tuple)) else size)  # diffusers' tile_sample_min_size
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
         x = (images * 2 - 1).to(module_dtype(self.vae))  # (B, 3, H, W) in [-1, 1]
         with torch.no_grad():
-            z = self.vae.encode(x).latent_dist.mode()  # (B, C, H/f, W/f)
+            z = self.cut(lambda t: self.vae.encode(t).latent_dist.mode(), x, tiling, 1 / self.factor)
+        # z: (B, C, H/f, W/f)
         return ((z - self.shift) * self.scale).to(images.dtype)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
         z = (latents / self.scale + self.shift).to(module_dtype(self.vae))  # (B, C, h, w)
         with torch.no_grad():
-            image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, h*f, w*f) in about [-1, 1]
-        return (image.to(latents.dtype) / 2 + 0.5).clamp(0, 1)
+            image = self.cut(lambda t: self.vae.decode(t, return_dict=False)[0], z, tiling, self.factor)
+        return (image.to(latents.dtype) / 2 + 0.5).clamp(0, 1)  # (B, 3, h*f, w*f), raw in about [-1, 1]
+
+    def cut(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tiling: Tiling | None,
+            scale: float) -> torch.Tensor:
+        """fn(x), or fn over tiles (pixel tiles of `tiling.tile`, default the VAE's sample_size) and/or batch rows."""
+        if tiling is None:
+            return fn(x)
+        pixels = tiling.tile or self.tile
+        tile, tile_out = (pixels, pixels // self.factor) if scale < 1 else (pixels // self.factor, pixels)
+        each = (lambda t: tiled(fn, t, tile, tile_out, tiling.overlap)) if tiling.tiles else fn
+        return sliced(each, x, tiling.slicing)
