@@ -22,3 +22,7 @@ ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
 FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
 LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]
+# pipeline workflows for an inpainting (9-channel UNet) checkpoint: tests/test_pipeline_inpaint.py runs them
+# through the CLI against a tiny inpainting pipeline, not against test_pipeline_sd.py's ordinary one
+INPAINT_UNET_KINDS = frozenset({"model.inpaint_condition"})
+INPAINT_UNET_WORKFLOWS = [p for p in FOLDER_WORKFLOWS if kinds_of(p) & INPAINT_UNET_KINDS]

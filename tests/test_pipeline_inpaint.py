@@ -4,6 +4,7 @@ pipeline: equals diffusers' StableDiffusionInpaintPipeline (num_channels_unet ==
 encoded image's latents exactly at the end; every registered sampler runs inside the wrapper (analytic denoiser:
 shapes, determinism, batch-split invariance, known region exact); the mask preparation equals diffusers'."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -244,3 +245,78 @@ def test_inpaint_workflow_runs_with_other_samplers_on_the_tiny_pipeline(sd, file
     encoded, mask, final = run(wf, "encode", "mask", "sample")
     keep = mask.expand_as(final) == 0
     assert torch.isfinite(final).all() and torch.equal(final[keep], encoded[keep])
+
+
+# ---- the 9-channel inpainting UNet (model.inpaint_condition) ----
+
+@pytest.fixture(scope="module")
+def sd9(tmp_path_factory) -> Path:
+    diffusers()
+    from helpers_pipeline_inpaint import build_sd_inpaint_pipeline
+    return build_sd_inpaint_pipeline(tmp_path_factory.mktemp("tiny_sd_inpaint9"))
+
+
+def unet_workflow(sd9: Path, files: tuple[Path, Path]) -> dict:
+    wf = json.loads((ROOT / "workflows" / "inpaint_unet.json").read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"], n["mask_image"]["params"]["path"] = map(str, (sd9, *files))
+    n["prompt"]["params"]["prompt"], n["negative"]["params"]["prompt"] = PROMPT, NEGATIVE
+    n["guided"]["params"]["scale"], n["sigmas"]["params"]["steps"] = SCALE, STEPS
+    n["latent"]["params"].update(width=SIZE, height=SIZE)
+    return wf
+
+
+def test_inpainting_unet_equals_diffusers_inpaint_pipeline(sd9, files, monkeypatch):
+    """cat[x_in, mask, masked-image latents] into the 9-channel UNet, as StableDiffusionInpaintPipeline with
+    num_channels_unet == 9 (strength 1, no blend); diffusers gets our masked-image latents (it would sample the
+    posterior) and our noise; the masked latents themselves equal diffusers' preprocessing encoded by the mean."""
+    from samplegraph.nodes.pipelines.inpaint_condition import inpaint_image
+    d = diffusers()
+    latent0, final, images = run(unet_workflow(sd9, files), "latent", "sample", "decode")
+    pipeline = ModelPipeline(path=str(sd9)).run(NodeContext.detached())
+    with Image.open(files[0]) as rgb:
+        pixels = torch.from_numpy(np.asarray(rgb.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    ours = inpaint_image(pipeline.vae, pixels, LoadMask(path=str(files[1])).run(), 0.5)  # (1, 5, 8, 8)
+    pipe = d.StableDiffusionInpaintPipeline.from_pretrained(sd9, local_files_only=True, use_safetensors=True,
+                                                            safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with Image.open(files[0]) as rgb, Image.open(files[1]) as mask:
+        rgb, mask = rgb.convert("RGB"), mask.copy()
+    init = pipe.image_processor.preprocess(rgb, height=SIZE, width=SIZE)  # (1, 3, 64, 64) in [-1, 1]
+    condition = pipe.mask_processor.preprocess(mask, height=SIZE, width=SIZE)  # (1, 1, 64, 64) binary
+    with torch.no_grad():
+        expect = pipe.vae.encode(init * (condition < 0.5)).latent_dist.mode() * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(ours[:, 1:], expect, rtol=0, atol=1e-5)
+    assert torch.equal(ours[:, :1], torch.nn.functional.interpolate(condition, size=(8, 8)))
+    module = sys.modules[d.StableDiffusionInpaintPipeline.__module__]
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: (latent0 / pipe.scheduler.init_noise_sigma).clone())
+    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=rgb, mask_image=mask, masked_image_latents=ours[:, 1:],
+                height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=SCALE)
+    for what, got, ref in (("latents", final, pipe(output_type="latent", **call).images),
+                           ("images", images, pipe(output_type="pt", **call).images)):
+        med, p999 = quantiles(got, ref)
+        print(f"9-channel inpainting UNet {what}: median {med:.2e}, 99.9% {p999:.2e}")
+        assert med < 1e-6 and p999 < 1e-5, (med, p999)
+
+
+def test_the_two_kinds_of_unet_refuse_the_other_method(sd, sd9, files):
+    plain = ModelPipeline(path=str(sd)).run(NodeContext.detached())
+    from samplegraph.nodes.pipelines.inpaint_condition import ModelInpaintCondition
+    pixels, mask = torch.rand(1, 3, SIZE, SIZE), LoadMask(path=str(files[1])).run()
+    with pytest.raises(NodeError, match="not an inpainting UNet.*sampler.inpaint"):
+        ModelInpaintCondition().run(plain.model, plain.vae, pixels, mask)
+    wf = unet_workflow(sd9, files)
+    wf["nodes"]["cond"]["inputs"]["model"] = wf["nodes"]["uncond"]["inputs"]["model"] = "pipe.model"
+    with pytest.raises(Exception, match="inpainting UNet.*bind the image and mask with model.inpaint_condition"):
+        run(wf, "sample")
+
+
+def test_inpainting_unet_workflow_runs_through_the_cli(sd9, tmp_path):
+    from test_pipeline_sd import cli_overrides
+    path, out = ROOT / "workflows" / "inpaint_unet.json", tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "samplegraph.runtime.cli", "run", str(path), "--out", str(out),
+                           "--no-cache", "--device", "cpu", "--threads", "1", "--quiet",
+                           *cli_overrides(path, sd9, tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Image.open(out / "inpaint_unet.png") as png:
+        assert png.size == (SIZE, SIZE)

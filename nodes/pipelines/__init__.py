@@ -4,10 +4,11 @@ the contracts (types.py, docs/ARCHITECTURE.md "Text-to-image pipelines") are siz
 
 
 def nodes() -> list[type]:
+    from .inpaint_condition import ModelInpaintCondition
     from .pipeline import ModelPipeline
     from .text_condition import ModelTextCondition
     from .text_encode import TextEncode
     from .vae_decode import VaeDecode
     from .vae_encode import VaeEncode
 
-    return [ModelPipeline, TextEncode, ModelTextCondition, VaeEncode, VaeDecode]
+    return [ModelPipeline, TextEncode, ModelTextCondition, VaeEncode, VaeDecode, ModelInpaintCondition]

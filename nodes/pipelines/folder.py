@@ -38,12 +38,11 @@ SD_COMPONENTS: Components = {
 }
 # every family model.pipeline reads; a new family adds one entry (and its loader module)
 FAMILIES: tuple[Family, ...] = (
-    Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), SD_COMPONENTS,
-           "sd_folder:load_sd"),
+    Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                                         "StableDiffusionInpaintPipeline"), SD_COMPONENTS, "sd_folder:load_sd"),
 )
 NOT_YET = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL",
-           "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "Flux", "StableDiffusionInpaintPipeline":
-           "the 9-channel SD inpainting UNet"}
+           "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "Flux"}
 
 
 @dataclass(frozen=True)

@@ -64,17 +64,32 @@ class ClipTextEncoder(TextEncoder):
 
 
 class UNetNet(torch.nn.Module):
-    """`unet(x, t, encoder_hidden_states)` as net(x_in (B, C, h, w), t_in (B,), context (1 or B, L, D))."""
+    """`unet(x, t, encoder_hidden_states)` as net(x_in (B, C, h, w), t_in (B,), context (1 or B, L, D)); an
+    inpainting UNet (in_channels 2C + 1) also takes `image` (1 or B, C + 1, h, w) = [mask, masked-image latents],
+    concatenated after x_in as StableDiffusionInpaintPipeline does (after scale_model_input: x only is scaled)."""
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
         self.unet = unet
+        self.image_channels = int(unet.config.in_channels) - int(unet.config.out_channels)  # 0, or C + 1
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         dtype = module_dtype(self.unet)
         context = repeat_rows(context, x.shape[0])  # (B, L, D)
         context = context.to(device=x.device, dtype=dtype)  # a disk-cached Conditioning comes back on the CPU
-        out = self.unet(x.to(dtype), t, encoder_hidden_states=context, return_dict=False)[0]  # (B, C, h, w)
+        x_in = x.to(dtype)  # (B, C, h, w)
+        if (image is None) != (self.image_channels == 0):
+            raise NodeError("this is an inpainting UNet (latents, mask and masked-image latents in): bind the image "
+                            "and mask with model.inpaint_condition" if image is None else
+                            "model.inpaint_condition is for an inpainting UNet; with this UNet use sampler.inpaint")
+        if image is not None:
+            if image.shape[0] not in (1, x.shape[0]):
+                raise NodeError(f"model.inpaint_condition's image has {image.shape[0]} rows but the latent batch is "
+                                f"{x.shape[0]}; give one image and mask, or one per latent")
+            image = image.expand(x.shape[0], *image.shape[1:]).to(device=x.device, dtype=dtype)  # (B, C + 1, h, w)
+            x_in = torch.cat([x_in, image], dim=1)  # (B, 2C + 1, h, w)
+        out = self.unet(x_in, t, encoder_hidden_states=context, return_dict=False)[0]  # (B, C, h, w)
         return out.to(x.dtype)
 
 

@@ -19,9 +19,10 @@ def load_sd(folder: PipelineFolder, settings: LoadSettings) -> Pipeline:
     tokenizer = load_tokenizer(dirs["tokenizer"], folder.index["tokenizer"][1], encoder)
     unet = load_module("UNet2DConditionModel", dirs["unet"], dtype("unet")).to(device)
     vae = KLVae(load_module("AutoencoderKL", dirs["vae"], dtype("vae")).to(device))
-    if unet.config.in_channels != vae.channels:
+    if unet.config.in_channels not in (vae.channels, 2 * vae.channels + 1):
         raise NodeError(f"'{dirs['unet']}': the UNet takes {unet.config.in_channels} channels but the VAE "
-                        f"makes {vae.channels}-channel latents (an inpainting UNet?); not supported yet")
+                        f"makes {vae.channels}-channel latents (an inpainting UNet takes {2 * vae.channels + 1}: "
+                        f"latents, mask, masked-image latents)")
     model = UNetTextModel(unet, sampling, settings.prediction_or(prediction), settings.timestep)
     if model.context_dim != encoder.config.hidden_size:
         raise NodeError(f"'{dirs['text_encoder']}': hidden_size {encoder.config.hidden_size} differs from the "
