@@ -311,6 +311,7 @@ def test_the_two_kinds_of_unet_refuse_the_other_method(sd, sd9, files):
         run(wf, "sample")
 
 
+@pytest.mark.slow  # ~30 s, mostly the CLI process's imports; the workflow itself runs in the parity test above
 def test_inpainting_unet_workflow_runs_through_the_cli(sd9, tmp_path):
     from test_pipeline_sd import cli_overrides
     path, out = ROOT / "workflows" / "inpaint_unet.json", tmp_path / "out"
