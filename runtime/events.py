@@ -26,6 +26,14 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class StepPreview:
+    node: str
+    step: int  # steps done so far
+    total: int
+    image: Any  # (3, h, w) float32 tensor in [0, 1]: latent.preview's picture of the current x0 estimate (row 0)
+
+
+@dataclass(frozen=True)
 class NodeWarning:
     node: str
     message: str  # something the node did that the user should know (e.g. a prompt truncated)
@@ -62,5 +70,5 @@ class RunFinished:
     report: Any  # RunReport
 
 
-Event = Union[RunStarted, NodeStarted, StepProgress, NodeWarning, NodeFinished, CacheDiscarded, CacheUndecodable,
+Event = Union[RunStarted, NodeStarted, StepProgress, StepPreview, NodeWarning, NodeFinished, CacheDiscarded, CacheUndecodable,
               CacheWriteFailed, RunFinished]

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..graph.errors import NodeError, NodeRunError, RunCancelled, SamplegraphError
+from ..graph.errors import NodeRunError, RunCancelled, SamplegraphError
 from ..graph.hashing import KeyWriter
 from ..graph.validate import Link, ResolvedNode, ValidGraph
 from ..graph.workflow import Workflow
@@ -36,7 +36,7 @@ from . import values as V
 from .cache import CacheWriteError, DiskCache, Entry, MemoryCache
 from .checkpoints import CheckpointStore
 from .events import (CacheDiscarded, CacheUndecodable, CacheWriteFailed, Event, NodeFinished, NodeStarted,
-                     NodeWarning, RunStarted, StepProgress)
+                     NodeWarning, RunStarted, StepPreview, StepProgress)
 from .memory import MemoryManager, Snapshot
 from .preflight import fmt_bytes
 from .report import NodeReport, RunReport, peak_rss_bytes
@@ -262,11 +262,14 @@ def make_context(rn: ResolvedNode, run: RunSettings, key: str | None = None) -> 
     def on_warning(message: str) -> None:
         emit(NodeWarning(rn.id, message))
 
+    def on_preview(step: int, total: int, image: torch.Tensor) -> None:
+        emit(StepPreview(rn.id, step, total, image))
+
     ctx = NodeContext(node_id=rn.id, device=run.device, out_dir=run.out_dir,
                       seed=run.seed if rn.spec.uses_seed else None,
                       on_progress=on_progress if emit is not None else None, is_cancelled=run.is_cancelled,
                       on_warning=on_warning if emit is not None else None, workflow=run.workflow,
-                      residency=run.residency)
+                      residency=run.residency, on_preview=on_preview if emit is not None else None)
     if key is not None and run.disk is not None:
         ctx.checkpoints = CheckpointStore(run.disk.root).for_key(key)
     return ctx

@@ -106,6 +106,11 @@ def cli_overrides(path: Path, pipeline: Path, tmp_path: Path, size: int) -> list
             image = tmp_path / "input.png"
             Image.fromarray(np.full((size, size, 3), 128, dtype=np.uint8)).save(image)
             sets.append(f"{name}.path={image}")
+        elif kind == "io.load_mask":
+            mask = tmp_path / "mask.png"
+            left = np.where(np.arange(size) < size // 2, 255, 0).astype(np.uint8)  # (W,)
+            Image.fromarray(np.tile(left, (size, 1))).save(mask)
+            sets.append(f"{name}.path={mask}")  # the left half repainted
         elif kind.startswith("schedule.") and "steps" in spec.get("params", {}):
             sets.append(f"{name}.steps=2")
     return [a for s in sets for a in ("--set", s)]

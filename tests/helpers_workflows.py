@@ -23,11 +23,15 @@ HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
 FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
 LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]
 # a folder workflow named *_<family>.json runs against that family's tiny pipeline (tests/test_pipeline_<family>.py);
-# the others (txt2img.json, img2img.json, ...) against the tiny SD pipeline of tests/test_pipeline_sd.py
+# one for an inpainting (9-channel UNet) checkpoint against tests/test_pipeline_inpaint.py's ("sd_inpaint"); the
+# others (txt2img.json, img2img.json, ...) against the tiny SD pipeline of tests/test_pipeline_sd.py
 PIPELINE_FAMILIES = ("sdxl", "sd3", "flux")
+INPAINT_UNET_KINDS = frozenset({"model.inpaint_condition"})
 
 
 def family_of(path: Path) -> str:
+    if kinds_of(path) & INPAINT_UNET_KINDS:
+        return "sd_inpaint"
     return next((f for f in PIPELINE_FAMILIES if path.stem.endswith(f"_{f}")), "sd")
 
 

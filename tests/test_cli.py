@@ -132,7 +132,7 @@ def test_nodes_lists_every_builtin_and_shows_one_in_full():
     assert one.returncode == 0 and "outputs:" in one.stdout and "Sampler" in one.stdout
     sample = cli("nodes", "sample", "--json")
     spec = json.loads(sample.stdout)
-    assert [p["name"] for p in spec["inputs"]] == ["denoise", "sigmas", "sampler", "latent"]
+    assert [p["name"] for p in spec["inputs"]] == ["denoise", "sigmas", "sampler", "latent", "preview"]
     unknown = cli("nodes", "sampler.huen")
     assert unknown.returncode == 2 and "did you mean 'sampler.heun'" in unknown.stderr
 

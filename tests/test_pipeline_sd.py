@@ -242,7 +242,7 @@ def test_missing_component_and_pickle_only_folder_are_refused(sd, tmp_path):
 
 def test_other_families_are_named_as_not_yet_supported(sd, tmp_path):
     root = copy_of(sd, tmp_path)
-    for kind, family in [("StableDiffusionInpaintPipeline", "inpainting UNet")]:
+    for kind, family in [("StableDiffusionXLInpaintPipeline", "SDXL inpainting"), ("FluxFillPipeline", "Flux Fill")]:
         index = json.loads((root / "model_index.json").read_text())
         (root / "model_index.json").write_text(json.dumps({**index, "_class_name": kind}))
         load_error(root, f"{family}.*not support.*yet")

@@ -50,6 +50,7 @@ class NodeContext:
     seed: int | None = None
     on_progress: Callable[[int, int], None] | None = None
     on_warning: Callable[[str], None] | None = None
+    on_preview: Callable[[int, int, torch.Tensor], None] | None = None
     is_cancelled: Callable[[], bool] = _never
     metrics: dict[str, Any] = field(default_factory=dict)
     checkpoints: Checkpoints = field(default_factory=Checkpoints)
@@ -72,6 +73,15 @@ class NodeContext:
         """Report step `step` of `total` of a loop (renders as a progress bar)."""
         if self.on_progress is not None:
             self.on_progress(step, total)
+
+    def previews(self) -> bool:
+        """True when someone receives previews (so a node skips computing them otherwise)."""
+        return self.on_preview is not None
+
+    def preview(self, step: int, total: int, image: torch.Tensor) -> None:
+        """Show a picture (3, h, w) in [0, 1] of a loop's current result after step `step` of `total`."""
+        if self.on_preview is not None:
+            self.on_preview(step, total, image)
 
     def warn(self, message: str) -> None:
         """Report something the user should know that does not stop the node (a NodeWarning event; in the report)."""

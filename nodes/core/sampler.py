@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -87,12 +88,14 @@ class CheckpointPolicy:
 
 
 def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSource,
-              ctx: NodeContext | None = None, checkpoint: CheckpointPolicy | None = None) -> State:
+              ctx: NodeContext | None = None, checkpoint: CheckpointPolicy | None = None,
+              observe: Callable[[int, int, State], None] | None = None) -> State:
     """The one generic loop: step every unfinished particle until its schedule ends.
 
     Particles may be at different steps; finished ones are left alone. Cancellation is
     checked and progress reported between steps; NFE is accounted to ctx; with a `checkpoint`
-    policy the state is saved to ctx.checkpoints as it says."""
+    policy the state is saved to ctx.checkpoints as it says; `observe(done, total, state)` sees
+    the state after every step (progress previews)."""
     check_renoise(sampler, denoise)
     counted = CountingDenoiser(denoise)
     total = state.sigmas.numel() - 1
@@ -105,6 +108,8 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
             state = step_once(sampler, denoise, counted, state, noise)
             if ctx is not None:
                 ctx.progress(i + 1, total)
+            if observe is not None:
+                observe(i + 1, total, state)
             saver.after(i + 1, state)
     else:
         while bool((active := ~state.done).any()):  # (B,)
@@ -115,6 +120,8 @@ def run_steps(sampler: Sampler, denoise: Denoiser, state: State, noise: NoiseSou
             done = int(state.step.min())
             if ctx is not None:
                 ctx.progress(done, total)
+            if observe is not None:
+                observe(done, total, state)
             saver.after(done, state)
     if ctx is not None:
         ctx.add_nfe(counted.calls)

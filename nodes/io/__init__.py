@@ -10,5 +10,6 @@ def nodes() -> list[type]:
     from .save_unmask_order import SaveUnmaskOrder
     from .save_image import SaveImage
     from .load_image import LoadImage
+    from .load_mask import LoadMask
 
-    return [SaveTensor, SaveTexts, PlotSamples, ImageGrid, ClassGrid, SaveUnmaskOrder, SaveImage, LoadImage]
+    return [SaveTensor, SaveTexts, PlotSamples, ImageGrid, ClassGrid, SaveUnmaskOrder, SaveImage, LoadImage, LoadMask]

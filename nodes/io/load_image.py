@@ -29,9 +29,14 @@ class LoadImage(Node):
         return file_state(Path(self.path))
 
     def run(self) -> torch.Tensor:
-        try:
-            with Image.open(self.path) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3) in 0..255
-        except (OSError, UnidentifiedImageError) as e:
-            raise NodeError(f"param 'path': cannot read '{self.path}' as an image ({e})") from None
+        array = read_pixels(self.path, "RGB")  # (H, W, 3) in 0..255
         return torch.from_numpy(array / 255.0).permute(2, 0, 1)[None].contiguous()  # (1, 3, H, W)
+
+
+def read_pixels(path: str, mode: str) -> np.ndarray:
+    """The image at `path` converted to the Pillow `mode` ("RGB", "L", "RGBA"), float32 in 0..255 (H, W[, C])."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert(mode), dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as e:
+        raise NodeError(f"param 'path': cannot read '{path}' as an image ({e})") from None

@@ -5,5 +5,7 @@ def nodes() -> list[type]:
     from .noise import LatentNoise
     from .empty import LatentEmpty
     from .add_noise import LatentAddNoise
+    from .mask import LatentMask
+    from .preview import LatentPreview
 
-    return [LatentNoise, LatentEmpty, LatentAddNoise]
+    return [LatentNoise, LatentEmpty, LatentAddNoise, LatentMask, LatentPreview]

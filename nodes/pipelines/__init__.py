@@ -6,10 +6,11 @@ give FluxPipeline's and SD3's sigmas): SD 1.x/2.x, SDXL, SD3 and Flux (contracts
 
 def nodes() -> list[type]:
     from .flux_schedule import FluxSchedule
+    from .inpaint_condition import ModelInpaintCondition
     from .pipeline import ModelPipeline
     from .text_condition import ModelTextCondition
     from .text_encode import TextEncode
     from .vae_decode import VaeDecode
     from .vae_encode import VaeEncode
 
-    return [ModelPipeline, TextEncode, ModelTextCondition, VaeEncode, VaeDecode, FluxSchedule]
+    return [ModelPipeline, TextEncode, ModelTextCondition, VaeEncode, VaeDecode, FluxSchedule, ModelInpaintCondition]

@@ -69,8 +69,8 @@ SD3_COMPONENTS: Components = {
 }
 # every family model.pipeline reads; a new family adds one entry (and its loader module)
 FAMILIES: tuple[Family, ...] = (
-    Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), SD_COMPONENTS,
-           "sd_folder:load_sd"),
+    Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                                         "StableDiffusionInpaintPipeline"), SD_COMPONENTS, "sd_folder:load_sd"),
     Family("SDXL", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"), SDXL_COMPONENTS,
            "sdxl_folder:load_sdxl", (("requires_aesthetics_score", True, "an SDXL refiner (aesthetic-score "
                                                                          "conditioning, one text encoder)"),)),
@@ -78,7 +78,9 @@ FAMILIES: tuple[Family, ...] = (
            "sd3_folder:load_sd3", optional=("text_encoder_3", "tokenizer_3")),
     Family("Flux", ("FluxPipeline", "FluxImg2ImgPipeline"), FLUX_COMPONENTS, "flux_folder:load_flux"),
 )
-NOT_YET = {"StableDiffusionInpaintPipeline": "the 9-channel SD inpainting UNet"}
+# pipelines whose networks take more than the families' (inpainting UNets and transformers beyond SD 1.x/2.x's)
+NOT_YET = {"StableDiffusionXLInpaintPipeline": "SDXL inpainting", "StableDiffusion3InpaintPipeline": "SD3 inpainting",
+           "FluxInpaintPipeline": "Flux inpainting", "FluxFillPipeline": "Flux Fill"}
 
 
 @dataclass(frozen=True)

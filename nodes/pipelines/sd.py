@@ -6,11 +6,13 @@ postprocess) so that the same prompt, latents and sigmas give its result; diffus
 are never imported here (the modules arrive loaded, nodes/pipelines/folder.py)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ...graph.errors import NodeError
+from .tiling import Tiling, sliced, tiled
 from .types import Conditioning, EncodeOptions, NetworkTextModel, TextEncoder, Vae, repeat_rows
 
 FAMILY = "sd"
@@ -75,25 +77,40 @@ class ClipTextEncoder(TextEncoder):
 
 
 class UNetNet(torch.nn.Module):
-    """`unet(x, t, encoder_hidden_states)` as net(x_in (B, C, h, w), t_in (B,), context (1 or B, L, D))."""
+    """`unet(x, t, encoder_hidden_states)` as net(x_in (B, C, h, w), t_in (B,), context (1 or B, L, D)); an
+    inpainting UNet (in_channels 2C + 1) also takes `image` (1 or B, C + 1, h, w) = [mask, masked-image latents],
+    concatenated after x_in as StableDiffusionInpaintPipeline does (after scale_model_input: x only is scaled)."""
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
         self.unet = unet
+        self.image_channels = int(unet.config.in_channels) - int(unet.config.out_channels)  # 0, or C + 1
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.call(x, t, context)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        return self.call(x, t, context, image=image)
 
     def call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-             added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The UNet in its dtype on x's device; `added`: its added_cond_kwargs (1 or B rows; SDXL's)."""
+             added: dict[str, torch.Tensor] | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet in its dtype on x's device; `added`: its added_cond_kwargs (1 or B rows; SDXL's); `image`: an
+        inpainting UNet's [mask, masked-image latents] (1 or B rows; model.inpaint_condition's)."""
         batch, dtype = x.shape[0], module_dtype(self.unet)
 
         def ready(t: torch.Tensor) -> torch.Tensor:  # a disk-cached Conditioning comes back on the CPU
             return repeat_rows(t, batch).to(device=x.device, dtype=dtype)
 
         extra = None if added is None else {k: ready(v) for k, v in added.items()}
-        out = self.unet(x.to(dtype), t, encoder_hidden_states=ready(context), added_cond_kwargs=extra,
+        x_in = x.to(dtype)  # (B, C, h, w)
+        if (image is None) != (self.image_channels == 0):
+            raise NodeError("this is an inpainting UNet (latents, mask and masked-image latents in): bind the image "
+                            "and mask with model.inpaint_condition" if image is None else
+                            "model.inpaint_condition is for an inpainting UNet; with this UNet use sampler.inpaint")
+        if image is not None:
+            if image.shape[0] not in (1, batch):
+                raise NodeError(f"model.inpaint_condition's image has {image.shape[0]} rows but the latent batch is "
+                                f"{batch}; give one image and mask, or one per latent")
+            x_in = torch.cat([x_in, ready(image)], dim=1)  # (B, 2C + 1, h, w)
+        out = self.unet(x_in, t, encoder_hidden_states=ready(context), added_cond_kwargs=extra,
                         return_dict=False)[0]  # (B, C, h, w)
         return out.to(x.dtype)
 
@@ -132,17 +149,29 @@ class KLVae(Vae):
         shift = float(getattr(config, "shift_factor", None) or 0.0)
         self.shift = torch.tensor(mean).view(shape) if mean is not None and std is not None else torch.tensor(shift)
         self.std = torch.tensor(std).view(shape) if mean is not None and std is not None else torch.tensor(1.0)
+        size = config.sample_size
+        self.tile = int(size[0] if isinstance(size, (list, tuple)) else size)  # diffusers' tile_sample_min_size
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
         x = (images * 2 - 1).to(module_dtype(self.vae))  # (B, 3, H, W) in [-1, 1]
         with torch.no_grad():
-            z = self.vae.encode(x).latent_dist.mode()  # (B, C, H/f, W/f)
-        shift, std = self.shift.to(z), self.std.to(z)
+            z = self.cut(lambda t: self.vae.encode(t).latent_dist.mode(), x, tiling, 1 / self.factor)
+        shift, std = self.shift.to(z), self.std.to(z)  # z: (B, C, H/f, W/f)
         return ((z - shift) * self.scale / std).to(images.dtype)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
         shift, std = self.shift.to(latents), self.std.to(latents)
         z = (latents * std / self.scale + shift).to(module_dtype(self.vae))  # (B, C, h, w)
         with torch.no_grad():
-            image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, h*f, w*f) in about [-1, 1]
-        return (image.to(latents.dtype) / 2 + 0.5).clamp(0, 1)
+            image = self.cut(lambda t: self.vae.decode(t, return_dict=False)[0], z, tiling, self.factor)
+        return (image.to(latents.dtype) / 2 + 0.5).clamp(0, 1)  # (B, 3, h*f, w*f), raw in about [-1, 1]
+
+    def cut(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tiling: Tiling | None,
+            scale: float) -> torch.Tensor:
+        """fn(x), or fn over tiles (pixel tiles of `tiling.tile`, default the VAE's sample_size) and/or batch rows."""
+        if tiling is None:
+            return fn(x)
+        pixels = tiling.tile or self.tile
+        tile, tile_out = (pixels, pixels // self.factor) if scale < 1 else (pixels // self.factor, pixels)
+        each = (lambda t: tiled(fn, t, tile, tile_out, tiling.overlap)) if tiling.tiles else fn
+        return sliced(each, x, tiling.slicing)

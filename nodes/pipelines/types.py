@@ -18,6 +18,7 @@ import torch
 from ...graph.errors import NodeError
 from ..core.model import Model, ModelSampling
 from ..models.parametrisation import NetworkDenoiser, Prediction, TimestepMode
+from .tiling import Tiling
 
 
 def repeat_rows(t: torch.Tensor, batch: int, what: str = "the conditioning") -> torch.Tensor:
@@ -127,6 +128,7 @@ class Vae(ABC):
 
     factor: int  # spatial downscale f
     channels: int  # latent channels C
+    tile: int = 0  # default tile side in pixels for tiled calls (tiling.Tiling); 0 = this VAE cannot tile
 
     @property
     def multiple(self) -> int:
@@ -134,12 +136,13 @@ class Vae(ABC):
         return self.factor
 
     @abstractmethod
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, C, H/f, W/f) of images (B, 3, H, W) in [0, 1] (the posterior's mean)."""
+    def encode(self, images: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+        """Scaled latents (B, C, H/f, W/f) of images (B, 3, H, W) in [0, 1] (the posterior's mean); `tiling`
+        cuts the call into tiles and/or batch rows (vae.encode's options)."""
 
     @abstractmethod
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] of scaled latents (B, C, h, w)."""
+    def decode(self, latents: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] of scaled latents (B, C, h, w); `tiling` as for encode."""
 
 
 class Pipeline(NamedTuple):

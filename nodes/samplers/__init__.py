@@ -34,6 +34,7 @@ def nodes() -> list[type]:
     from .heun import Heun
     from .iia import Iia
     from .iia_fit import IiaFit
+    from .inpaint import Inpaint
     from .ipndm import Ipndm
     from .lcm import Lcm
     from .lms import Lms
@@ -54,4 +55,5 @@ def nodes() -> list[type]:
     wrappers = [TimeShift, Plan]  # nodes that build a Sampler from other samplers
     fast_ii = [SaSolver, Amo, Iia, IiaFit, EvoDiff]  # issue 14: SA-Solver, AMO, IIA, EVODiff
     searched = [PlanSearch, FromPlan, AdaptiveSteps]  # configurations found on calibration trajectories
-    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii, *searched, *calibrated]
+    inpaint = [Inpaint]  # issue 13: latent inpainting around any sampler
+    return [Sample, *ode, *stochastic, *vp_family, *momentum, *wrappers, *fast_ii, *searched, *calibrated, *inpaint]

@@ -1,6 +1,7 @@
 """sample: run a sampler over a schedule from an initial latent (ComfyUI's KSampler, as a graph node)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -10,6 +11,7 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.context import NodeContext
 from ..core.denoiser import Denoiser
+from ..core.preview import Preview
 from ..core.sampler import CheckpointPolicy, Sampler, run_steps
 from ..core.sigmas import Sigmas
 from ..core.state import State, state_from_tensors
@@ -20,7 +22,8 @@ class Sample(Node):
     """Solve from latent at sigmas[0] down the schedule with the sampler (Karras et al. 2022, Alg. 1/2).
 
     With a disk cache the state is checkpointed every `checkpoint_every` steps or `checkpoint_seconds`
-    seconds, and a re-run after an interruption resumes from the last checkpoint, bit for bit."""
+    seconds, and a re-run after an interruption resumes from the last checkpoint, bit for bit. With a
+    `preview` (latent.preview) its picture of the current x0 estimate is streamed as StepPreview events."""
 
     uses_seed: ClassVar[bool] = True
     # when to checkpoint changes no result, so it stays out of the cache key
@@ -30,12 +33,22 @@ class Sample(Node):
     checkpoint_seconds: float | None = Field(20.0, gt=0, description="checkpoint every this many seconds (None: off)")
 
     def run(self, denoise: Denoiser, sigmas: Sigmas, sampler: Sampler, latent: torch.Tensor,
-            ctx: NodeContext) -> torch.Tensor:
+            ctx: NodeContext, preview: Preview | None = None) -> torch.Tensor:
         """The sampler's final x (B, ...), stepped by the one generic loop."""
         check_latent(latent)
         state = resume(sampler.init(latent, sigmas), ctx)
         policy = CheckpointPolicy(steps=self.checkpoint_every, seconds=self.checkpoint_seconds)
-        return run_steps(sampler, denoise, state, ctx.noise, ctx, policy).x  # (B, ...)
+        observe = previewer(preview, ctx) if preview is not None and ctx.previews() else None
+        return run_steps(sampler, denoise, state, ctx.noise, ctx, policy, observe).x  # (B, ...)
+
+
+def previewer(preview: Preview, ctx: NodeContext) -> Callable[[int, int, State], None]:
+    """run_steps' observer that shows the x0 estimate (State.denoised) when the preview is due."""
+    def observe(step: int, total: int, state: State) -> None:
+        if state.denoised is not None and preview.due(step, total):
+            ctx.preview(step, total, preview.image(state.denoised))
+
+    return observe
 
 
 def resume(start: State, ctx: NodeContext) -> State:

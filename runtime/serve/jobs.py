@@ -3,7 +3,9 @@ one shared Runtime, and the notifier that wakes event streams and waiters when a
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import io
 import mimetypes
 import sys
 import threading
@@ -21,7 +23,8 @@ from ...graph.validate import execution_order
 from ...graph.workflow import Workflow, parse_override
 from ..api import CancelToken, Runtime, resolve_wanted
 from ..confine import check_confined
-from ..events import Event, RunFinished, StepProgress
+from ...nodes.io.image_grid import to_picture
+from ..events import Event, RunFinished, StepPreview, StepProgress
 from .store import Job, Store
 
 
@@ -122,7 +125,8 @@ class EventRecorder:
             return  # the job's terminal event carries the report
         if isinstance(event, StepProgress) and not self.keep(event):
             return
-        self.store.add_event(self.job_id, snake(type(event).__name__), dataclasses.asdict(event))
+        data = preview_json(event) if isinstance(event, StepPreview) else dataclasses.asdict(event)
+        self.store.add_event(self.job_id, snake(type(event).__name__), data)
         self.notifier.notify(self.job_id)
 
     def keep(self, e: StepProgress) -> bool:
@@ -131,6 +135,15 @@ class EventRecorder:
             self._last_pct[e.node] = pct
             return True
         return False
+
+
+def preview_json(event: StepPreview) -> dict[str, Any]:
+    """A preview event as stored and streamed: its picture as a PNG data URL (the page shows it as it comes)."""
+    picture = to_picture(event.image.detach().to("cpu", dtype=torch.float64).permute(1, 2, 0), 0.0, 1.0, 1)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    png = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"node": event.node, "step": event.step, "total": event.total, "png": png}
 
 
 def output_files(out_dir: Path) -> list[tuple[str, int, str]]:

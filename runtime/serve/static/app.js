@@ -4,7 +4,7 @@
 const API = "/api/v1";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const EVENT_TYPES = ["queued", "running", "requeued", "run_started", "node_started", "step_progress",
-                     "node_finished", "succeeded", "failed", "cancelled"];
+                     "step_preview", "node_finished", "succeeded", "failed", "cancelled"];
 const progress = new Map();   // job id -> {total, done, step} from its event stream
 const streams = new Map();    // job id -> EventSource
 let selected = null;
@@ -49,10 +49,18 @@ function watch(id) {
     else if (e.type === "node_finished") { p.done += 1; p.step = 0; }
     else if (e.type === "step_progress") { p.step = e.total ? e.step / e.total : 0; }
     else if (e.type === "requeued") { p.done = 0; p.step = 0; }
+    else if (e.type === "step_preview" && selected === id) { showPreview(e); }
     if (TERMINAL.has(e.type)) { source.close(); streams.delete(id); refreshJobs(); if (selected === id) showDetail(id); }
     updateBar(id);
   };
   for (const type of EVENT_TYPES) source.addEventListener(type, handle);
+}
+
+function showPreview(e) {  // latent.preview's picture of the sampler's current x0 estimate
+  const img = document.getElementById("detail-preview");
+  img.src = e.png;
+  img.title = `${e.node}: step ${e.step} of ${e.total}`;
+  img.hidden = false;
 }
 
 function updateBar(id) {
@@ -101,6 +109,7 @@ async function showDetail(id) {
   const list = document.getElementById("detail-outputs");
   images.replaceChildren();
   list.replaceChildren();
+  document.getElementById("detail-preview").hidden = job.status === "succeeded";
   for (const out of job.outputs) {
     const url = `${API}/jobs/${id}/outputs/${encodeURI(out.name)}`;
     if (out.media_type.startsWith("image/")) images.append(el("img", {src: url, alt: out.name, class: "output"}));
