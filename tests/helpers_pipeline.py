@@ -196,3 +196,34 @@ def run_outputs(wf: dict, *outputs: str) -> list:
     from samplegraph import Runtime
     result = Runtime(device="cpu").run(wf, outputs=list(outputs))
     return [result[o] for o in outputs]
+
+
+FAMILY_SIZES = {"sdxl": 64, "sd3": 64, "flux": 32}  # sides their tiny pipelines' tests use
+
+
+def family_folder(family: str, root: Path) -> Path:
+    """A tiny random pipeline folder of `family` (sdxl, sd3, flux) under root, built by its tests' builder."""
+    from peers import diffusers
+    diffusers()  # skip without the peer
+    if family == "sdxl":
+        from helpers_pipeline_sdxl import build_sdxl_pipeline
+        return build_sdxl_pipeline(root)
+    if family == "sd3":
+        from helpers_pipeline_sd3 import build_sd3_pipeline
+        return build_sd3_pipeline(root)
+    from helpers_pipeline_flux import build_flux_pipeline
+    return build_flux_pipeline(root)
+
+
+def family_txt2img(family: str, folder: Path) -> dict:
+    """workflows/txt2img_<family>.json on the tiny folder: its sides as the family's tests, 2 steps."""
+    wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / f"txt2img_{family}.json").read_text())
+    for spec in wf["nodes"].values():
+        params = spec.setdefault("params", {})
+        if spec["kind"] == "model.pipeline":
+            params["path"] = str(folder)
+        if spec["kind"] in ("latent.empty", "schedule.flux"):
+            params.update(width=FAMILY_SIZES[family], height=FAMILY_SIZES[family])
+        if spec["kind"].startswith("schedule.") and "steps" in params:
+            params["steps"] = 2
+    return wf

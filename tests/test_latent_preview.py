@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from samplegraph import Runtime
-from samplegraph.graph.errors import NodeError
+from samplegraph.graph.errors import NodeError, NodeRunError
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.denoiser import FunctionDenoiser
 from samplegraph.nodes.core.noise import NoiseSource
@@ -108,4 +108,24 @@ def test_inpaint_workflow_streams_previews_of_the_sd_family(tmp_path):
     previews = [e for e in events if isinstance(e, StepPreview)]
     assert [(e.node, e.step, e.total) for e in previews] == [("sample", 4, 6), ("sample", 6, 6)]
     assert result["preview"].label == "sd"
+    torch.testing.assert_close(previews[-1].image, result["preview"].image(result["sample"]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_auto_family_previews_on_every_pipeline_family(family, tmp_path):
+    """latent.preview with family auto picks each pipeline's factors from pipe.model; SDXL (4 channels) and SD3 (16)
+    stream their pictures; the tiny Flux VAE has 4 latent channels where real Flux has 16, so its projection is
+    refused with the shapes named, at the sample node."""
+    from helpers_pipeline import family_folder, family_txt2img
+    wf = family_txt2img(family, family_folder(family, tmp_path / family))
+    wf["nodes"]["preview"] = {"kind": "latent.preview", "inputs": {"model": "pipe.model"}, "params": {"every": 1}}
+    wf["nodes"]["sample"]["inputs"]["preview"] = "preview"
+    events = []
+    if family == "flux":
+        with pytest.raises(NodeRunError, match=r"node 'sample'.*flux projection takes \(B, 16, h, w\) latents"):
+            Runtime(device="cpu", cache=False).run(wf, outputs=["sample"], on_event=events.append)
+        return
+    result = Runtime(device="cpu", cache=False).run(wf, outputs=["sample", "preview"], on_event=events.append)
+    previews = [e for e in events if isinstance(e, StepPreview)]
+    assert result["preview"].label == family and [(e.step, e.total) for e in previews] == [(1, 2), (2, 2)]
     torch.testing.assert_close(previews[-1].image, result["preview"].image(result["sample"]), rtol=0, atol=1e-5)

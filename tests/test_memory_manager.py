@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers_pipeline import FAMILY_SIZES, family_folder, family_txt2img
 from samplegraph import Node, Runtime, node
 from samplegraph.graph.errors import NodeError, NodeRunError, WorkflowError
 from samplegraph.nodes.core.context import NodeContext
@@ -300,36 +301,6 @@ def test_gpu_component_larger_than_free_memory_is_a_located_error(sd):
 
 
 # --- every other family: their components found and managed without family code knowing about residency ---
-
-FAMILY_SIZES = {"sdxl": 64, "sd3": 64, "flux": 32}  # sides their tiny pipelines' tests use
-
-
-def family_folder(family: str, root: Path) -> Path:
-    from peers import diffusers
-    diffusers()  # skip without the peer
-    if family == "sdxl":
-        from helpers_pipeline_sdxl import build_sdxl_pipeline
-        return build_sdxl_pipeline(root)
-    if family == "sd3":
-        from helpers_pipeline_sd3 import build_sd3_pipeline
-        return build_sd3_pipeline(root)
-    from helpers_pipeline_flux import build_flux_pipeline
-    return build_flux_pipeline(root)
-
-
-def family_txt2img(family: str, folder: Path) -> dict:
-    """workflows/txt2img_<family>.json on the tiny folder: its sides as the family's tests, 2 steps."""
-    wf = json.loads((ROOT / "workflows" / f"txt2img_{family}.json").read_text())
-    for name, spec in wf["nodes"].items():
-        params = spec.setdefault("params", {})
-        if spec["kind"] == "model.pipeline":
-            params["path"] = str(folder)
-        if spec["kind"] in ("latent.empty", "schedule.flux"):
-            params.update(width=FAMILY_SIZES[family], height=FAMILY_SIZES[family])
-        if spec["kind"].startswith("schedule.") and "steps" in params:
-            params["steps"] = 2
-    return wf
-
 
 @pytest.mark.parametrize("family", sorted(FAMILY_SIZES))
 def test_every_family_runs_one_component_at_a_time_with_the_same_image(family, tmp_path):
