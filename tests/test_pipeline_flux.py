@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from helpers_pipeline import run_through_cli
+from helpers_pipeline import assert_parity, draw_noise_as, run_through_cli
 from helpers_pipeline_flux import SCHEDULER, build_flux_pipeline
 from helpers_workflows import folder_workflows
 from peers import diffusers
@@ -73,18 +74,6 @@ def flux_pipe(path: Path):
     return pipe
 
 
-def quantiles(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Median and 99.9th percentile of |a - b| relative to b's RMS."""
-    err = (a.double() - b.double()).abs().flatten() / b.double().square().mean().sqrt()
-    return float(err.median()), float(err.quantile(0.999))
-
-
-def assert_parity(what: str, ours: torch.Tensor, ref: torch.Tensor) -> None:
-    med, p999 = quantiles(ours, ref)
-    print(f"{what}: median {med:.2e}, 99.9% {p999:.2e}")
-    assert med < 1e-6 and p999 < 1e-5, (what, med, p999)
-
-
 def flow_times(sigmas: torch.Tensor) -> torch.Tensor:
     return (sigmas / (1 + sigmas)).float()  # (S + 1,) t = sigma / (1 + sigma)
 
@@ -110,9 +99,42 @@ def test_txt2img_equals_flux_pipeline(request, which, guidance, cfg):
     ref_latent = flux_call(pipe, noise, guidance, cfg, "latent")  # (1, 64, 16), packed
     assert torch.allclose(flow_times(sigmas.values), pipe.scheduler.sigmas, rtol=1e-6, atol=0)
     ref_images = flux_call(pipe, noise, guidance, cfg, "pt")
-    assert_parity(f"{request.node.callspec.id} latents", pack(final), ref_latent)
-    assert_parity(f"{request.node.callspec.id} images", images, ref_images)
+    assert_parity(request.node.callspec.id, [("latents", pack(final), ref_latent), ("images", images, ref_images)])
     assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
+
+
+def img2img(path: Path, tmp_path: Path, strength: float) -> dict:
+    """workflows/img2img_flux.json on `path` over a random SIZE x SIZE input, STEPS full steps."""
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(source)
+    wf = json.loads((ROOT / "workflows" / "img2img_flux.json").read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["image"]["params"]["path"] = str(path), str(source)
+    n["prompt"]["params"]["prompt"] = PROMPT
+    n["full"]["params"].update(steps=STEPS, width=SIZE, height=SIZE)
+    n["sigmas"]["params"]["strength"] = strength
+    return wf
+
+
+@pytest.mark.parametrize("strength", [0.5, 0.75])
+def test_img2img_equals_flux_img2img_pipeline(dev, tmp_path, monkeypatch, strength):
+    """load_image -> vae.encode -> schedule.flux -> denoise_strength -> latent.add_noise -> sample equals
+    FluxImg2ImgPipeline given our encoded latents as its image and our noise as its draw (flow: scale_noise =
+    t eps + (1 - t) x0 = (x0 + sigma eps) / (1 + sigma)); its own strength cut of the same grid."""
+    d = diffusers()
+    encoded, noised, sigmas, final, images = run(img2img(dev, tmp_path, strength), "encode", "noised", "sigmas",
+                                                 "sample", "decode")
+    assert sigmas.steps == round(STEPS * strength) and encoded.shape == (1, 4, 16, 16)
+    draw_noise_as(monkeypatch, d.FluxImg2ImgPipeline, ((noised - encoded) / sigmas.values[0]).float())
+    pipe = d.FluxImg2ImgPipeline(**flux_pipe(dev).components)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(prompt=PROMPT, image=encoded.clone(), strength=strength, num_inference_steps=STEPS, height=SIZE,
+                width=SIZE, guidance_scale=3.5)
+    ref_latent = pipe(output_type="latent", **call).images  # (1, 64, 16), packed
+    assert torch.allclose(flow_times(sigmas.values), pipe.scheduler.sigmas[STEPS - sigmas.steps:], rtol=1e-6, atol=0)
+    assert_parity(f"img2img {strength}", [("latents", pack(final), ref_latent),
+                                          ("images", images, pipe(output_type="pt", **call).images)])
+    assert (final - encoded).abs().max() > 0.1 and images.std() > 1e-3
 
 
 def test_guidance_embedding_changes_the_image_and_cfg_scale_one_is_the_prompt_alone(dev):
