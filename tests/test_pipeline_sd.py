@@ -2,8 +2,8 @@
 the txt2img graph (text.encode -> model.text_condition -> guidance.cfg -> sample -> vae.decode) equals diffusers'
 StableDiffusionPipeline.__call__ on the same folder, prompt, negative prompt, initial latents and scheduler
 (Euler on the 'normal' schedule vs EulerDiscreteScheduler with linspace spacing; DDIM vs DDIMScheduler), and
-img2img equals StableDiffusionImg2ImgPipeline: final latents and decoded images to float32 precision; every solver family with CFG runs (shape, finite,
-deterministic per seed); bad folders and inputs are located errors; workflows/txt2img.json runs through the CLI."""
+img2img equals StableDiffusionImg2ImgPipeline: final latents and decoded images to float32 precision, with CFG batched
+or not; every registered sampler.* (with CFG) and guidance.* kind runs (shape, finite, deterministic per seed); bad folders and inputs are located errors; workflows/txt2img.json runs through the CLI."""
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +19,12 @@ from helpers_workflows import folder_workflows
 from peers import diffusers
 from samplegraph import Runtime, Workflow
 from samplegraph.graph.errors import NodeError, NodeRunError, WorkflowError
+from samplegraph.nodes.api import Registry
 from samplegraph.nodes.core.context import NodeContext
+from samplegraph.nodes.core.denoiser import Denoiser
+from samplegraph.nodes.core.model import Model
+from samplegraph.nodes.core.sampler import Sampler
+from samplegraph.nodes.core.sigmas import Sigmas
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
 from samplegraph.nodes.pipelines.text_encode import TextEncode
 from samplegraph.nodes.pipelines.types import EncodeOptions
@@ -51,11 +56,14 @@ def diffusers_pipe(path: Path, scheduler: str):
     return pipe
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["cfg_batched", "cfg_separate"])
 @pytest.mark.parametrize("sampler, scheduler, timestep", [("sampler.euler", "EulerDiscreteScheduler", "continuous"),
                                                          ("sampler.ddim", "DDIMScheduler", "rounded")])
-def test_txt2img_equals_diffusers_pipeline(sd, sampler, scheduler, timestep):
+def test_txt2img_equals_diffusers_pipeline(sd, sampler, scheduler, timestep, batch):
+    """CFG batched (one UNet call on [negative; prompt], as diffusers makes it) or as two calls: both agree."""
     wf = txt2img(sd, sampler, steps=STEPS)
     wf["nodes"]["pipe"]["params"]["timestep"] = timestep
+    wf["nodes"]["guided"]["params"]["batch"] = batch
     if scheduler == "DDIMScheduler":  # DDIM's own grid: 'leading' timesteps with steps_offset 1 (below)
         wf["nodes"]["sigmas"] = {"kind": "schedule.ddim_uniform", "inputs": {"model": "cond"},
                                  "params": {"steps": STEPS}}
@@ -74,7 +82,7 @@ def test_txt2img_equals_diffusers_pipeline(sd, sampler, scheduler, timestep):
     ref_latent = pipe(latents=noise.float().clone(), output_type="latent", **call).images
     ref_images = pipe(latents=noise.float().clone(), output_type="pt", **call).images
     med, p999 = quantiles(final, ref_latent)
-    print(f"{sampler}: latents median {med:.2e}, 99.9% {p999:.2e}", end="; ")
+    print(f"{sampler} batch={batch}: latents median {med:.2e}, 99.9% {p999:.2e}", end="; ")
     assert med < 1e-6 and p999 < 1e-5, (med, p999)
     med, p999 = quantiles(images, ref_images)
     print(f"images median {med:.2e}, 99.9% {p999:.2e}")
@@ -151,16 +159,143 @@ def test_long_prompt_is_truncated_with_a_warning_event(sd):
     assert warnings[0].message.endswith(repr(tok.decode(tok("word " * 60).input_ids[76:-1])))
 
 
-SMOKE = [("sampler.euler", {}), ("sampler.euler_ancestral", {}), ("sampler.heun", {}), ("sampler.dpmpp_2m", {}),
-         ("sampler.dpmpp_2m_sde", {}), ("sampler.unipc", {}), ("sampler.ddim", {}), ("sampler.lms", {})]
+# The smoke test covers every registered sampler.* and guidance.* kind, derived from the registry: a sampler with
+# CFG, a guidance node with Euler. A node's required inputs come from the txt2img graph by port type (a sampler
+# node's Denoiser is the guided one; a guidance node's are cond / uncond by port name; a value that another
+# sampler.* node makes, such as calibration ratios, from that node); a node that needs what the pipeline
+# cannot give (a class-labelled model, a classifier, a weak model, data samples) is skipped with the reason in
+# its id. A kind whose output no sampler takes here is a failure, so a new node is covered or noticed.
+SPECS = Registry.default().specs
+SMOKE_PARAMS = {  # required parameters (8x8 latents of 4 channels), and small budgets for the calibrating nodes
+    "sampler.plan": {"switch_at": [1]},
+    "sampler.iia_fit": {"shape": [4, 8, 8], "particles": 4, "fine_steps": 4},
+    "sampler.plan_search": {"shape": [4, 8, 8], "particles": 2, "nfe": 4, "rounds": 1, "reference_steps": 8,
+                            "sigma_min": 0.03, "sigma_max": 14.6},
+    "sampler.dc_solver_calibrate": {"substeps": 4},
+    "guidance.coarse": {"target": [0.0] * 64, "factor": 2},
+}
+SMOKE_INNER = {"sampler.dc_solver_calibrate": "sampler.dc_solver"}  # the sampler a node calibrates (else Euler)
+GUIDANCE_MODELS = {"cond": "cond", "denoise": "cond", "model": "cond", "uncond": "uncond", "other": "uncond"}
 
 
-@pytest.mark.parametrize("sampler, params", SMOKE, ids=[s for s, _ in SMOKE])
-def test_every_solver_family_with_cfg_runs_on_the_tiny_pipeline(sd, sampler, params):
-    a, b = (run(txt2img(sd, sampler, steps=3, batch=2, **params), "decode")[0] for _ in range(2))
-    (c,) = run(txt2img(sd, sampler, steps=3, batch=2, seed=1, **params), "decode")
+class Unavailable(Exception):
+    """A node input that the tiny txt2img graph cannot give."""
+
+
+def node_id(kind: str) -> str:
+    return kind.replace(".", "_")
+
+
+def smoke_node(kind: str, nodes: dict, guidance: bool = False) -> dict:
+    """The node spec of `kind`, its required inputs wired into `nodes` (which gains their producers)."""
+    inputs = {p.name: smoke_source(kind, p, nodes, guidance) for p in SPECS[kind].inputs if p.required}
+    return {"kind": kind, "inputs": inputs, "params": SMOKE_PARAMS.get(kind, {})}
+
+
+def smoke_source(owner: str, port, nodes: dict, guidance: bool):
+    """The link that feeds `owner`'s `port`, adding the nodes it needs."""
+    t = port.type
+    if issubclass(t, Sampler):
+        kinds = ["sampler.euler", "sampler.dpmpp_2m"] if port.many else [SMOKE_INNER.get(owner, "sampler.euler")]
+        nodes.update({node_id(k): {"kind": k} for k in kinds})
+        return [node_id(k) for k in kinds] if port.many else node_id(kinds[0])
+    if t is Sigmas or (t is torch.Tensor and port.name == "latent"):
+        return port.name
+    if issubclass(Denoiser, t) or issubclass(t, Denoiser):
+        if not guidance:
+            return "guided"
+        if port.name not in GUIDANCE_MODELS or not issubclass(Model, t):
+            raise Unavailable(f"a {port.name!r} {t.__name__}")
+        return GUIDANCE_MODELS[port.name]
+    made = [k for k, spec in sorted(SPECS.items()) if k.startswith("sampler.") and any(o.type is t for o in spec.outputs)
+            and not any(p.type is t for p in spec.inputs)]
+    if not made:
+        raise Unavailable(f"{port.name!r} ({t.__name__})")
+    outputs = SPECS[made[0]].outputs
+    nodes[node_id(made[0])] = smoke_node(made[0], nodes)
+    link = node_id(made[0]) if len(outputs) == 1 else f"{node_id(made[0])}.{next(o.name for o in outputs if o.type is t)}"
+    return [link] if port.many else link
+
+
+def regression_case(kind: str) -> dict:
+    """dc_solver_regression fits ratios calibrated at several step counts (its minimum: 3 counts, 9 searched steps)."""
+    nodes = {"sampler_dc_solver": {"kind": "sampler.dc_solver"}}
+    for steps in (4, 5, 6):
+        nodes[f"sigmas_{steps}"] = {"kind": "schedule.normal", "inputs": {"model": "cond"}, "params": {"steps": steps}}
+        nodes[f"calibrate_{steps}"] = {"kind": "sampler.dc_solver_calibrate", "params": {"substeps": 2},
+                                       "inputs": {"denoise": "guided", "sigmas": f"sigmas_{steps}", "latent": "latent",
+                                                  "sampler": "sampler_dc_solver"}}
+    nodes[node_id(kind)] = {"kind": kind, "inputs": {"calibrations": [f"calibrate_{k}" for k in (4, 5, 6)],
+                                                     "sigmas": "sigmas"}}
+    nodes["solver"] = {"kind": "sampler.dc_solver", "inputs": {"calibration": node_id(kind)}}
+    return nodes
+
+
+SMOKE_CASES = {"sampler.dc_solver_regression": regression_case}  # wirings the port types alone do not give
+SLOW_SMOKE = {"sampler.dc_solver_regression"}  # three calibrations: ~10 CPU-s
+
+
+def sampler_case(kind: str) -> dict:
+    """The extra nodes that sample with `kind` (or with the sampler that takes what `kind` makes)."""
+    if kind in SMOKE_CASES:
+        return SMOKE_CASES[kind](kind)
+    nodes: dict = {}
+    outputs = SPECS[kind].outputs
+    if any(issubclass(o.type, Sampler) for o in outputs):
+        nodes["solver"] = smoke_node(kind, nodes)
+        return nodes
+    for out in outputs:
+        users = [(k, p) for k, spec in sorted(SPECS.items()) if k.startswith("sampler.") for p in spec.inputs
+                 if p.type is out.type and any(issubclass(o.type, Sampler) for o in spec.outputs)]
+        if users:
+            user, port = users[0]
+            nodes[node_id(kind)] = smoke_node(kind, nodes)
+            solver = smoke_node(user, nodes)
+            link = node_id(kind) if len(outputs) == 1 else f"{node_id(kind)}.{out.name}"
+            solver["inputs"][port.name] = [link] if port.many else link
+            nodes["solver"] = solver
+            return nodes
+    raise AssertionError(f"{kind}'s outputs feed no sampler.* node: teach the smoke test how to use it")
+
+
+def guidance_case(kind: str) -> dict:
+    nodes: dict = {}
+    nodes["guided"] = smoke_node(kind, nodes, guidance=True)
+    return nodes
+
+
+def smoke_cases(prefix: str, build) -> list:
+    cases = []
+    for kind in sorted(k for k in SPECS if k.startswith(prefix)):
+        try:
+            cases.append(pytest.param(build(kind), id=kind, marks=[pytest.mark.slow] if kind in SLOW_SMOKE else []))
+        except Unavailable as e:
+            reason = f"needs {e}, which the txt2img pipeline cannot give"
+            cases.append(pytest.param(None, id=f"{kind} (skipped: {reason})", marks=pytest.mark.skip(reason=reason)))
+    return cases
+
+
+def smoke(sd: Path, nodes: dict) -> None:
+    """2 steps on 2 latents of 8x8: the decoded images' shape, finite, equal per seed, different across seeds."""
+    def decode(seed: int) -> torch.Tensor:
+        wf = txt2img(sd, steps=2, batch=2, seed=seed)
+        wf["nodes"].update(json.loads(json.dumps(nodes)))
+        (images,) = run(wf, "decode")
+        return images
+
+    a, b, c = decode(0), decode(0), decode(1)
     assert a.shape == (2, 3, SIZE, SIZE) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("nodes", smoke_cases("sampler.", sampler_case))
+def test_every_solver_with_cfg_runs_on_the_tiny_pipeline(sd, nodes):
+    smoke(sd, nodes)
+
+
+@pytest.mark.parametrize("nodes", smoke_cases("guidance.", guidance_case))
+def test_every_guidance_node_runs_on_the_tiny_pipeline(sd, nodes):
+    smoke(sd, nodes)
 
 
 def test_vae_encode_decode_round_trip_and_scaling(sd):

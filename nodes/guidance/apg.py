@@ -17,11 +17,11 @@ from ...graph.errors import NodeError
 from ..api import node
 from ..core.denoiser import BoundDenoiser, Denoiser
 from ..core.state import bcast
-from .common import Guidance, Guided, evaluations_of, rowdot
+from .common import Guided, PairGuidance, cond_and_other, evaluations_of, rowdot
 
 
 @node("guidance.apg", version=2)
-class APG(Guidance):
+class APG(PairGuidance):
     """Adaptive projected guidance (Sadat et al. 2024, Algorithm 1): projection, norm threshold and momentum."""
 
     scale: float = Field(3.0, description="guidance scale w: x0_c + (w - 1) * projected update")
@@ -91,12 +91,11 @@ class MomentumBound(BoundDenoiser):
             raise NodeError(f"guidance.apg momentum: the sampler evaluated {x.shape[0]} of {self.average.shape[0]} "
                             f"particles in one call, so their running averages cannot be matched; use a sampler "
                             f"that evaluates the whole batch (not sampler.restart), or set momentum to 0")
-        x0_c = g.cond(x, sigma)  # (B, ...)
-        idx = rule.active(sigma).nonzero().squeeze(1)  # (A,) rows inside the interval
-        if idx.numel() == 0:
+        x0_c, idx, x0_o = cond_and_other(rule, rule.batch, g.cond, g.other, x, sigma)  # idx: rows inside the interval
+        if x0_o is None:
             return x0_c
         average = self.average.clone()
-        average[idx] = (x0_c[idx] - g.other(x[idx], sigma[idx])) + rule.momentum * self.average[idx]  # (A, ...)
+        average[idx] = (x0_c[idx] - x0_o) + rule.momentum * self.average[idx]  # (A, ...)
         self.average = average
         out = x0_c.clone()
         out[idx] = rule.project(x0_c[idx], average[idx])

@@ -6,11 +6,11 @@ from pydantic import Field
 
 from ..api import node
 from ..core.denoiser import Denoiser
-from .common import Guidance, Guided, cfg
+from .common import Guided, PairGuidance, cfg
 
 
 @node("guidance.autoguidance")
-class Autoguidance(Guidance):
+class Autoguidance(PairGuidance):
     """Autoguidance D_w = D_0 + w (D_1 - D_0) with a weak model D_0 (Karras et al. 2024, eq. 2)."""
 
     scale: float = Field(2.0, description="guidance weight w: 1 = the main model alone")

@@ -6,11 +6,11 @@ from pydantic import Field
 
 from ..api import node
 from ..core.denoiser import Denoiser
-from .common import Guidance, Guided, cfg
+from .common import Guided, PairGuidance, cfg
 
 
 @node("guidance.cfg")
-class CFG(Guidance):
+class CFG(PairGuidance):
     """Classifier-free guidance (Ho & Salimans 2022) with a guidance interval (Kynkaanniemi et al. 2024)."""
 
     scale: float = Field(3.0, description="guidance scale w: 1 = conditional, 0 = unconditional")

@@ -16,11 +16,11 @@ from pydantic import Field
 
 from ..api import node
 from ..core.denoiser import Denoiser
-from .common import Guidance, Guided, cfg
+from .common import Guided, PairGuidance, cfg
 
 
 @node("guidance.cfg_pp")
-class CFGPP(Guidance):
+class CFGPP(PairGuidance):
     """CFG++ (Chung et al. 2024, Algorithms 1-2): x0 from lambda-guidance, re-noised with the unconditional eps."""
 
     scale: float = Field(0.8, ge=0.0, le=1.0, description="lambda in [0, 1]: 0 = unconditional, 1 = the "

@@ -7,13 +7,13 @@ from pydantic import Field
 from ..api import node
 from ..core.denoiser import Denoiser
 from ..core.state import bcast
-from .common import Guidance, Guided, cfg
+from .common import Guided, PairGuidance, cfg
 
 TINY = 1e-12  # keeps the ratio finite where the guided estimate is constant across its coordinates
 
 
 @node("guidance.cfg_rescale")
-class CFGRescale(Guidance):
+class CFGRescale(PairGuidance):
     """Rescaled classifier-free guidance (Lin et al. 2024, Algorithm 2 / Sec. 3.4 on the x0 estimate)."""
 
     scale: float = Field(3.0, description="guidance scale w")

@@ -14,13 +14,13 @@ from pydantic import Field
 from ..api import node
 from ..core.denoiser import Denoiser
 from ..core.state import bcast
-from .common import Guidance, Guided, evaluations_of, flow_velocity, rowdot, x0_of_velocity
+from .common import Guided, PairGuidance, evaluations_of, flow_velocity, rowdot, x0_of_velocity
 
 TINY = 1e-8  # the reference code's guard on |v_u|^2
 
 
 @node("guidance.cfg_zero_star")
-class CFGZeroStar(Guidance):
+class CFGZeroStar(PairGuidance):
     """CFG-Zero*: optimised scale s* = <v_c, v_u> / |v_u|^2 and zero-init (Fan et al. 2025, eqs. 8-9)."""
 
     scale: float = Field(3.0, description="guidance scale w on the velocity")

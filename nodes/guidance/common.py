@@ -6,6 +6,11 @@ Guidance interval (Kynkaanniemi et al. 2024): the rule applies where sigma_lo < 
 elsewhere the output is the conditional estimate itself and the other Denoiser is not called
 for those rows (they are gathered out, so the saved evaluations are real).
 
+Batching: the Denoisers a node evaluates at one point (cond and uncond of CFG) go through
+`models.joint_calls.evaluate`, one network call when they are the same network with different bound
+conditioning (a prompt and a negative prompt), as diffusers' pipelines batch them; nodes that do so take
+`batch` (Batching) to turn it off (less peak memory, one call each).
+
 NFE accounting: one call of a Guided denoiser makes several batched inner calls. `evaluations`
 says how many, as a pure function of sigma (nested guidance recurses), so a counting wrapper
 can add the true number instead of 1 (see `evaluations_of`).
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -23,6 +29,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..api import Node
 from ..core.denoiser import Denoiser
 from ..core.state import bcast
+from ..models.joint_calls import evaluate
 
 
 RowRule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
@@ -67,10 +74,41 @@ class Guidance(GuidanceInterval):
         """The guided x0 (B, ...) from x (B, ...), sigma (B,), the conditional and the other estimate."""
 
 
+class Batching(Node):
+    """The `batch` parameter of guidance nodes that evaluate several Denoisers at one point."""
+
+    batch: bool = Field(True, description="evaluate the Denoisers that share one network (prompt and negative "
+                        "prompt) in one network call, as diffusers batches CFG; False: one call each (less peak "
+                        "memory; the same result up to float rounding)")
+
+    def key_params(self) -> dict[str, Any]:
+        """The default (batched) is left out of the cache key, so keys written before `batch` existed stay valid."""
+        params = super().key_params()
+        if self.batch:
+            params.pop("batch", None)
+        return params
+
+
+class PairGuidance(Guidance, Batching):
+    """Base of the guidance nodes whose rule combines a conditional and an other Denoiser (`Guided`)."""
+
+
+def cond_and_other(rule: GuidanceInterval, batch: bool, cond: Denoiser, other: Denoiser, x: torch.Tensor,
+                   sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x0_c (B, ...), idx (A,): the rows inside the rule's interval, x0_o (A, ...) of `other` on them, None
+    when A = 0): one network call for both where they share a network and `batch` is on."""
+    idx = rule.active(sigma).nonzero().squeeze(1)  # (A,)
+    if idx.numel() == 0:
+        return cond(x, sigma), idx, None
+    inside = (x, sigma) if idx.numel() == x.shape[0] else (x[idx], sigma[idx])  # (A, ...), (A,)
+    x0_o, x0_c = evaluate([(other, *inside), (cond, x, sigma)], batch)
+    return x0_c, idx, x0_o
+
+
 class Guided(Denoiser):
     """A guidance rule applied to a conditional and an other Denoiser, inside its sigma interval."""
 
-    def __init__(self, rule: Guidance, cond: Denoiser, other: Denoiser):
+    def __init__(self, rule: PairGuidance, cond: Denoiser, other: Denoiser):
         self.rule, self.cond, self.other = rule, cond, other
 
     def __repr__(self) -> str:
@@ -85,14 +123,12 @@ class Guided(Denoiser):
     def rowwise(self, x: torch.Tensor, sigma: torch.Tensor, fn: RowRule, outputs: int) -> tuple[torch.Tensor, ...]:
         """fn(x, sigma, x0_c, x0_o)'s `outputs` tensors on the rows inside the interval, x0_c (B, ...) on the
         others; the other Denoiser is called only on the inside rows, and not at all when there are none."""
-        x0_c = self.cond(x, sigma)  # (B, ...)
-        on = self.rule.active(sigma)  # (B,)
-        if bool(on.all()):
-            return fn(x, sigma, x0_c, self.other(x, sigma))
-        if not bool(on.any()):
+        x0_c, idx, x0_o = cond_and_other(self.rule, self.rule.batch, self.cond, self.other, x, sigma)
+        if x0_o is None:
             return (x0_c,) * outputs
-        idx = on.nonzero().squeeze(1)  # (A,)
-        inside = fn(x[idx], sigma[idx], x0_c[idx], self.other(x[idx], sigma[idx]))  # (A, ...) each
+        if idx.numel() == x.shape[0]:
+            return fn(x, sigma, x0_c, x0_o)
+        inside = fn(x[idx], sigma[idx], x0_c[idx], x0_o)  # (A, ...) each
         outs = tuple(x0_c.clone() for _ in inside)  # (B, ...) each
         for out, rows in zip(outs, inside):
             out[idx] = rows

@@ -29,11 +29,11 @@ from ..core.denoiser import Denoiser
 from ..core.state import bcast
 from ..models.classifier import Classifier, NoisyClassifier
 from ..models.labelled import Labelled
-from .common import GuidanceInterval, cfg, evaluations_of
+from .common import Batching, GuidanceInterval, cfg, cond_and_other, evaluations_of
 
 
 @node("guidance.gfcg", version=2)
-class GFCG(GuidanceInterval):
+class GFCG(GuidanceInterval, Batching):
     """Gradient-free classifier guidance with a time-adaptive reference class (Shenoy et al. 2024, Sec. 3)."""
 
     label: int = Field(ge=0, description="the target class c that `cond` is conditioned on")
@@ -84,14 +84,13 @@ class GFCGGuided(Denoiser):
         return logp.to(torch.float64)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        x0_c = self.cond(x, sigma)  # (B, ...)
-        idx = self.rule.active(sigma).nonzero().squeeze(1)  # (A,)
-        if idx.numel() == 0:
+        x0_c, idx, x0_o = cond_and_other(self.rule, self.rule.batch, self.cond, self.other, x, sigma)
+        if x0_o is None:
             return x0_c
         xa, sa, ca = x[idx], sigma[idx], x0_c[idx]  # (A, ...), (A,), (A, ...)
         ref, w_r = self.rule.reference(self.log_probs(xa, sa, ca))  # (A,) each
         x0_ref = per_row_class(self.model, xa, sa, ref)  # (A, ...)
-        guided = cfg(ca, self.other(xa, sa), self.rule.scale) + bcast(w_r.to(ca.dtype), ca) * (ca - x0_ref)
+        guided = cfg(ca, x0_o, self.rule.scale) + bcast(w_r.to(ca.dtype), ca) * (ca - x0_ref)
         out = x0_c.clone()
         out[idx] = guided
         return out

@@ -10,11 +10,12 @@ from pydantic import Field
 
 from ..api import node
 from ..core.denoiser import Denoiser
-from .common import GuidanceInterval, cfg, evaluations_of
+from ..models.joint_calls import evaluate
+from .common import Batching, GuidanceInterval, cfg, evaluations_of
 
 
 @node("guidance.skip_layer")
-class SkipLayerGuidance(GuidanceInterval):
+class SkipLayerGuidance(GuidanceInterval, Batching):
     """Skip-layer guidance cfg(c, u, w) + s (c - c_skip) (Hyung et al. 2024, STG; Stability AI's SD3.5 SLG)."""
 
     scale: float = Field(3.0, description="CFG scale w: 1 = no CFG (the unconditional model then has no effect)")
@@ -35,13 +36,16 @@ class SkipGuided(Denoiser):
         return SkipGuided(self.rule, self.cond.to(device), self.uncond.to(device), self.skipped.to(device))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        x0_c = self.cond(x, sigma)  # (B, ...)
-        x0_g = cfg(x0_c, self.uncond(x, sigma), self.rule.scale)  # (B, ...)
         idx = self.rule.active(sigma).nonzero().squeeze(1)  # (A,)
-        if idx.numel() == 0:
+        calls = [(self.cond, x, sigma), (self.uncond, x, sigma)]
+        if idx.numel():
+            calls.append((self.skipped, x[idx], sigma[idx]))
+        x0_c, x0_u, *skipped = evaluate(calls, self.rule.batch)  # (B, ...), (B, ...), [(A, ...)]
+        x0_g = cfg(x0_c, x0_u, self.rule.scale)  # (B, ...)
+        if not skipped:
             return x0_g
         out = x0_g.clone()
-        out[idx] = x0_g[idx] + self.rule.skip_scale * (x0_c[idx] - self.skipped(x[idx], sigma[idx]))
+        out[idx] = x0_g[idx] + self.rule.skip_scale * (x0_c[idx] - skipped[0])
         return out
 
     def evaluations(self, sigma: torch.Tensor) -> int:
