@@ -39,23 +39,27 @@ def save_tokenizer(folder: Path, vocab: dict[str, int] | None = None) -> int:
     return len(tok)
 
 
+TEXT = dict(hidden_size=16, intermediate_size=37, num_attention_heads=2, num_hidden_layers=3, projection_dim=16)
+
+
 def build_sd_pipeline(root: Path, seed: int = 0, vocab_size: int | None = None,
-                      scheduler: str = "EulerDiscreteScheduler") -> Path:
-    """Save a tiny SD pipeline (unet, text_encoder, tokenizer, vae, scheduler; safetensors) under `root`."""
+                      scheduler: str = "EulerDiscreteScheduler", unet: dict | None = None,
+                      text: dict | None = None) -> Path:
+    """Save a tiny SD pipeline (unet, text_encoder, tokenizer, vae, scheduler; safetensors) under `root`;
+    `unet` / `text` replace entries of the UNET / TEXT configs (a larger pipeline for benchmarks/pipeline.py)."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel
     size = save_tokenizer(root / "tokenizer")
     torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(**UNET).eval()
+    unet_net = diffusers.UNet2DConditionModel(**{**UNET, **(unet or {})}).eval()
     vae = diffusers.AutoencoderKL(**VAE).eval()
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size or size, hidden_size=16, intermediate_size=37,
-                                        num_attention_heads=2, num_hidden_layers=3, max_position_embeddings=CONTEXT,
-                                        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                                        projection_dim=16)).eval()
+    text_net = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size or size, max_position_embeddings=CONTEXT,
+                                            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                            **{**TEXT, **(text or {})})).eval()
     sched = getattr(diffusers, scheduler)(**SCHEDULER)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=load_tokenizer(root), unet=unet,
-                                             scheduler=sched, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_net, tokenizer=load_tokenizer(root),
+                                             unet=unet_net, scheduler=sched, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(root, safe_serialization=True)
     return root
 

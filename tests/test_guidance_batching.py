@@ -13,6 +13,7 @@ import torch
 from helpers_pipeline import build_sd_pipeline
 from peers import diffusers
 from samplegraph import Runtime
+from samplegraph.graph.errors import NodeError
 from samplegraph.nodes.core.denoiser import FunctionDenoiser
 from samplegraph.nodes.core.state import bcast
 from samplegraph.nodes.guidance.apg import APG
@@ -72,58 +73,49 @@ def test_every_pair_guidance_node_is_batchable():
                and c.__node_kind__ in ("guidance.gfcg", "guidance.skip_layer"))
 
 
-@pytest.mark.parametrize("cls", BATCHED, ids=[c.__node_kind__ for c in BATCHED])
-def test_batched_equals_separate_calls_with_one_network_call(cls):
-    x, sigma = point()
-    ctx_1, ctx_b = contexts()  # one prompt (1 row) and three prompts (3 rows)
-    results = {}
-    for batch in (True, False):
-        net = RowWise()
-        guided = cls(batch=batch).run(bound(net, ctx_b), bound(net, ctx_1))
-        results[batch] = guided.estimates(x, sigma)
-        assert net.rows == ([6] if batch else [3, 3])
-    assert all(torch.equal(a, b) for a, b in zip(results[True], results[False]))
-
-
-def test_a_guidance_interval_batches_the_inside_rows_with_all_conditional_rows():
-    x, sigma = point()
-    ctx_1, ctx_b = contexts()
+def both_ways(run, batched: tuple, separate: tuple) -> None:
+    """run(batch, net, other) -> tensors: bit-identical with and without batching, with the network calls
+    (rows of each call of net, of other) given."""
     outs = {}
-    for batch in (True, False):
-        net = RowWise()
-        outs[batch] = CFG(scale=4.0, sigma_hi=5.0, batch=batch).run(bound(net, ctx_b), bound(net, ctx_1))(x, sigma)
-        assert net.rows == ([2 + 3] if batch else [2, 3])  # sigma 9 is outside: uncond skips that row
-    assert torch.equal(outs[True], outs[False])
-
-
-def test_apg_momentum_batches_too():
-    x, sigma = point()
-    ctx_1, ctx_b = contexts()
-    outs = {}
-    for batch in (True, False):
-        net = RowWise()
-        guided = APG(momentum=-0.5, batch=batch).run(bound(net, ctx_b), bound(net, ctx_1))
-        call = guided.bound(guided.memory_init(x))
-        outs[batch] = (call(x, sigma), call(x * 0.9, sigma), call.memory[0])
-        assert net.rows == ([6, 6] if batch else [3, 3, 3, 3])
+    for batch, rows in ((True, batched), (False, separate)):
+        net, other = RowWise(), RowWise()
+        outs[batch] = run(batch, net, other)
+        assert (net.rows, other.rows) == rows
     assert all(torch.equal(a, b) for a, b in zip(outs[True], outs[False]))
 
 
+X, SIGMA = point()
+CTX_1, CTX_B = contexts()  # one prompt (1 row) and three prompts (3 rows)
+
+
+@pytest.mark.parametrize("cls", BATCHED, ids=[c.__node_kind__ for c in BATCHED])
+def test_batched_equals_separate_calls_with_one_network_call(cls):
+    both_ways(lambda batch, net, _: cls(batch=batch).run(bound(net, CTX_B), bound(net, CTX_1)).estimates(X, SIGMA),
+              ([6], []), ([3, 3], []))
+
+
+def test_a_guidance_interval_batches_the_inside_rows_with_all_conditional_rows():
+    rule = [CFG(scale=4.0, sigma_hi=5.0, batch=b) for b in (False, True)]  # sigma 9 is outside: uncond skips it
+    both_ways(lambda batch, net, _: (rule[batch].run(bound(net, CTX_B), bound(net, CTX_1))(X, SIGMA),),
+              ([2 + 3], []), ([2, 3], []))
+
+
+def test_apg_momentum_batches_too():
+    def run(batch, net, _):
+        guided = APG(momentum=-0.5, batch=batch).run(bound(net, CTX_B), bound(net, CTX_1))
+        call = guided.bound(guided.memory_init(X))
+        return call(X, SIGMA), call(X * 0.9, SIGMA), call.memory[0]
+
+    both_ways(run, ([6, 6], []), ([3, 3, 3, 3], []))
+
+
 def test_skip_layer_batches_cond_and_uncond_and_calls_another_network_alone():
-    x, sigma = point()
-    ctx_1, ctx_b = contexts()
-    outs = {}
-    for batch in (True, False):
-        net, other = RowWise(), RowWise()
-        guided = SkipLayerGuidance(batch=batch).run(bound(net, ctx_b), bound(net, ctx_1), bound(other, ctx_b))
-        outs[batch] = guided(x, sigma)
-        assert (net.rows, other.rows) == (([6], [3]) if batch else ([3, 3], [3]))
-    assert torch.equal(outs[True], outs[False])
+    both_ways(lambda batch, net, other: (SkipLayerGuidance(batch=batch).run(
+        bound(net, CTX_B), bound(net, CTX_1), bound(other, CTX_B))(X, SIGMA),), ([6], [3]), ([3, 3], [3]))
 
 
 def test_calls_that_cannot_share_a_network_call_are_made_alone():
-    x, sigma = point()
-    ctx_1, ctx_b = contexts()
+    x, sigma, ctx_1, ctx_b = X, SIGMA, CTX_1, CTX_B
     net, other = RowWise(), RowWise()
     plain = FunctionDenoiser(lambda x_, s_: x_ * 0.5)
     calls = [(bound(net, ctx_b), x, sigma), (bound(other, ctx_1), x, sigma), (plain, x, sigma),
@@ -137,11 +129,10 @@ def test_calls_that_cannot_share_a_network_call_are_made_alone():
 
 
 def test_a_conditioning_of_the_wrong_row_count_is_refused_as_by_a_separate_call():
-    x, sigma = point()
-    net = RowWise()
     wrong = torch.rand(2, 5, 3, dtype=torch.float64)  # 2 prompts for a batch of 3
-    with pytest.raises(Exception, match="2 prompts but the latent batch is 3"):
-        evaluate([(bound(net, wrong), x, sigma), (bound(net, contexts()[0]), x, sigma)])
+    net = RowWise()
+    with pytest.raises(NodeError, match="2 prompts but the latent batch is 3"):
+        evaluate([(bound(net, wrong), X, SIGMA), (bound(net, CTX_1), X, SIGMA)])
 
 
 def test_default_batch_keeps_the_cache_key_and_batch_off_changes_it():
