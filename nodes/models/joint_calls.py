@@ -9,7 +9,7 @@ call of B_i rows; a single row is repeated, as pipelines' `repeat_rows` does) or
 in all of them. Every other call (a Labelled model, a guided or otherwise wrapped Denoiser, another
 network) is made on its own, as are all calls with `batch=False`.
 
-Why it is exact up to float rounding: a Denoiser treats rows independently (DESIGN.md: sigma is per
+Why it is exact up to float rounding: a Denoiser treats rows independently (docs/ARCHITECTURE.md: sigma is per
 sample so that any batch can be cut), so rows of one call of sum(B_i) rows equal the rows of separate
 calls; the network's kernels may round differently at another batch size, hence "to float tolerance".
 What it costs: the joint call's activations are those of sum(B_i) rows at once (peak memory), which is
