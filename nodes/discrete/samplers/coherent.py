@@ -81,7 +81,8 @@ class Coherent(DiscreteSampler):
 
     def init(self, state: DiscreteState, schedule: MaskSchedule) -> DiscreteState:
         """history = (buffer (B, d, L, 0) of past log-probs, newest first (sized at the first step), filled (B,),
-        previous argmax (B, L), previous step's top-w undecided positions (B, L) bool)."""
+        previous argmax (B, L), previous step's top-w undecided positions (B, L) bool). V is unknown here, so the
+        buffer gets its width at the first step, which every row of a template takes together."""
         b, length = state.batch, state.length
         dev = state.device
         buffer = torch.zeros((b, self.history, length, 0), dtype=torch.float64, device=dev)
