@@ -41,6 +41,7 @@ from samplegraph.nodes.discrete.draws import categorical
 from samplegraph.nodes.discrete.mdm import load_mdm
 from samplegraph.nodes.discrete.sampler import DiscreteSampler, run_discrete
 from samplegraph.nodes.discrete.samplers.ancestral import Ancestral
+from samplegraph.nodes.discrete.samplers.coherent import Coherent
 from samplegraph.nodes.discrete.samplers.confidence import Confidence
 from samplegraph.nodes.discrete.samplers.first_hitting import FirstHitting
 from samplegraph.nodes.discrete.samplers.remdm import ReMDM
@@ -116,13 +117,17 @@ def mdm_samplers() -> list[tuple[str, Callable[[], DiscreteSampler], list[int]]]
             ("entropy top-k (T = 1)", lambda: Confidence(score="entropy"), grid),
             ("confidence, LLaDA blocks of 13", lambda: Confidence(block_length=13), [5, 10, 20, 40, 80, 160]),
             ("ReMDM cap eta 0.04", lambda: ReMDM(), grid),
-            ("ReMDM rescale eta 0.5", lambda: ReMDM(strategy="rescale", eta=0.5), grid)]
+            ("ReMDM rescale eta 0.5", lambda: ReMDM(strategy="rescale", eta=0.5), grid),
+            ("CCD, history 2 (T = 1)", lambda: Coherent(consistency="off"), grid),
+            ("CCD-DS, history 2 (T = 1)", lambda: Coherent(), grid)]
 
 
 def section_quality(args: argparse.Namespace) -> str:
     den, lm = load_mdm(), load_char_lm()
     rows: list[Scored] = []
     for name, make, grid in mdm_samplers():
+        if args.methods and not any(m in name for m in args.methods):
+            continue
         for steps in grid:
             texts, evals, wall = sample_mdm(den, make(), steps, args.samples)
             rows.append(score(name, steps if len(grid) > 1 else "-", texts, evals, evals * den.length, wall, lm))
@@ -225,6 +230,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--methods", nargs="+", default=None, help="only the quality rows whose name contains one of these")
     p.add_argument("--precision-steps", type=int, default=1024)
     p.add_argument("--zipf-vocab", type=int, default=4096)
     p.add_argument("--zipf-steps", type=int, nargs="+", default=[1024])

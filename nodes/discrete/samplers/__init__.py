@@ -3,6 +3,7 @@
 
 def nodes() -> list[type]:
     from .ancestral import Ancestral
+    from .coherent import Coherent
     from .confidence import Confidence
     from .first_hitting import FirstHitting
     from .remdm import ReMDM
@@ -16,4 +17,5 @@ def nodes() -> list[type]:
         Uniform,
         Confidence,
         ReMDM,
+        Coherent,
     ]
