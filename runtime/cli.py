@@ -210,12 +210,16 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .threads import threads_applied
+
+    with threads_applied(args.threads):
+        return run_workflow(args)
+
+
+def run_workflow(args: argparse.Namespace) -> int:
     from .api import CancelToken, Runtime
     from .progress import ProgressPrinter
 
-    from .threads import apply_threads
-
-    apply_threads(args.threads)
     out = args.out or Path("out") / args.workflow.stem
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     runtime = Runtime(device=args.device, cache_dir=cache_dir, cache=not args.no_cache, vram_budget=args.vram_budget)

@@ -12,6 +12,8 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -64,3 +66,14 @@ def apply_threads(threads: Threads) -> int:
         raise ValueError(f"threads must be at least 1 or 'auto', got {threads}")
     torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def threads_applied(threads: Threads) -> Iterator[int]:
+    """apply_threads for the length of a block, then torch's count as it was: a command run in-process (embedded, or
+    in a test) must not leave the caller's torch on another thread count (float sums then round differently)."""
+    before = torch.get_num_threads()
+    try:
+        yield apply_threads(threads)
+    finally:
+        torch.set_num_threads(before)

@@ -120,7 +120,9 @@ def test_cfg_scale_is_diffusers_guidance_scale_and_scale_one_is_the_prompt_alone
     wf = txt2img(sd)
     wf["nodes"]["sample"]["inputs"]["denoise"] = "cond"
     (cond_only,) = run(wf, "sample")
-    assert torch.allclose(guided_one, cond_only, atol=1e-6)
+    # float32 rounding only: a batched (uncond, cond) pass rounds apart from a single one on more than one thread
+    # (1e-5 on outputs of 50 there); the tolerance scales with the output
+    assert torch.allclose(guided_one, cond_only, atol=1e-6 * float(cond_only.abs().max()))
 
 
 def test_clip_skip_is_the_encoder_cut_after_layer_minus_k_plus_1(sd):

@@ -42,3 +42,29 @@ def test_serve_threads_per_worker(monkeypatch, asked, free, workers, expected):
 def test_serve_threads_refuses_zero():
     with pytest.raises(ValueError, match="at least 1"):
         per_worker_threads(0, 2)
+
+
+def test_an_in_process_run_leaves_the_callers_thread_count(tmp_path):
+    """cli.main(["run", ..., "--threads", n]) embedded in a process restores torch's count: a leaked count made later
+    float results in the same process differ (a batched CFG pass rounds differently on 2 threads than on 1)."""
+    from pathlib import Path
+
+    from samplegraph.runtime.cli import main
+    quickstart = Path(__file__).resolve().parents[1] / "workflows" / "quickstart.json"
+    before = torch.get_num_threads()
+    asked = before + 1
+    try:
+        code = main(["run", str(quickstart), "--no-cache", "--quiet", "--out", str(tmp_path), "--set", "noise.batch=8",
+                     "--threads", str(asked)])
+        assert code == 0 and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_applied_restores_on_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with threads.threads_applied(before + 2) as n:
+            assert n == before + 2 and torch.get_num_threads() == before + 2
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
