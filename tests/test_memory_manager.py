@@ -17,7 +17,7 @@ from samplegraph import Node, Runtime, node
 from samplegraph.graph.errors import NodeError, NodeRunError, WorkflowError
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.runtime import cli
-from samplegraph.runtime.memory import MemoryManager, module_bytes, parse_bytes
+from samplegraph.runtime.memory import MemoryManager, parse_bytes
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,12 +16,10 @@ from typing import Any
 import torch
 
 from ...graph.errors import NodeError
-from ..core.model import Model, ModelSampling
-from ..models.parametrisation import NetworkDenoiser
 from ..models.sampling import RectifiedFlowSampling
 from ..schedules.time_shift import flux_mu
 from .sd import KLVae, lost_text, module_dtype
-from .types import Conditioning, EncodeOptions, TextEncoder, TextModel, repeat_rows
+from .types import Conditioning, EncodeOptions, NetworkTextModel, TextEncoder, repeat_rows
 
 FAMILY = "flux"
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale
@@ -180,40 +178,26 @@ def check_precision(x: torch.Tensor, flow_t: torch.Tensor) -> None:
                         f"(schedule.flux's 'gap' >= {1 - FLOAT32_FLOW_TIME:.0e})")
 
 
-class FluxTextModel(TextModel):
+class FluxTextModel(NetworkTextModel):
     """A FluxTransformer2DModel under rectified flow (velocity prediction), with its scheduler's time shift."""
 
     family = FAMILY
 
     def __init__(self, transformer: torch.nn.Module, sampling: RectifiedFlowSampling, shift: FlowShift,
                  vae_factor: int):
-        self.net, self._sampling, self.shift = FluxNet(transformer, sampling.multiplier), sampling, shift
-        self.vae_factor = vae_factor
+        super().__init__(FluxNet(transformer, sampling.multiplier), sampling, "flow", "continuous")
+        self.shift, self.vae_factor = shift, vae_factor
         config = transformer.config
         self.guidance_embeds = bool(config.guidance_embeds)
         self.context_dim, self.pooled_dim = int(config.joint_attention_dim), int(config.pooled_projection_dim)
-
-    @property
-    def sampling(self) -> ModelSampling:
-        return self._sampling
 
     def image_tokens(self, width: int, height: int) -> int:
         """Packed tokens of a width x height image (FluxPipeline's image_seq_len, which mu is linear in)."""
         side = 2 * self.vae_factor
         return (height // side) * (width // side)
 
-    def bind(self, cond: Conditioning) -> Model:
-        self.check(cond)
-        tensors = {"context": cond.embeddings, "pooled": cond.pooled}
-        if self.guidance_embeds:
-            tensors["guidance"] = cond.extras["guidance"]
-        return NetworkDenoiser(self.net, self._sampling, "flow", "continuous", cond=tensors)
-
-    def check(self, cond: Conditioning) -> None:
-        """The conditioning is this family's, of the transformer's widths, with a guidance scalar iff it takes one."""
-        if cond.family != self.family:
-            raise NodeError(f"input 'cond' comes from a {cond.family!r} text encoder, but the model is a "
-                            f"{self.family!r} model: encode with this pipeline's text_encoder")
+    def conditioning(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """Tokens, pooled and (iff the transformer embeds one) guidance, checked against the transformer's widths."""
         if cond.embeddings.shape[-1] != self.context_dim or cond.pooled is None or \
                 cond.pooled.shape[-1] != self.pooled_dim:
             pooled = None if cond.pooled is None else cond.pooled.shape[-1]
@@ -224,6 +208,10 @@ class FluxTextModel(TextModel):
             has = "has a guidance value" if "guidance" in cond.extras else "has no guidance value"
             raise NodeError(f"the conditioning {has}, but this transformer's guidance_embeds is "
                             f"{str(self.guidance_embeds).lower()}: encode with this pipeline's text encoder")
+        tensors = {"context": cond.embeddings, "pooled": cond.pooled}
+        if self.guidance_embeds:
+            tensors["guidance"] = cond.extras["guidance"]
+        return tensors
 
 
 class FluxVae(KLVae):

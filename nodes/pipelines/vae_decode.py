@@ -18,5 +18,4 @@ class VaeDecode(VaeCall):
         if latent.ndim != 4 or latent.shape[1] != vae.channels:
             raise NodeError(f"input 'latent' must be (B, {vae.channels}, h, w) for this VAE, got "
                             f"{tuple(latent.shape)}")
-        tiling = self.cut(vae)
-        return vae.decode(latent) if tiling is None else vae.decode(latent, tiling)  # (B, 3, h*f, w*f)
+        return vae.decode(latent, self.cut(vae))  # (B, 3, h*f, w*f)

@@ -23,5 +23,4 @@ class VaeEncode(VaeCall):
             raise NodeError(f"input 'images' is {width}x{height}, which {vae.multiple} (the VAE's factor "
                             f"{vae.factor}{' x 2x2 latent patches' if vae.multiple != vae.factor else ''}) does not "
                             f"divide; resize or crop to multiples of {vae.multiple}")
-        tiling = self.cut(vae)
-        return vae.encode(images) if tiling is None else vae.encode(images, tiling)  # (B, C, H/f, W/f)
+        return vae.encode(images, self.cut(vae))  # (B, C, H/f, W/f)
