@@ -78,6 +78,26 @@ def test_preview_errors_are_located():
         LatentPreview(family="flux").run().image(torch.zeros(1, 4, 2, 2))
 
 
+@pytest.mark.parametrize("listening", [True, False])
+def test_a_preview_of_the_wrong_channels_is_refused_before_any_step(listening):
+    """A flux preview on 4-channel latents fails before the first denoiser call, whether or not anyone listens
+    for previews (checked only when the first preview was due, it cost `every` steps, or nothing was checked)."""
+    calls = []
+
+    def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return gaussian(x, sigma)
+
+    sigmas = Karras(steps=5, sigma_min=0.02, sigma_max=10.0).run()
+    ctx = NodeContext.detached()
+    if listening:
+        ctx.on_preview = lambda step, total, image: None
+    preview = LatentPreview(family="flux", every=3).run()
+    with pytest.raises(NodeError, match=r"input 'preview': its flux projection takes \(B, 16, h, w\)"):
+        Sample().run(FunctionDenoiser(counted), sigmas, Euler(), torch.zeros(1, 4, 2, 2), ctx, preview=preview)
+    assert calls == []
+
+
 def test_server_stores_the_preview_as_a_png_of_the_same_pixels():
     from samplegraph.runtime.serve.jobs import preview_json
     image = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(1))

@@ -24,11 +24,15 @@ class Preview:
         """True after step `step` (1-based) of `total` when a preview is shown."""
         return step % self.every == 0 or step == total
 
-    def image(self, latent: torch.Tensor) -> torch.Tensor:
-        """The picture (3, h, w) float32 in [0, 1] of the first row of latent (B, C, h, w)."""
+    def check(self, latent: torch.Tensor) -> None:
+        """NodeError unless latent is (B, C, h, w) with the C channels the factors project."""
         if latent.ndim != 4 or latent.shape[1] != self.factors.shape[0]:
             raise NodeError(f"input 'preview': its {self.label or 'latent'} projection takes (B, "
                             f"{self.factors.shape[0]}, h, w) latents, got {tuple(latent.shape)}")
+
+    def image(self, latent: torch.Tensor) -> torch.Tensor:
+        """The picture (3, h, w) float32 in [0, 1] of the first row of latent (B, C, h, w)."""
+        self.check(latent)
         z = latent[0].to(torch.float32)  # (C, h, w)
         f, b = self.factors.to(z), self.bias.to(z)  # (C, 3), (3,)
         rgb = torch.einsum("chw,cr->rhw", z, f) + b[:, None, None]  # (3, h, w) in about [-1, 1]

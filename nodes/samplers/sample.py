@@ -36,6 +36,8 @@ class Sample(Node):
             ctx: NodeContext, preview: Preview | None = None) -> torch.Tensor:
         """The sampler's final x (B, ...), stepped by the one generic loop."""
         check_latent(latent)
+        if preview is not None:  # before any step, listener or not: a wrong family's preview is a wiring error
+            preview.check(latent)
         state = resume(sampler.init(latent, sigmas), ctx)
         policy = CheckpointPolicy(steps=self.checkpoint_every, seconds=self.checkpoint_seconds)
         observe = previewer(preview, ctx) if preview is not None and ctx.previews() else None
