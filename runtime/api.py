@@ -91,7 +91,8 @@ class Runtime:
             seed: int | None = None) -> RunResult:
         """Validate, prune to `outputs` (default: the workflow's), run, and report.
 
-        The report is saved as `report.json` in `out_dir` when one is given."""
+        The report is saved as `report.json` in `out_dir` when one is given; output nodes' relative paths resolve
+        against `out_dir`, or against the current directory when none is given (as open() would)."""
         wf, source = self.load(wf)
         if overrides:
             wf = wf.with_overrides(overrides)

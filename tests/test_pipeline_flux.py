@@ -53,7 +53,13 @@ def txt2img(path: Path, guidance: float | None = 3.5, cfg: float | None = None, 
     n["prompt"]["params"] = {"prompt": PROMPT, **({} if guidance is None else {"guidance": guidance})}
     n["sigmas"]["params"].update(steps=steps, width=size, height=size)
     n["latent"]["params"].update(width=size, height=size)
-    if cfg is not None:  # FluxPipeline's true CFG: a negative prompt and true_cfg_scale
+    return with_true_cfg(wf, cfg)
+
+
+def with_true_cfg(wf: dict, cfg: float | None) -> dict:
+    """FluxPipeline's true CFG (a negative prompt and true_cfg_scale) as guidance.cfg over the prompt's node."""
+    n = wf["nodes"]
+    if cfg is not None:
         n["negative"] = {"kind": "text.encode", "inputs": {"text_encoder": "pipe.text_encoder"},
                          "params": {**n["prompt"]["params"], "prompt": NEGATIVE}}
         n["uncond"] = {"kind": "model.text_condition", "inputs": {"model": "pipe.model", "cond": "negative"}}
@@ -103,7 +109,7 @@ def test_txt2img_equals_flux_pipeline(request, which, guidance, cfg):
     assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
 
 
-def img2img(path: Path, tmp_path: Path, strength: float) -> dict:
+def img2img(path: Path, tmp_path: Path, strength: float, cfg: float | None = None) -> dict:
     """workflows/img2img_flux.json on `path` over a random SIZE x SIZE input, STEPS full steps."""
     source = tmp_path / "input.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(source)
@@ -113,26 +119,29 @@ def img2img(path: Path, tmp_path: Path, strength: float) -> dict:
     n["prompt"]["params"]["prompt"] = PROMPT
     n["full"]["params"].update(steps=STEPS, width=SIZE, height=SIZE)
     n["sigmas"]["params"]["strength"] = strength
-    return wf
+    return with_true_cfg(wf, cfg)
 
 
-@pytest.mark.parametrize("strength", [0.5, 0.75])
-def test_img2img_equals_flux_img2img_pipeline(dev, tmp_path, monkeypatch, strength):
+@pytest.mark.parametrize("strength, cfg", [(0.5, None), (0.75, None), (0.75, 2.0)],
+                         ids=["0.5", "0.75", "0.75_true_cfg2"])
+def test_img2img_equals_flux_img2img_pipeline(dev, tmp_path, monkeypatch, strength, cfg):
     """load_image -> vae.encode -> schedule.flux -> denoise_strength -> latent.add_noise -> sample equals
     FluxImg2ImgPipeline given our encoded latents as its image and our noise as its draw (flow: scale_noise =
-    t eps + (1 - t) x0 = (x0 + sigma eps) / (1 + sigma)); its own strength cut of the same grid."""
+    t eps + (1 - t) x0 = (x0 + sigma eps) / (1 + sigma)); its own strength cut of the same grid; with a negative
+    prompt and true_cfg_scale, guidance.cfg over the two bound prompts."""
     d = diffusers()
-    encoded, noised, sigmas, final, images = run(img2img(dev, tmp_path, strength), "encode", "noised", "sigmas",
+    encoded, noised, sigmas, final, images = run(img2img(dev, tmp_path, strength, cfg), "encode", "noised", "sigmas",
                                                  "sample", "decode")
     assert sigmas.steps == round(STEPS * strength) and encoded.shape == (1, 4, 16, 16)
     draw_noise_as(monkeypatch, d.FluxImg2ImgPipeline, ((noised - encoded) / sigmas.values[0]).float())
     pipe = d.FluxImg2ImgPipeline(**flux_pipe(dev).components)
     pipe.set_progress_bar_config(disable=True)
     call = dict(prompt=PROMPT, image=encoded.clone(), strength=strength, num_inference_steps=STEPS, height=SIZE,
-                width=SIZE, guidance_scale=3.5)
+                width=SIZE, guidance_scale=3.5, **({} if cfg is None else dict(negative_prompt=NEGATIVE,
+                                                                              true_cfg_scale=cfg)))
     ref_latent = pipe(output_type="latent", **call).images  # (1, 64, 16), packed
     assert torch.allclose(flow_times(sigmas.values), pipe.scheduler.sigmas[STEPS - sigmas.steps:], rtol=1e-6, atol=0)
-    assert_parity(f"img2img {strength}", [("latents", pack(final), ref_latent),
+    assert_parity(f"img2img {strength} cfg {cfg}", [("latents", pack(final), ref_latent),
                                           ("images", images, pipe(output_type="pt", **call).images)])
     assert (final - encoded).abs().max() > 0.1 and images.std() > 1e-3
 
