@@ -92,21 +92,56 @@ def test_txt2img_equals_diffusers_sdxl_pipeline(sdxl, pipe, case):
     wf = txt2img(sdxl, negative, scale, **options)
     if scale == 1.0:  # diffusers skips the unconditional branch at guidance_scale <= 1
         wf["nodes"]["sample"]["inputs"]["denoise"] = "cond"
+    sizes = {"original_size": options.get("original_size"), "target_size": options.get("target_size"),
+             "crops_coords_top_left": options.get("crop_top_left", (0, 0))}
+    assert_txt2img_parity(case, pipe, wf, negative_prompt=ref_negative, guidance_scale=scale, **sizes)
+
+
+def assert_txt2img_parity(label: str, pipe, wf: dict, **call) -> None:
+    """The workflow's final latents and images equal `pipe`'s (StableDiffusionXLPipeline.__call__ with PROMPT and
+    `call`) from the same initial latents, on the same sigmas."""
     latent0, sigmas, final, images = run(wf, "latent", "sigmas", "sample", "decode")
     pipe.scheduler.set_timesteps(STEPS)
     assert torch.allclose(sigmas.values.float(), pipe.scheduler.sigmas, rtol=1e-5, atol=1e-6), (sigmas.values,
                                                                                       pipe.scheduler.sigmas)
     # diffusers multiplies the given latents by init_noise_sigma, sqrt(sigma_max^2 + 1) for 'leading' spacing
     noise = (latent0 / pipe.scheduler.init_noise_sigma).float()
-    sizes = {"original_size": options.get("original_size"), "target_size": options.get("target_size"),
-             "crops_coords_top_left": options.get("crop_top_left", (0, 0))}
-    call = dict(prompt=PROMPT, negative_prompt=ref_negative, num_inference_steps=STEPS, guidance_scale=scale,
-                height=HEIGHT, width=WIDTH, **sizes)
+    call = dict(prompt=PROMPT, num_inference_steps=STEPS, height=HEIGHT, width=WIDTH, **call)
     ref_latent = pipe(latents=noise.clone(), output_type="latent", **call).images
     ref_images = pipe(latents=noise.clone(), output_type="pt", **call).images
-    assert_close(f"{case} latents", final, ref_latent)
-    assert_close(f"{case} images", images, ref_images)
+    assert_close(f"{label} latents", final, ref_latent)
+    assert_close(f"{label} images", images, ref_images)
     assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
+
+
+PROMPT_2, NEGATIVE_2 = "an oil painting", "low contrast"
+
+
+@pytest.mark.parametrize("negative", [NEGATIVE, ""], ids=["negative", "empty_negative"])
+def test_prompt_2_goes_to_openclip_g_as_diffusers_prompt_2(sdxl, pipe, negative):
+    """prompt_2 / negative_prompt_2 (text.encode's prompt_2 on each node) reach text_encoder_2 (and the pooled
+    output); an empty negative prompt with a negative_prompt_2 is encoded (not zeros) as diffusers' negative_prompt
+    '' is, although the folder forces zeros for an omitted one."""
+    wf = txt2img(sdxl, negative)
+    wf["nodes"]["prompt"]["params"]["prompt_2"] = PROMPT_2
+    wf["nodes"]["negative"]["params"]["prompt_2"] = NEGATIVE_2
+    assert_txt2img_parity(f"prompt_2 {negative!r}", pipe, wf, prompt_2=PROMPT_2, negative_prompt=negative,
+                          negative_prompt_2=NEGATIVE_2, guidance_scale=SCALE)
+
+
+def test_prompt_2_none_is_the_prompt_and_changes_only_the_openclip_g_half(ours):
+    def encode(prompt: str, **params) -> Conditioning:
+        return TextEncode(prompt=prompt, **params).run(ours.text_encoder, NodeContext.detached())
+
+    default, same, other = encode(PROMPT), encode(PROMPT, prompt_2=PROMPT), encode(PROMPT, prompt_2=PROMPT_2)
+    assert torch.equal(default.embeddings, same.embeddings) and torch.equal(default.pooled, same.pooled)
+    assert torch.equal(other.embeddings[..., :WIDTHS[0]], default.embeddings[..., :WIDTHS[0]])
+    assert not torch.allclose(other.embeddings[..., WIDTHS[0]:], default.embeddings[..., WIDTHS[0]:], atol=1e-3)
+    assert not torch.allclose(other.pooled, default.pooled, atol=1e-3)
+    empty, half = encode(""), encode("", prompt_2=PROMPT_2)  # zeros only when both texts are empty
+    assert not empty.embeddings.any() and half.embeddings.abs().max() > 0 and half.pooled.abs().max() > 0
+    with pytest.raises(NodeError, match="'prompt_3' does not apply to a 'sdxl' text encoder"):
+        encode(PROMPT, prompt_3=PROMPT_2)
 
 
 def test_explicit_sizes_and_the_negative_prompt_change_the_result(sdxl):

@@ -5,8 +5,11 @@ The arithmetic follows diffusers' StableDiffusionXLPipeline (encode_prompt, _get
 - token embeddings: each encoder's hidden_states[-(clip_skip + 2)], the penultimate layer's output for
   clip_skip 0, WITHOUT the final layer norm (unlike SD 1.x's clip_skip), concatenated on D;
 - pooled: text_encoder_2's projected text_embeds (B, P);
+- prompt goes to CLIP-L, prompt_2 (text.encode's; default: prompt) to OpenCLIP-G, as encode_prompt zips them;
 - force_zeros_for_empty_prompt (model_index.json): an empty prompt's embeddings and pooled are zeros
-  (diffusers does it for an omitted negative prompt; here every prompt '' of such a folder is zeros);
+  (diffusers does it for an omitted negative prompt, negative_prompt None, whatever negative_prompt_2 is; here a
+  row whose prompt and prompt_2 are both '' is zeros, and prompt '' with a non-empty prompt_2 is encoded, as
+  diffusers' negative_prompt '' with that negative_prompt_2 is);
 - time ids (Podell et al. 2023, "micro-conditioning"): original_size + crop_top_left + target_size, each
   (height, width) / (top, left) in pixels; a size not given is the pixel size of the latent being sampled
   (latent h, w times the VAE factor), filled in by the network's forward (the encoder does not see it)."""
@@ -44,36 +47,39 @@ class SdxlTextEncoder(TextEncoder):
     """SDXL's CLIP-L and OpenCLIP-G: prompts -> penultimate-layer tokens (B, 77, D1 + D2) and pooled (B, P)."""
 
     family = FAMILY
-    options = frozenset({"original_size", "crop_top_left", "target_size"})
+    options = frozenset({"original_size", "crop_top_left", "target_size", "prompt_2"})
 
     def __init__(self, tokenizers: tuple[Any, Any], encoders: tuple[torch.nn.Module, torch.nn.Module],
                  zeros_for_empty: bool):
         self.tokenizers, self.encoders, self.zeros_for_empty = tokenizers, encoders, zeros_for_empty
         self.context = int(tokenizers[0].model_max_length)  # tokenizer_2's too (sdxl_folder checks)
 
+    def texts(self, prompts: list[str], options: EncodeOptions) -> list[list[str]]:
+        """Each encoder's texts: prompt to CLIP-L, prompt_2 (default: prompt) to OpenCLIP-G (encode_prompt's zip)."""
+        return [prompts, options.texts(prompts, 2)]
+
     def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
-        """Both encoders' hidden_states[-(clip_skip + 2)] concatenated; pooled from text_encoder_2."""
+        """Each encoder's hidden_states[-(clip_skip + 2)] of its texts concatenated; pooled from the last encoder."""
         k = options.clip_skip
         ids = time_ids(options)
+        texts = self.texts(prompts, options)
         hidden = []
-        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
+        for tokenizer, encoder, rows in zip(self.tokenizers, self.encoders, texts):
             check_clip_skip(k, encoder)
-            tokens = tokenize(tokenizer, prompts, self.context).input_ids.to(module_device(encoder))  # (B, L)
+            tokens = tokenize(tokenizer, rows, self.context).input_ids.to(module_device(encoder))  # (B, L)
             with torch.no_grad():
                 out = encoder(tokens, output_hidden_states=True)
             hidden.append(out.hidden_states[-(k + 2)].float())  # (B, L, Di)
         emb = torch.cat(hidden, dim=-1)  # (B, L, D1 + D2)
         pooled = out.text_embeds.float()  # (B, P): text_encoder_2's projection
-        if self.zeros_for_empty:
-            keep = torch.tensor([p != "" for p in prompts], device=emb.device)  # (B,)
-            emb = torch.where(keep[:, None, None], emb, torch.zeros_like(emb))
+        if self.zeros_for_empty:  # diffusers zeros an omitted negative prompt: here a row whose every text is ''
+            keep = torch.tensor([any(rows[i] for rows in texts) for i in range(len(prompts))], device=emb.device)
+            emb = torch.where(keep[:, None, None], emb, torch.zeros_like(emb))  # keep: (B,)
             pooled = torch.where(keep[:, None], pooled, torch.zeros_like(pooled))
         cond = Conditioning(emb, FAMILY, pooled, {"time_ids": ids})
-        return cond, [self.lost(p) for p in prompts]
-
-    def lost(self, prompt: str) -> str:
-        """The longer of the two tokenizers' truncation reports."""
-        return max((lost_text(t, self.context, prompt) for t in self.tokenizers), key=len)
+        lost = [max((lost_text(t, self.context, rows[i]) for t, rows in zip(self.tokenizers, texts)), key=len)
+                for i in range(len(prompts))]  # the longest of the encoders' truncation reports
+        return cond, lost
 
 
 class SdxlUNetNet(UNetNet):

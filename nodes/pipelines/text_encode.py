@@ -30,6 +30,11 @@ class TextEncode(Node):
                                             "family's default (SD3 256, Flux 512)")
     guidance: float | None = Field(None, description="Flux (guidance-distilled): the guidance embedding "
                                    "(FluxPipeline's guidance_scale); None = the family's default (3.5)")
+    prompt_2: str | None = Field(None, description="the second text encoder's text, as diffusers' prompt_2 (a "
+                                 "negative prompt's node: negative_prompt_2): SDXL's OpenCLIP-G (which gives the "
+                                 "pooled output), SD3's CLIP-G, Flux's T5; None = the same as 'prompt'")
+    prompt_3: str | None = Field(None, description="SD3: the T5 encoder's text (diffusers' prompt_3 / "
+                                 "negative_prompt_3); None = the same as 'prompt'")
     batch: int = Field(1, ge=1, description="rows of the conditioning (the same prompt repeated); 1 serves any "
                                             "latent batch")
 
@@ -46,5 +51,4 @@ class TextEncode(Node):
         return cond
 
     def options(self) -> EncodeOptions:
-        return EncodeOptions(self.clip_skip, self.original_size, self.crop_top_left, self.target_size,
-                             self.max_sequence_length, self.guidance)
+        return EncodeOptions(**self.model_dump(exclude={"prompt", "batch"}))

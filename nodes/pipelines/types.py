@@ -68,6 +68,14 @@ class EncodeOptions:
     target_size: tuple[int, int] | None = None  # SDXL micro-conditioning (height, width); None = the latent's size
     max_sequence_length: int | None = None  # T5 tokens (SD3: 256, Flux: 512 by default); None = the family's default
     guidance: float | None = None  # Flux's distilled guidance embedding (FluxPipeline's guidance_scale)
+    prompt_2: str | None = None  # the 2nd encoder's text (SDXL: OpenCLIP-G, SD3: CLIP-G, Flux: T5); None = prompt
+    prompt_3: str | None = None  # the third encoder's text (SD3: T5); None = prompt
+
+    def texts(self, prompts: list[str], encoder: int) -> list[str]:
+        """What encoder `encoder` (1, 2, 3: read with prompt, prompt_2, prompt_3) gets for each row: its own prompt_k
+        repeated, or the rows' prompts where prompt_k is None (diffusers' `prompt_2 or prompt`, but '' stays '')."""
+        own = {1: None, 2: self.prompt_2, 3: self.prompt_3}[encoder]
+        return prompts if own is None else [own] * len(prompts)
 
     def set_beyond_defaults(self) -> list[str]:
         """Names of the options (other than clip_skip) that differ from their defaults."""
