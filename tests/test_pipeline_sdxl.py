@@ -2,7 +2,8 @@
 txt2img graph equals diffusers' StableDiffusionXLPipeline.__call__ on the same folder, prompt, initial latents and
 scheduler (Euler on 'leading' timesteps, SDXL base's config), with CFG over an empty negative prompt (zeros:
 force_zeros_for_empty_prompt) and over a non-empty one, without CFG, and with explicit original size, crop and
-target size; img2img equals StableDiffusionXLImg2ImgPipeline. Final latents and decoded images to float32
+target size, with prompt_2 / negative_prompt_2; img2img equals StableDiffusionXLImg2ImgPipeline on a base and on a
+refiner folder. Final latents and decoded images to float32
 precision (median and 99.9th percentile of |err| / RMS(reference)). The encoder's facts are checked against
 diffusers' encode_prompt and the encoders' own outputs; bad folders are located errors; workflows/txt2img_sdxl.json
 runs through the CLI."""
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from helpers_pipeline import img2img_workflow, quantiles, run_through_cli
-from helpers_pipeline_sdxl import POOLED, WIDTHS, build_sdxl_pipeline
+from helpers_pipeline_sdxl import POOLED, WIDTHS, build_sdxl_pipeline, build_sdxl_refiner
 from helpers_workflows import folder_workflows
 from peers import diffusers
 from samplegraph import Runtime
@@ -35,6 +36,12 @@ PROMPT, NEGATIVE = "a red cat on a mat", "blurry"
 def sdxl(tmp_path_factory) -> Path:
     diffusers()  # skip without the peer
     return build_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory) -> Path:
+    diffusers()
+    return build_sdxl_refiner(tmp_path_factory.mktemp("tiny_sdxl_refiner"))
 
 
 @pytest.fixture(scope="module")
@@ -151,20 +158,23 @@ def test_explicit_sizes_and_the_negative_prompt_change_the_result(sdxl):
     assert not torch.allclose(base, negative, atol=1e-3) and not torch.allclose(base, sized, atol=1e-3)
 
 
-def test_img2img_equals_diffusers_sdxl_img2img_pipeline(sdxl, pipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("which", ["sdxl", "refiner"])
+def test_img2img_equals_diffusers_sdxl_img2img_pipeline(request, which, tmp_path, monkeypatch):
     """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
     StableDiffusionXLImg2ImgPipeline given our encoded latents as its image and our noised latents as its start
-    (its own add_noise of our noise agrees with them to float32 rounding, checked first)."""
-    wf = img2img_workflow("img2img.json", sdxl, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
+    (its own add_noise of our noise agrees with them to float32 rounding, checked first); on a base folder and on a
+    refiner's (its negative prompt's node at diffusers' negative_aesthetic_score 2.5)."""
+    path = request.getfixturevalue(which)
+    wf = img2img_workflow("img2img.json", path, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
     n = wf["nodes"]
+    if which == "refiner":
+        n["negative"]["params"]["aesthetic_score"] = 2.5
     n["full"] = {"kind": "schedule.uniform_timesteps", "inputs": {"model": "cond"},  # SDXL's scheduler grid
                  "params": {"steps": STEPS, "spacing": "leading", "steps_offset": 1}}
     n["pipe"]["params"]["timestep"] = "rounded"  # diffusers' leading timesteps are integers
     encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
     assert sigmas.steps == 2 and encoded.shape == (1, 4, HEIGHT // 8, WIDTH // 8)
-    d = diffusers()
-    img2img = d.StableDiffusionXLImg2ImgPipeline(**pipe.components, add_watermarker=False)
-    img2img.set_progress_bar_config(disable=True)
+    img2img = diffusers_pipe(path, "StableDiffusionXLImg2ImgPipeline")
     img2img.scheduler.set_timesteps(STEPS)
     eps = ((noised - encoded) / sigmas.values[0]).float()
     start = img2img.scheduler.timesteps[STEPS - sigmas.steps:][:1]  # diffusers' first img2img timestep
@@ -173,8 +183,8 @@ def test_img2img_equals_diffusers_sdxl_img2img_pipeline(sdxl, pipe, tmp_path, mo
     monkeypatch.setattr(img2img.scheduler, "add_noise", lambda x0, noise, t: noised.float().clone())
     call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5,
                 num_inference_steps=STEPS, guidance_scale=SCALE)
-    assert_close("img2img latents", final, img2img(output_type="latent", **call).images)
-    assert_close("img2img images", images, img2img(output_type="pt", **call).images)
+    assert_close(f"{which} img2img latents", final, img2img(output_type="latent", **call).images)
+    assert_close(f"{which} img2img images", images, img2img(output_type="pt", **call).images)
 
 
 def test_encoder_is_both_penultimate_layers_without_the_final_norm_and_g_pooled(ours, pipe):
