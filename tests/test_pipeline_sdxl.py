@@ -29,6 +29,7 @@ from samplegraph.graph.errors import NodeError
 from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.models.networks.diffusers_net import scheduler_sampling
 from samplegraph.nodes.models.parametrisation import NetworkDenoiser
+from samplegraph.nodes.models.sampling import RectifiedFlowSampling
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
 from samplegraph.nodes.pipelines.split_at_fraction import SplitAtFraction
 from samplegraph.nodes.pipelines.text_encode import TextEncode
@@ -426,6 +427,9 @@ def test_split_at_fraction_cuts_where_denoising_end_and_denoising_start_do(spaci
     leading = UniformTimesteps(steps=3, spacing="leading").run(model)  # timesteps 666, 333, 0
     with pytest.raises(NodeError, match="'fraction' is 0.1: 0 of the steps are at timesteps >= 900.*step 1 .. 2"):
         SplitAtFraction(fraction=0.1).run(model, leading)
+    flow = NetworkDenoiser(torch.nn.Identity(), RectifiedFlowSampling(3.0, multiplier=1000), "flow")
+    with pytest.raises(NodeError, match="RectifiedFlowSampling\\) is continuous-time; cut with sigmas.split_at"):
+        SplitAtFraction(fraction=0.8).run(flow, leading)
 
 
 def ensemble(sdxl: Path, refiner: Path) -> dict:

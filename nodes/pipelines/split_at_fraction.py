@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.model import Model
 from ..core.sigmas import Sigmas
-from ..schedules.common import discrete_table
 from ..schedules.split_at_step import SigmasSplit, split
 
 KIND = "sigmas.split_at_fraction"
@@ -29,7 +29,11 @@ class SplitAtFraction(Node):
 
     def run(self, model: Model, sigmas: Sigmas) -> SigmasSplit:
         """high: the levels at timesteps >= c, then the first below (the hand-off level); low: from that level on."""
-        table = discrete_table(model, KIND)  # (T,)
+        table = model.sampling.discrete_sigmas  # (T,) ascending
+        if table is None:
+            raise NodeError(f"input 'model': {KIND} cuts on a discrete model's training timesteps (diffusers' "
+                            f"denoising_end), but this model ({type(model.sampling).__name__}) is continuous-time; "
+                            f"cut with sigmas.split_at_sigma or sigmas.split_at_step")
         cutoff = int(round(table.numel() - self.fraction * table.numel()))
         t = model.sampling.timestep(sigmas.values[:-1])  # (S,) the steps' network timesteps, decreasing
         cut = int((t >= cutoff - TOLERANCE).sum())
