@@ -95,15 +95,16 @@ def quantiles(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float(err.median()), float(err.quantile(0.999))
 
 
-def cli_overrides(path: Path, pipeline: Path, tmp_path: Path, size: int) -> list[str]:
-    """--set arguments that point a shipped pipeline workflow at a tiny pipeline, small (size x size) and short."""
+def cli_overrides(path: Path, pipeline: Path | dict[str, Path], tmp_path: Path, size: int) -> list[str]:
+    """--set arguments that point a shipped pipeline workflow at a tiny pipeline (a dict: each model.pipeline node's,
+    by node name), small (size x size) and short."""
     import numpy as np
     from PIL import Image
     sets = []
     for name, spec in json.loads(path.read_text())["nodes"].items():
         kind = spec["kind"]
         if kind == "model.pipeline":
-            sets.append(f"{name}.path={pipeline}")
+            sets.append(f"{name}.path={pipeline[name] if isinstance(pipeline, dict) else pipeline}")
         elif kind in ("latent.empty", "schedule.flux"):  # schedule.flux shifts by the image's size
             sets += [f"{name}.width={size}", f"{name}.height={size}"]
         elif kind == "io.load_image":
@@ -120,9 +121,10 @@ def cli_overrides(path: Path, pipeline: Path, tmp_path: Path, size: int) -> list
     return [a for s in sets for a in ("--set", s)]
 
 
-def run_through_cli(path: Path, pipeline: Path, tmp_path: Path, size: int) -> None:
-    """`samplegraph run` of a shipped pipeline workflow on a tiny pipeline: a size x size PNG carrying the workflow,
-    and `samplegraph run image.png` re-makes the same pixels."""
+def run_through_cli(path: Path, pipeline: Path | dict[str, Path], tmp_path: Path, size: int) -> None:
+    """`samplegraph run` of a shipped pipeline workflow on a tiny pipeline (or one per model.pipeline node: a dict
+    by node name): a size x size PNG carrying the workflow, and `samplegraph run image.png` re-makes the same
+    pixels."""
     import subprocess
     import sys
 
@@ -139,8 +141,11 @@ def run_through_cli(path: Path, pipeline: Path, tmp_path: Path, size: int) -> No
     assert json.loads((out / "report.json").read_text())["status"] == "ok"
     image = next(out.glob("*.png"))
     with Image.open(image) as png:
-        pipe_node = next(n for n in json.loads(png.text["workflow"])["nodes"].values() if n["kind"] == "model.pipeline")
-        assert png.size == (size, size) and pipe_node["params"]["path"] == str(pipeline)
+        paths = {name: n["params"]["path"] for name, n in json.loads(png.text["workflow"])["nodes"].items()
+                 if n["kind"] == "model.pipeline"}
+        assert png.size == (size, size)
+        assert paths == ({k: str(v) for k, v in pipeline.items()} if isinstance(pipeline, dict)
+                         else dict.fromkeys(paths, str(pipeline)))
         pixels = np.asarray(png)
     again = tmp_path / "again"  # `samplegraph run image.png` (Runtime.run on the PNG) re-runs its workflow
     Runtime(device="cpu").run(image, out_dir=again)

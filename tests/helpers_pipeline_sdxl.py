@@ -23,23 +23,36 @@ def clip_config(vocab_size: int, width: int) -> dict:
                 projection_dim=POOLED)
 
 
+# a refiner's UNet: OpenCLIP-G's tokens alone, and 5 time ids (original size, crop, aesthetic score)
+REFINER_UNET = {**SDXL_UNET, "cross_attention_dim": WIDTHS[1],
+                "projection_class_embeddings_input_dim": 5 * TIME_DIM + POOLED}
+
+
 def build_sdxl_pipeline(root: Path, seed: int = 0, vocab_size_2: int | None = None,
-                        pipeline: str = "StableDiffusionXLPipeline", **config) -> Path:
+                        pipeline: str = "StableDiffusionXLPipeline", refiner: bool = False, **config) -> Path:
     """Save a tiny SDXL pipeline (unet, text_encoder(_2), tokenizer(_2), vae, scheduler; safetensors) under `root`;
-    `config` goes to the pipeline's constructor (force_zeros_for_empty_prompt, requires_aesthetics_score)."""
+    `config` goes to the pipeline's constructor (force_zeros_for_empty_prompt, requires_aesthetics_score);
+    `refiner`: text_encoder_2 and tokenizer_2 alone, REFINER_UNET (build_sdxl_refiner)."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-    sizes = [save_tokenizer(root / name) for name in ("tokenizer", "tokenizer_2")]
+    names = ("tokenizer_2",) if refiner else ("tokenizer", "tokenizer_2")
+    sizes = [save_tokenizer(root / name) for name in names]
     torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(**SDXL_UNET).eval()
+    unet = diffusers.UNet2DConditionModel(**(REFINER_UNET if refiner else SDXL_UNET)).eval()
     vae = diffusers.AutoencoderKL(**VAE).eval()
-    text = CLIPTextModel(CLIPTextConfig(**clip_config(sizes[0], WIDTHS[0]))).eval()
-    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_config(vocab_size_2 or sizes[1], WIDTHS[1]))).eval()
-    tokenizers = [CLIPTokenizer.from_pretrained(root / name, local_files_only=True)
-                  for name in ("tokenizer", "tokenizer_2")]
-    pipe = getattr(diffusers, pipeline)(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizers[0],
-                                        tokenizer_2=tokenizers[1], unet=unet,
-                                        scheduler=diffusers.EulerDiscreteScheduler(**SDXL_SCHEDULER),
+    text = None if refiner else CLIPTextModel(CLIPTextConfig(**clip_config(sizes[0], WIDTHS[0]))).eval()
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_config(vocab_size_2 or sizes[-1], WIDTHS[1]))).eval()
+    tokenizers = [CLIPTokenizer.from_pretrained(root / name, local_files_only=True) for name in names]
+    pipe = getattr(diffusers, pipeline)(vae=vae, text_encoder=text, text_encoder_2=text_2,
+                                        tokenizer=None if refiner else tokenizers[0], tokenizer_2=tokenizers[-1],
+                                        unet=unet, scheduler=diffusers.EulerDiscreteScheduler(**SDXL_SCHEDULER),
                                         add_watermarker=False, **config)
     pipe.save_pretrained(root, safe_serialization=True)
     return root
+
+
+def build_sdxl_refiner(root: Path, seed: int = 1) -> Path:
+    """A tiny SDXL refiner folder as stabilityai's: StableDiffusionXLImg2ImgPipeline, requires_aesthetics_score true,
+    force_zeros_for_empty_prompt false, text_encoder and tokenizer null, a UNet with 5 time ids."""
+    return build_sdxl_pipeline(root, seed, pipeline="StableDiffusionXLImg2ImgPipeline", refiner=True,
+                               requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)

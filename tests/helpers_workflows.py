@@ -22,10 +22,11 @@ ALL_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 HEAVY_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & HEAVY_KINDS]
 FOLDER_WORKFLOWS = [p for p in ALL_WORKFLOWS if kinds_of(p) & FOLDER_KINDS]
 LIGHT_WORKFLOWS = [p for p in ALL_WORKFLOWS if p not in HEAVY_WORKFLOWS and p not in FOLDER_WORKFLOWS]
-# a folder workflow named *_<family>.json runs against that family's tiny pipeline (tests/test_pipeline_<family>.py);
+# a folder workflow named *_<family>.json runs against that family's tiny pipeline (tests/test_pipeline_<family>.py;
+# *_sdxl_refiner.json in tests/test_pipeline_sdxl.py against a tiny SDXL base and refiner, one per model.pipeline);
 # one for an inpainting (9-channel UNet) checkpoint against tests/test_pipeline_inpaint.py's ("sd_inpaint"); the
 # others (txt2img.json, img2img.json, ...) against the tiny SD pipeline of tests/test_pipeline_sd.py
-PIPELINE_FAMILIES = ("sdxl", "sd3", "flux")
+PIPELINE_FAMILIES = ("sdxl", "sd3", "flux", "sdxl_refiner")
 INPAINT_UNET_KINDS = frozenset({"model.inpaint_condition"})
 
 

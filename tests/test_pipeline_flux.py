@@ -84,9 +84,9 @@ def flow_times(sigmas: torch.Tensor) -> torch.Tensor:
     return (sigmas / (1 + sigmas)).float()  # (S + 1,) t = sigma / (1 + sigma)
 
 
-def flux_call(pipe, noise: torch.Tensor, guidance: float | None, cfg: float | None, output_type: str):
+def flux_call(pipe, noise: torch.Tensor, guidance: float | None, cfg: float | None, output_type: str, **texts):
     call = dict(prompt=PROMPT, num_inference_steps=STEPS, height=SIZE, width=SIZE, latents=noise.clone(),
-                output_type=output_type, guidance_scale=3.5 if guidance is None else guidance)
+                output_type=output_type, guidance_scale=3.5 if guidance is None else guidance, **texts)
     if cfg is not None:
         call.update(negative_prompt=NEGATIVE, true_cfg_scale=cfg)
     return pipe(**call).images
@@ -107,6 +107,36 @@ def test_txt2img_equals_flux_pipeline(request, which, guidance, cfg):
     ref_images = flux_call(pipe, noise, guidance, cfg, "pt")
     assert_parity(request.node.callspec.id, [("latents", pack(final), ref_latent), ("images", images, ref_images)])
     assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
+
+
+PROMPT_2, NEGATIVE_2 = "an oil painting", "low contrast"
+
+
+def test_prompt_2_goes_to_t5_as_flux_pipelines_prompt_2(dev):
+    """text.encode's prompt_2 (diffusers' prompt_2; on the negative prompt's node negative_prompt_2) is T5's text,
+    the prompt CLIP's (pooled), under true CFG."""
+    wf = txt2img(dev, 3.5, 2.0)
+    wf["nodes"]["prompt"]["params"]["prompt_2"] = PROMPT_2
+    wf["nodes"]["negative"]["params"]["prompt_2"] = NEGATIVE_2
+    latent0, sigmas, final, images = run(wf, "latent", "sigmas", "sample", "decode")
+    pipe, noise = flux_pipe(dev), pack((latent0 / sigmas.values[0]).float())
+    texts = dict(prompt_2=PROMPT_2, negative_prompt_2=NEGATIVE_2)
+    assert_parity("flux prompt_2", [("latents", pack(final), flux_call(pipe, noise, 3.5, 2.0, "latent", **texts)),
+                                    ("images", images, flux_call(pipe, noise, 3.5, 2.0, "pt", **texts))])
+
+
+def test_prompt_2_none_is_the_prompt_and_changes_only_the_t5_tokens(dev):
+    enc = ModelPipeline(path=str(dev)).run(NodeContext.detached()).text_encoder
+
+    def encode(**params) -> Conditioning:
+        return TextEncode(prompt=PROMPT, **params).run(enc, NodeContext.detached())
+
+    default, same, other = encode(), encode(prompt_2=PROMPT), encode(prompt_2=PROMPT_2)
+    assert torch.equal(default.embeddings, same.embeddings) and torch.equal(default.pooled, same.pooled)
+    assert torch.equal(other.pooled, default.pooled)
+    assert not torch.allclose(other.embeddings, default.embeddings, atol=1e-3)
+    with pytest.raises(NodeError, match="'prompt_3' does not apply to a 'flux' text encoder"):
+        encode(prompt_3=PROMPT_2)
 
 
 def img2img(path: Path, tmp_path: Path, strength: float, cfg: float | None = None) -> dict:

@@ -387,7 +387,8 @@ def test_other_families_are_named_as_not_yet_supported(sd, tmp_path):
 
 def test_an_encode_option_of_another_family_is_refused_by_name(sd):
     enc = ModelPipeline(path=str(sd)).run(NodeContext.detached()).text_encoder
-    for name, value in [("guidance", 3.5), ("original_size", (64, 64)), ("max_sequence_length", 8)]:
+    for name, value in [("guidance", 3.5), ("original_size", (64, 64)), ("max_sequence_length", 8),
+                        ("prompt_2", "an oil painting"), ("prompt_3", "an oil painting")]:
         with pytest.raises(NodeError, match=f"'{name}' does not apply to a 'sd' text encoder"):
             TextEncode(prompt=PROMPT, **{name: value}).run(enc, NodeContext.detached())
 

@@ -88,19 +88,57 @@ def test_txt2img_equals_diffusers_sd3_pipeline(sd3, sd3_no_t5, t5, scale):
     wf = txt2img(path, scale)
     if scale == 1.0:  # diffusers skips the unconditional branch at guidance_scale <= 1: so does the graph
         wf["nodes"]["sample"]["inputs"]["denoise"] = "cond"
+    assert_txt2img_parity(f"sd3 {'t5' if t5 else 'no t5'} scale {scale}", path, wf, guidance_scale=scale)
+
+
+def assert_txt2img_parity(label: str, path: Path, wf: dict, **call) -> None:
+    """The workflow's final latents and images equal StableDiffusion3Pipeline's (PROMPT, NEGATIVE and `call`) from
+    the same initial latents and flow times."""
     latent0, sigmas, final, images = run(wf, "latent", "sigmas", "sample", "decode")
     s = sigmas.values  # (S + 1,) VE
     t = s[:-1] / (1 + s[:-1])  # (S,) flow times of the steps
     pipe = diffusers_pipe(path)
-    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=scale, height=SIZE, width=SIZE,
-                sigmas=unshifted(t).tolist())  # the scheduler shifts them back to t
+    call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE,
+                sigmas=unshifted(t).tolist(), **call)  # the scheduler shifts them back to t
     noise = (latent0 / (1 + s[0])).float()  # x_flow = x / (1 + sigma): diffusers' latents at t_0
     ref_latent = pipe(latents=noise.clone(), output_type="latent", **call).images
     torch.testing.assert_close(pipe.scheduler.sigmas.double(), s / (1 + s), rtol=1e-6, atol=0)
     ref_images = pipe(latents=noise.clone(), output_type="pt", **call).images
-    assert_parity(f"sd3 {'t5' if t5 else 'no t5'} scale {scale}", [("latents", final, ref_latent),
-                                                                  ("images", images, ref_images)])
+    assert_parity(label, [("latents", final, ref_latent), ("images", images, ref_images)])
     assert final.shape == (1, 16, 8, 8) and final.abs().max() > 0.1 and images.std() > 1e-3
+
+
+# text.encode's prompt_2 / prompt_3 on the prompt's node and on the negative prompt's (diffusers' negative_prompt_2/3)
+TEXTS = {"prompt": dict(prompt_2="an oil painting", prompt_3="a photo of a dog"),
+         "negative": dict(prompt_2="low contrast", prompt_3="noisy")}
+
+
+def test_prompt_2_and_3_go_to_clip_g_and_t5_as_diffusers_prompt_2_and_3(sd3):
+    wf = txt2img(sd3)
+    for name, texts in TEXTS.items():
+        wf["nodes"][name]["params"].update(texts)
+    negative = {f"negative_{k}": v for k, v in TEXTS["negative"].items()}
+    assert_txt2img_parity("sd3 prompt_2/3", sd3, wf, guidance_scale=SCALE, **TEXTS["prompt"], **negative)
+
+
+def test_prompt_2_and_3_none_are_the_prompt_and_each_changes_only_its_encoders_part(sd3):
+    """Tokens are [CLIP-L | CLIP-G | 0 pad] (77 rows) then T5 rows; pooled is [CLIP-L | CLIP-G]."""
+    enc = ModelPipeline(path=str(sd3)).run(NodeContext.detached()).text_encoder
+
+    def encode(**params) -> Conditioning:
+        return TextEncode(prompt=PROMPT, **params).run(enc, NodeContext.detached())
+
+    default, same = encode(), encode(prompt_2=PROMPT, prompt_3=PROMPT)
+    assert torch.equal(default.embeddings, same.embeddings) and torch.equal(default.pooled, same.pooled)
+    parts = {"clip_l": (slice(0, 77), slice(0, 8)), "clip_g": (slice(0, 77), slice(8, 24)),
+             "t5": (slice(77, None), slice(None))}
+    for params, changed in ((dict(prompt_2="an oil painting"), "clip_g"), (dict(prompt_3="an oil painting"), "t5")):
+        cond = encode(**params)
+        for part, (rows, cols) in parts.items():
+            same_part = torch.equal(cond.embeddings[0, rows, cols], default.embeddings[0, rows, cols])
+            assert same_part == (part != changed), (params, part)
+        assert torch.equal(cond.pooled[:, :32], default.pooled[:, :32])  # CLIP-L's pooled (projection 32) stays
+        assert torch.equal(cond.pooled[:, 32:], default.pooled[:, 32:]) == (changed == "t5")
 
 
 def test_img2img_equals_diffusers_sd3_img2img_pipeline(sd3, tmp_path, monkeypatch):
@@ -154,8 +192,9 @@ def test_long_prompt_warns_with_the_text_clip_lost_and_t5_keeps_more(sd3):
 def test_options_and_conditioning_of_another_family_are_refused_by_name(sd3, tmp_path):
     from helpers_pipeline import build_sd_pipeline
     pipe = ModelPipeline(path=str(sd3)).run(NodeContext.detached())
-    with pytest.raises(NodeError, match="'guidance' does not apply to a 'sd3' text encoder"):
-        TextEncode(prompt=PROMPT, guidance=3.5).run(pipe.text_encoder, NodeContext.detached())
+    for name, value in (("guidance", 3.5), ("original_size", (64, 64))):
+        with pytest.raises(NodeError, match=f"'{name}' does not apply to a 'sd3' text encoder"):
+            TextEncode(prompt=PROMPT, **{name: value}).run(pipe.text_encoder, NodeContext.detached())
     with pytest.raises(NodeError, match="'sd' text encoder"):
         pipe.model.bind(Conditioning(torch.zeros(1, 77, 32), "sd"))
     with pytest.raises(NodeError, match="joint_attention_dim is 32 and pooled_projection_dim 64"):

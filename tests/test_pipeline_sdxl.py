@@ -2,10 +2,16 @@
 txt2img graph equals diffusers' StableDiffusionXLPipeline.__call__ on the same folder, prompt, initial latents and
 scheduler (Euler on 'leading' timesteps, SDXL base's config), with CFG over an empty negative prompt (zeros:
 force_zeros_for_empty_prompt) and over a non-empty one, without CFG, and with explicit original size, crop and
-target size; img2img equals StableDiffusionXLImg2ImgPipeline. Final latents and decoded images to float32
-precision (median and 99.9th percentile of |err| / RMS(reference)). The encoder's facts are checked against
-diffusers' encode_prompt and the encoders' own outputs; bad folders are located errors; workflows/txt2img_sdxl.json
-runs through the CLI."""
+target size, with prompt_2 / negative_prompt_2; img2img equals StableDiffusionXLImg2ImgPipeline on a base and on a
+refiner folder. Final latents and decoded images to float32 precision (median and 99.9th percentile of
+|err| / RMS(reference)). The encoder's facts are checked against diffusers' encode_prompt and the encoders' own
+outputs; bad folders are located errors; workflows/txt2img_sdxl.json runs through the CLI.
+
+A tiny SDXL refiner (OpenCLIP-G alone, 5 time ids, requires_aesthetics_score): its encoder equals
+StableDiffusionXLImg2ImgPipeline.encode_prompt and its time ids _get_add_time_ids'; workflows/txt2img_sdxl_refiner.json
+(the base to sigmas.split_at_fraction's cut, the refiner from there) equals diffusers' ensemble of expert denoisers,
+StableDiffusionXLPipeline(denoising_end=0.8) -> StableDiffusionXLImg2ImgPipeline(denoising_start=0.8), from the same
+noise; the cut equals diffusers' on many grids; options of the other kind of folder are refused by name."""
 import json
 import shutil
 import sys
@@ -14,16 +20,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_pipeline import img2img_workflow, quantiles, run_through_cli
-from helpers_pipeline_sdxl import POOLED, WIDTHS, build_sdxl_pipeline
+from helpers_pipeline import assert_parity, img2img_workflow, quantiles, run_through_cli
+from helpers_pipeline_sdxl import POOLED, SDXL_SCHEDULER, WIDTHS, build_sdxl_pipeline, build_sdxl_refiner
 from helpers_workflows import folder_workflows
 from peers import diffusers
 from samplegraph import Runtime
 from samplegraph.graph.errors import NodeError
 from samplegraph.nodes.core.context import NodeContext
+from samplegraph.nodes.models.networks.diffusers_net import scheduler_sampling
+from samplegraph.nodes.models.parametrisation import NetworkDenoiser
+from samplegraph.nodes.models.sampling import RectifiedFlowSampling
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
+from samplegraph.nodes.pipelines.split_at_fraction import SplitAtFraction
 from samplegraph.nodes.pipelines.text_encode import TextEncode
 from samplegraph.nodes.pipelines.types import Conditioning, EncodeOptions
+from samplegraph.nodes.schedules.uniform_timesteps import UniformTimesteps
 
 ROOT = Path(__file__).resolve().parents[1]
 TXT2IMG = ROOT / "workflows" / "txt2img_sdxl.json"
@@ -35,6 +46,12 @@ PROMPT, NEGATIVE = "a red cat on a mat", "blurry"
 def sdxl(tmp_path_factory) -> Path:
     diffusers()  # skip without the peer
     return build_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory) -> Path:
+    diffusers()
+    return build_sdxl_refiner(tmp_path_factory.mktemp("tiny_sdxl_refiner"))
 
 
 @pytest.fixture(scope="module")
@@ -92,21 +109,56 @@ def test_txt2img_equals_diffusers_sdxl_pipeline(sdxl, pipe, case):
     wf = txt2img(sdxl, negative, scale, **options)
     if scale == 1.0:  # diffusers skips the unconditional branch at guidance_scale <= 1
         wf["nodes"]["sample"]["inputs"]["denoise"] = "cond"
+    sizes = {"original_size": options.get("original_size"), "target_size": options.get("target_size"),
+             "crops_coords_top_left": options.get("crop_top_left", (0, 0))}
+    assert_txt2img_parity(case, pipe, wf, negative_prompt=ref_negative, guidance_scale=scale, **sizes)
+
+
+def assert_txt2img_parity(label: str, pipe, wf: dict, **call) -> None:
+    """The workflow's final latents and images equal `pipe`'s (StableDiffusionXLPipeline.__call__ with PROMPT and
+    `call`) from the same initial latents, on the same sigmas."""
     latent0, sigmas, final, images = run(wf, "latent", "sigmas", "sample", "decode")
     pipe.scheduler.set_timesteps(STEPS)
     assert torch.allclose(sigmas.values.float(), pipe.scheduler.sigmas, rtol=1e-5, atol=1e-6), (sigmas.values,
                                                                                       pipe.scheduler.sigmas)
     # diffusers multiplies the given latents by init_noise_sigma, sqrt(sigma_max^2 + 1) for 'leading' spacing
     noise = (latent0 / pipe.scheduler.init_noise_sigma).float()
-    sizes = {"original_size": options.get("original_size"), "target_size": options.get("target_size"),
-             "crops_coords_top_left": options.get("crop_top_left", (0, 0))}
-    call = dict(prompt=PROMPT, negative_prompt=ref_negative, num_inference_steps=STEPS, guidance_scale=scale,
-                height=HEIGHT, width=WIDTH, **sizes)
+    call = dict(prompt=PROMPT, num_inference_steps=STEPS, height=HEIGHT, width=WIDTH, **call)
     ref_latent = pipe(latents=noise.clone(), output_type="latent", **call).images
     ref_images = pipe(latents=noise.clone(), output_type="pt", **call).images
-    assert_close(f"{case} latents", final, ref_latent)
-    assert_close(f"{case} images", images, ref_images)
+    assert_close(f"{label} latents", final, ref_latent)
+    assert_close(f"{label} images", images, ref_images)
     assert final.abs().max() > 0.1 and images.std() > 1e-3  # not a trivially equal pair
+
+
+PROMPT_2, NEGATIVE_2 = "an oil painting", "low contrast"
+
+
+@pytest.mark.parametrize("negative", [NEGATIVE, ""], ids=["negative", "empty_negative"])
+def test_prompt_2_goes_to_openclip_g_as_diffusers_prompt_2(sdxl, pipe, negative):
+    """prompt_2 / negative_prompt_2 (text.encode's prompt_2 on each node) reach text_encoder_2 (and the pooled
+    output); an empty negative prompt with a negative_prompt_2 is encoded (not zeros) as diffusers' negative_prompt
+    '' is, although the folder forces zeros for an omitted one."""
+    wf = txt2img(sdxl, negative)
+    wf["nodes"]["prompt"]["params"]["prompt_2"] = PROMPT_2
+    wf["nodes"]["negative"]["params"]["prompt_2"] = NEGATIVE_2
+    assert_txt2img_parity(f"prompt_2 {negative!r}", pipe, wf, prompt_2=PROMPT_2, negative_prompt=negative,
+                          negative_prompt_2=NEGATIVE_2, guidance_scale=SCALE)
+
+
+def test_prompt_2_none_is_the_prompt_and_changes_only_the_openclip_g_half(ours):
+    def encode(prompt: str, **params) -> Conditioning:
+        return TextEncode(prompt=prompt, **params).run(ours.text_encoder, NodeContext.detached())
+
+    default, same, other = encode(PROMPT), encode(PROMPT, prompt_2=PROMPT), encode(PROMPT, prompt_2=PROMPT_2)
+    assert torch.equal(default.embeddings, same.embeddings) and torch.equal(default.pooled, same.pooled)
+    assert torch.equal(other.embeddings[..., :WIDTHS[0]], default.embeddings[..., :WIDTHS[0]])
+    assert not torch.allclose(other.embeddings[..., WIDTHS[0]:], default.embeddings[..., WIDTHS[0]:], atol=1e-3)
+    assert not torch.allclose(other.pooled, default.pooled, atol=1e-3)
+    empty, half = encode(""), encode("", prompt_2=PROMPT_2)  # zeros only when both texts are empty
+    assert not empty.embeddings.any() and half.embeddings.abs().max() > 0 and half.pooled.abs().max() > 0
+    with pytest.raises(NodeError, match="'prompt_3' does not apply to a 'sdxl' text encoder"):
+        encode(PROMPT, prompt_3=PROMPT_2)
 
 
 def test_explicit_sizes_and_the_negative_prompt_change_the_result(sdxl):
@@ -116,20 +168,23 @@ def test_explicit_sizes_and_the_negative_prompt_change_the_result(sdxl):
     assert not torch.allclose(base, negative, atol=1e-3) and not torch.allclose(base, sized, atol=1e-3)
 
 
-def test_img2img_equals_diffusers_sdxl_img2img_pipeline(sdxl, pipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("which", ["sdxl", "refiner"])
+def test_img2img_equals_diffusers_sdxl_img2img_pipeline(request, which, tmp_path, monkeypatch):
     """load_image -> vae.encode -> denoise_strength -> latent.add_noise -> sample equals
     StableDiffusionXLImg2ImgPipeline given our encoded latents as its image and our noised latents as its start
-    (its own add_noise of our noise agrees with them to float32 rounding, checked first)."""
-    wf = img2img_workflow("img2img.json", sdxl, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
+    (its own add_noise of our noise agrees with them to float32 rounding, checked first); on a base folder and on a
+    refiner's (its negative prompt's node at diffusers' negative_aesthetic_score 2.5)."""
+    path = request.getfixturevalue(which)
+    wf = img2img_workflow("img2img.json", path, tmp_path, (HEIGHT, WIDTH), (PROMPT, NEGATIVE), SCALE, STEPS, 0.5)
     n = wf["nodes"]
+    if which == "refiner":
+        n["negative"]["params"]["aesthetic_score"] = 2.5
     n["full"] = {"kind": "schedule.uniform_timesteps", "inputs": {"model": "cond"},  # SDXL's scheduler grid
                  "params": {"steps": STEPS, "spacing": "leading", "steps_offset": 1}}
     n["pipe"]["params"]["timestep"] = "rounded"  # diffusers' leading timesteps are integers
     encoded, noised, sigmas, final, images = run(wf, "encode", "noised", "sigmas", "sample", "decode")
     assert sigmas.steps == 2 and encoded.shape == (1, 4, HEIGHT // 8, WIDTH // 8)
-    d = diffusers()
-    img2img = d.StableDiffusionXLImg2ImgPipeline(**pipe.components, add_watermarker=False)
-    img2img.set_progress_bar_config(disable=True)
+    img2img = diffusers_pipe(path, "StableDiffusionXLImg2ImgPipeline")
     img2img.scheduler.set_timesteps(STEPS)
     eps = ((noised - encoded) / sigmas.values[0]).float()
     start = img2img.scheduler.timesteps[STEPS - sigmas.steps:][:1]  # diffusers' first img2img timestep
@@ -138,8 +193,8 @@ def test_img2img_equals_diffusers_sdxl_img2img_pipeline(sdxl, pipe, tmp_path, mo
     monkeypatch.setattr(img2img.scheduler, "add_noise", lambda x0, noise, t: noised.float().clone())
     call = dict(prompt=PROMPT, negative_prompt=NEGATIVE, image=encoded.clone(), strength=0.5,
                 num_inference_steps=STEPS, guidance_scale=SCALE)
-    assert_close("img2img latents", final, img2img(output_type="latent", **call).images)
-    assert_close("img2img images", images, img2img(output_type="pt", **call).images)
+    assert_close(f"{which} img2img latents", final, img2img(output_type="latent", **call).images)
+    assert_close(f"{which} img2img images", images, img2img(output_type="pt", **call).images)
 
 
 def test_encoder_is_both_penultimate_layers_without_the_final_norm_and_g_pooled(ours, pipe):
@@ -206,7 +261,7 @@ def test_bad_sizes_and_options_of_other_families_are_refused_by_name(ours):
 def test_conditioning_of_another_family_or_without_pooled_is_refused_when_bound(ours):
     with pytest.raises(NodeError, match="'sd' text encoder"):
         ours.model.bind(Conditioning(torch.zeros(1, 77, sum(WIDTHS)), "sd"))
-    with pytest.raises(NodeError, match=f"pooled width None.*takes pooled width {POOLED} and time_ids"):
+    with pytest.raises(NodeError, match=f"pooled width None.*takes pooled width {POOLED} and 6 time ids"):
         ours.model.bind(Conditioning(torch.zeros(1, 77, sum(WIDTHS)), "sdxl"))
 
 
@@ -280,15 +335,137 @@ def test_the_legacy_clip_eos_token_id_2_is_accepted_when_the_end_token_is_the_la
         load_tokenizer(tmp_path / "first", "CLIPTokenizer", legacy)
 
 
-def test_a_refiner_is_refused_by_name(sdxl, tmp_path):
-    root = Path(shutil.copytree(sdxl, tmp_path / "refiner"))
-    index = json.loads((root / "model_index.json").read_text())
-    refiner = {"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": True,
-               "text_encoder": [None, None]}
-    (root / "model_index.json").write_text(json.dumps({**index, **refiner}))
-    load_error(root, "is an SDXL refiner .*requires_aesthetics_score: true.*not support yet")
-
-
 @pytest.mark.parametrize("path", folder_workflows("sdxl"), ids=[p.stem for p in folder_workflows("sdxl")])
 def test_sdxl_workflows_run_through_the_cli(sdxl, path, tmp_path):
     run_through_cli(path, sdxl, tmp_path, 64)
+
+
+# SDXL refiners (requires_aesthetics_score: OpenCLIP-G alone, 5 time ids) and the base -> refiner hand-off
+ENSEMBLE = ROOT / "workflows" / "txt2img_sdxl_refiner.json"
+ENSEMBLE_STEPS, FRACTION = 10, 0.8  # 10 leading steps: 8 on the base, 2 on the refiner
+
+
+@pytest.fixture(scope="module")
+def ours_refiner(refiner):
+    return ModelPipeline(path=str(refiner)).run(NodeContext.detached())
+
+
+def encode(encoder, **params):
+    return TextEncode(**{"prompt": PROMPT, **params}).run(encoder, NodeContext.detached())
+
+
+def test_refiner_encodes_with_openclip_g_alone_as_img2img_encode_prompt(refiner, ours_refiner):
+    """text_encoder null: tokens = text_encoder_2's hidden_states[-2] (B, 77, D_G), pooled its text_embeds; time ids
+    (1, 5) = original size (the latent's: -1) + crop + aesthetic score (6.0; 2.5 for diffusers' negative)."""
+    pipe = diffusers_pipe(refiner, "StableDiffusionXLImg2ImgPipeline")
+    emb, negative, pooled, negative_pooled = pipe.encode_prompt(PROMPT, device="cpu")
+    enc = ours_refiner.text_encoder
+    cond, uncond = encode(enc), encode(enc, prompt="", aesthetic_score=2.5)
+    assert cond.embeddings.shape == (1, 77, WIDTHS[1]) and torch.equal(cond.embeddings, emb)
+    assert torch.equal(cond.pooled, pooled)
+    assert torch.equal(uncond.embeddings, negative) and torch.equal(uncond.pooled, negative_pooled)  # '' encoded
+    assert uncond.embeddings.abs().max() > 0  # the refiner's force_zeros_for_empty_prompt is false
+    ids, negative_ids = pipe._get_add_time_ids((HEIGHT, WIDTH), (8, 16), (HEIGHT, WIDTH), 6.0, 2.5, (HEIGHT, WIDTH),
+                                               (8, 16), (HEIGHT, WIDTH), torch.float32, int(pooled.shape[-1]))
+    assert torch.equal(cond.extras["time_ids"], torch.tensor([[-1.0, -1, 0, 0, 6.0]]))
+    sized = dict(original_size=(HEIGHT, WIDTH), crop_top_left=(8, 16))
+    assert torch.equal(encode(enc, **sized).extras["time_ids"], ids)
+    assert torch.equal(encode(enc, **sized, aesthetic_score=2.5).extras["time_ids"], negative_ids)
+
+
+def test_options_of_the_other_kind_of_sdxl_folder_are_refused_by_name(ours, ours_refiner):
+    base, ours = ours, ours_refiner
+    for encoder, name, value, match in [
+            (ours.text_encoder, "target_size", (64, 64), "'target_size' does not apply to a 'sdxl' refiner text"),
+            (ours.text_encoder, "prompt_2", "a dog", "'prompt_2' does not apply to a 'sdxl' refiner text"),
+            (base.text_encoder, "aesthetic_score", 6.0, "'aesthetic_score' does not apply to a 'sdxl' text")]:
+        with pytest.raises(NodeError, match=match):
+            encode(encoder, **{name: value})
+    with pytest.raises(NodeError, match="cross_attention_dim is 24"):  # the base's conditioning into the refiner
+        ours.model.bind(encode(base.text_encoder))
+    cond = encode(ours.text_encoder)
+    with pytest.raises(NodeError, match="pooled width 20 and 6 time ids, but an SDXL refiner's UNet takes pooled "
+                                        "width 20 and 5 time ids"):
+        ours.model.bind(type(cond)(cond.embeddings, "sdxl", cond.pooled, {"time_ids": torch.zeros(1, 6)}))
+
+
+def test_a_folder_whose_aesthetics_flag_does_not_fit_its_unet_is_a_located_error(sdxl, refiner, tmp_path):
+    for source, flag, ids in ((sdxl, True, "5 time ids.*it takes 6 ids, as a base"),
+                              (refiner, False, "6 time ids.*it takes 5 ids, as a refiner")):
+        root = Path(shutil.copytree(source, tmp_path / str(flag)))
+        index = json.loads((root / "model_index.json").read_text())
+        (root / "model_index.json").write_text(json.dumps({**index, "requires_aesthetics_score": flag}))
+        with pytest.raises(NodeError, match=f"{ids}: check requires_aesthetics_score in model_index.json"):
+            ModelPipeline(path=str(root)).run(NodeContext.detached())
+    root = Path(shutil.copytree(sdxl, tmp_path / "half"))
+    index = json.loads((root / "model_index.json").read_text())
+    (root / "model_index.json").write_text(json.dumps({**index, "text_encoder": [None, None]}))
+    with pytest.raises(NodeError, match="has a tokenizer but model_index.json names no text_encoder"):
+        ModelPipeline(path=str(root)).run(NodeContext.detached())
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+def test_split_at_fraction_cuts_where_denoising_end_and_denoising_start_do(spacing):
+    """high.steps = the base's steps under denoising_end (timesteps >= round(T - f T)); low.steps = the refiner's
+    under denoising_start (timesteps below it): on Euler's grids for many step counts and fractions."""
+    config = {**SDXL_SCHEDULER, "timestep_spacing": spacing, **({} if spacing == "leading" else {"steps_offset": 0})}
+    sampling, _ = scheduler_sampling({"_class_name": "EulerDiscreteScheduler", **config}, "scheduler")
+    model = NetworkDenoiser(torch.nn.Identity(), sampling, "eps")
+    sched = diffusers().EulerDiscreteScheduler(**config)
+    for steps in (3, 4, 10, 25, 40, 50):
+        sigmas = UniformTimesteps(steps=steps, spacing=spacing, steps_offset=config["steps_offset"]).run(model)
+        sched.set_timesteps(steps)
+        for fraction in (0.5, 0.7, 0.75, 0.8, 0.9):
+            cutoff = int(round(1000 - fraction * 1000))
+            base = len([t for t in sched.timesteps if t >= cutoff])  # StableDiffusionXLPipeline's rule
+            refined = int((sched.timesteps < cutoff).sum())  # StableDiffusionXLImg2ImgPipeline.get_timesteps'
+            if not (base and refined):
+                continue  # diffusers leaves one pipeline nothing to do: split refuses that (both keep a step)
+            split = SplitAtFraction(fraction=fraction).run(model, sigmas)
+            assert (split.high.steps, split.low.steps) == (base, refined), (spacing, steps, fraction)
+            assert torch.allclose(split.low.values[:-1].float(), sched.sigmas[base:-1], rtol=1e-5, atol=1e-6)
+    leading = UniformTimesteps(steps=3, spacing="leading").run(model)  # timesteps 666, 333, 0
+    with pytest.raises(NodeError, match="'fraction' is 0.1: 0 of the steps are at timesteps >= 900.*step 1 .. 2"):
+        SplitAtFraction(fraction=0.1).run(model, leading)
+    flow = NetworkDenoiser(torch.nn.Identity(), RectifiedFlowSampling(3.0, multiplier=1000), "flow")
+    with pytest.raises(NodeError, match="RectifiedFlowSampling\\) is continuous-time; cut with sigmas.split_at"):
+        SplitAtFraction(fraction=0.8).run(flow, leading)
+
+
+def ensemble(sdxl: Path, refiner: Path) -> dict:
+    wf = json.loads(ENSEMBLE.read_text())
+    n = wf["nodes"]
+    n["pipe"]["params"]["path"], n["refiner"]["params"]["path"] = str(sdxl), str(refiner)
+    for name in ("prompt", "refiner_prompt"):
+        n[name]["params"]["prompt"] = PROMPT
+    n["guided"]["params"]["scale"] = n["refiner_guided"]["params"]["scale"] = SCALE
+    n["sigmas"]["params"]["steps"], n["split"]["params"]["fraction"] = ENSEMBLE_STEPS, FRACTION
+    n["latent"]["params"].update(width=WIDTH, height=HEIGHT)
+    return wf
+
+
+def test_base_then_refiner_equals_diffusers_ensemble_of_expert_denoisers(sdxl, refiner):
+    """The base's 8 steps to the cut equal StableDiffusionXLPipeline(denoising_end=0.8)'s latents; the refiner's 2
+    from there equal StableDiffusionXLImg2ImgPipeline(image=those latents, denoising_start=0.8) (empty negative
+    prompts: the base's zeros, the refiner's encoded; aesthetic scores 6.0 / 2.5)."""
+    latent0, high, low, handed, final, images = run(ensemble(sdxl, refiner), "latent", "split.high", "split.low",
+                                                    "base", "sample", "decode")
+    assert (high.steps, low.steps) == (8, 2)
+    base = diffusers_pipe(sdxl, "StableDiffusionXLPipeline")
+    base.scheduler.set_timesteps(ENSEMBLE_STEPS)
+    noise = (latent0 / base.scheduler.init_noise_sigma).float()  # diffusers scales its latents by it
+    call = dict(prompt=PROMPT, num_inference_steps=ENSEMBLE_STEPS, guidance_scale=SCALE)
+    ref_handed = base(latents=noise, height=HEIGHT, width=WIDTH, denoising_end=FRACTION, output_type="latent",
+                      **call).images
+    second = diffusers_pipe(refiner, "StableDiffusionXLImg2ImgPipeline")
+    outputs = [second(image=ref_handed.clone(), denoising_start=FRACTION, output_type=kind, **call).images
+               for kind in ("latent", "pt")]
+    assert_parity("sdxl base -> refiner", [("base latents", handed, ref_handed), ("latents", final, outputs[0]),
+                                           ("images", images, outputs[1])])
+    assert (final - handed).abs().max() > 0.1 and images.std() > 1e-3  # the refiner did change the latents
+
+
+@pytest.mark.parametrize("path", folder_workflows("sdxl_refiner"),
+                         ids=[p.stem for p in folder_workflows("sdxl_refiner")])
+def test_sdxl_refiner_workflows_run_through_the_cli(sdxl, refiner, path, tmp_path):
+    run_through_cli(path, {"pipe": sdxl, "refiner": refiner}, tmp_path, 64)

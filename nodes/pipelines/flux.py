@@ -88,7 +88,7 @@ class FluxTextEncoder(TextEncoder):
     guidance scalar of a guidance-distilled transformer in `extras["guidance"]` (B,)."""
 
     family = FAMILY
-    options = frozenset({"max_sequence_length", "guidance"})
+    options = frozenset({"max_sequence_length", "guidance", "prompt_2"})
 
     def __init__(self, clip_tokenizer: Any, clip: torch.nn.Module, t5_tokenizer: Any, t5: torch.nn.Module,
                  guidance_embeds: bool):
@@ -97,7 +97,8 @@ class FluxTextEncoder(TextEncoder):
         self.context = int(clip_tokenizer.model_max_length)  # 77: the warning's count (T5 keeps up to 512)
 
     def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
-        """T5 tokens of max_sequence_length (default 512) tokens, CLIP pooled of 77, the guidance (default 3.5)."""
+        """T5 tokens of prompt_2 (default: prompt) in max_sequence_length (default 512) tokens, CLIP pooled of the
+        prompt in 77, the guidance (default 3.5)."""
         if options.clip_skip:
             raise NodeError("param 'clip_skip' does not apply to Flux, which conditions on CLIP's pooled output "
                             "(its last layer); remove it")
@@ -108,10 +109,11 @@ class FluxTextEncoder(TextEncoder):
         guidance = self.guidance(options.guidance)
         if guidance is not None:
             extras["guidance"] = torch.full((len(prompts),), guidance, dtype=torch.float32)  # (B,)
+        t5_texts = options.texts(prompts, 2)  # FluxPipeline's prompt_2 goes to T5, prompt to CLIP
         pooled = self.pooled(prompts)  # (B, P)
-        tokens = self.tokens(prompts, length)  # (B, L, D)
-        lost = [max(lost_text(self.clip_tokenizer, self.context, p), lost_text(self.t5_tokenizer, length, p), key=len)
-                for p in prompts]
+        tokens = self.tokens(t5_texts, length)  # (B, L, D)
+        lost = [max(lost_text(self.clip_tokenizer, self.context, p), lost_text(self.t5_tokenizer, length, q), key=len)
+                for p, q in zip(prompts, t5_texts)]
         return Conditioning(tokens.float(), FAMILY, pooled.float(), extras), lost
 
     def guidance(self, value: float | None) -> float | None:

@@ -5,7 +5,6 @@ Every failure is a NodeError naming the file or folder and the fix; pickle-only 
 before anything is opened (models/safetensors_model.refuse_pickles)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,9 +28,8 @@ class Family(NamedTuple):
     classes: tuple[str, ...]  # model_index.json _class_name values
     components: Components
     loader: str  # "module:function" under nodes/pipelines, called as function(PipelineFolder, LoadSettings)
-    # variants refused by name before any component is read: (model_index.json key, value, what such a folder is)
-    refused: tuple[tuple[str, Any, str], ...] = ()
-    optional: tuple[str, ...] = ()  # components model_index.json may name null (SD3's T5: diffusers then uses zeros)
+    # components model_index.json may name null (SD3's T5: diffusers then uses zeros; an SDXL refiner's CLIP-L)
+    optional: tuple[str, ...] = ()
 
 
 CLIP_TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
@@ -72,8 +70,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
                                          "StableDiffusionInpaintPipeline"), SD_COMPONENTS, "sd_folder:load_sd"),
     Family("SDXL", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"), SDXL_COMPONENTS,
-           "sdxl_folder:load_sdxl", (("requires_aesthetics_score", True, "an SDXL refiner (aesthetic-score "
-                                                                         "conditioning, one text encoder)"),)),
+           "sdxl_folder:load_sdxl", optional=("text_encoder", "tokenizer")),  # null in a refiner's model_index
     Family("Stable Diffusion 3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"), SD3_COMPONENTS,
            "sd3_folder:load_sd3", optional=("text_encoder_3", "tokenizer_3")),
     Family("Flux", ("FluxPipeline", "FluxImg2ImgPipeline"), FLUX_COMPONENTS, "flux_folder:load_flux"),
@@ -129,10 +126,6 @@ def read_index(root: Path) -> tuple[dict[str, Any], Family]:
     kind = str(index.get("_class_name", ""))
     family = next((f for f in FAMILIES if kind in f.classes), None)
     if family is not None:
-        for key, value, what in family.refused:
-            if index.get(key) == value:
-                raise NodeError(f"'{root / INDEX}' is {what} ({key}: {json.dumps(value)}), which model.pipeline "
-                                f"does not support yet; supported: {supported()}")
         return index, family
     if kind in NOT_YET:
         raise NodeError(f"'{root / INDEX}' is a {kind} ({NOT_YET[kind]}), which model.pipeline does not support "

@@ -47,15 +47,16 @@ class Sd3TextEncoder(TextEncoder):
     """CLIP-L + CLIP-G (+ T5-XXL) of SD3: prompts -> (B, 77 + max_sequence_length, joint D) tokens and (B, P) pooled."""
 
     family = FAMILY
-    options = frozenset({"max_sequence_length"})
+    options = frozenset({"max_sequence_length", "prompt_2", "prompt_3"})
 
     def __init__(self, clips: tuple[ClipPair, ClipPair], t5: tuple[Any, torch.nn.Module] | None, width: int):
         self.clips, self.t5, self.width = clips, t5, width  # width: the transformer's joint_attention_dim
         self.context = clips[0].context
 
     def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
-        """As StableDiffusion3Pipeline.encode_prompt with one prompt for all three encoders; the lost text is CLIP's
-        (77 tokens) or, when CLIP keeps the whole prompt, T5's (beyond max_sequence_length)."""
+        """As StableDiffusion3Pipeline.encode_prompt: prompt to CLIP-L, prompt_2 to CLIP-G, prompt_3 to T5 (each
+        default: prompt); the lost text is the first CLIP's (77 tokens) that lost some, else T5's (beyond
+        max_sequence_length)."""
         length = options.max_sequence_length or MAX_SEQUENCE_LENGTH
         if length > T5_LIMIT:
             raise NodeError(f"param 'max_sequence_length' is {length}; SD3 takes at most {T5_LIMIT} T5 tokens "
@@ -64,14 +65,17 @@ class Sd3TextEncoder(TextEncoder):
         if options.clip_skip >= layers:
             raise NodeError(f"param 'clip_skip' is {options.clip_skip}, but the CLIP text encoders have {layers} "
                             f"layers; use 0..{layers - 1}")
-        (emb_l, pool_l), (emb_g, pool_g) = (clip.encode(prompts, options.clip_skip) for clip in self.clips)
+        clip_texts, t5_texts = [prompts, options.texts(prompts, 2)], options.texts(prompts, 3)
+        (emb_l, pool_l), (emb_g, pool_g) = (clip.encode(rows, options.clip_skip)
+                                            for clip, rows in zip(self.clips, clip_texts))
         clip_tokens = torch.cat([emb_l, emb_g], dim=-1)  # (B, 77, D_l + D_g)
         clip_tokens = torch.nn.functional.pad(clip_tokens, (0, self.width - clip_tokens.shape[-1]))  # (B, 77, W)
-        t5 = self.t5_tokens(prompts, length)  # (B, length, W)
+        t5 = self.t5_tokens(t5_texts, length)  # (B, length, W)
         embeddings = torch.cat([clip_tokens, t5], dim=-2)  # (B, 77 + length, W)
         pooled = torch.cat([pool_l, pool_g], dim=-1)  # (B, P_l + P_g)
-        lost = [lost_text(self.clips[0].tokenizer, self.context, p)
-                or (lost_text(self.t5[0], length, p) if self.t5 else "") for p in prompts]
+        (tok_l, tok_g), t5_tok = (clip.tokenizer for clip in self.clips), self.t5[0] if self.t5 else None
+        lost = [lost_text(tok_l, self.context, p) or lost_text(tok_g, self.context, q)
+                or (lost_text(t5_tok, length, r) if t5_tok else "") for p, q, r in zip(*clip_texts, t5_texts)]
         return Conditioning(embeddings, FAMILY, pooled), lost
 
     def t5_tokens(self, prompts: list[str], length: int) -> torch.Tensor:

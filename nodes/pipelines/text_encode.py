@@ -30,6 +30,14 @@ class TextEncode(Node):
                                             "family's default (SD3 256, Flux 512)")
     guidance: float | None = Field(None, description="Flux (guidance-distilled): the guidance embedding "
                                    "(FluxPipeline's guidance_scale); None = the family's default (3.5)")
+    prompt_2: str | None = Field(None, description="the second text encoder's text, as diffusers' prompt_2 (a "
+                                 "negative prompt's node: negative_prompt_2): SDXL's OpenCLIP-G (which gives the "
+                                 "pooled output), SD3's CLIP-G, Flux's T5; None = the same as 'prompt'")
+    prompt_3: str | None = Field(None, description="SD3: the T5 encoder's text (diffusers' prompt_3 / "
+                                 "negative_prompt_3); None = the same as 'prompt'")
+    aesthetic_score: float | None = Field(None, description="SDXL refiner (requires_aesthetics_score): the "
+                                          "aesthetic-score time id; None = 6.0, diffusers' aesthetic_score; give "
+                                          "the negative prompt's node 2.5, diffusers' negative_aesthetic_score")
     batch: int = Field(1, ge=1, description="rows of the conditioning (the same prompt repeated); 1 serves any "
                                             "latent batch")
 
@@ -37,7 +45,7 @@ class TextEncode(Node):
         options = self.options()
         for name in options.set_beyond_defaults():
             if name not in text_encoder.options:
-                raise NodeError(f"param {name!r} does not apply to a {text_encoder.family!r} text encoder; "
+                raise NodeError(f"param {name!r} does not apply to a {text_encoder.label} text encoder; "
                                 f"remove it (it is for the families that take it: see `samplegraph nodes text.encode`)")
         cond, lost = text_encoder.encode([self.prompt] * self.batch, options)
         if lost[0]:
@@ -46,5 +54,4 @@ class TextEncode(Node):
         return cond
 
     def options(self) -> EncodeOptions:
-        return EncodeOptions(self.clip_skip, self.original_size, self.crop_top_left, self.target_size,
-                             self.max_sequence_length, self.guidance)
+        return EncodeOptions(**self.model_dump(exclude={"prompt", "batch"}))

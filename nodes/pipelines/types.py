@@ -38,7 +38,7 @@ class Conditioning:
     embeddings: torch.Tensor  # (B, L, D)
     family: str  # the TextModel family it binds to ("sd"); binding another family's conditioning is an error
     pooled: torch.Tensor | None = None  # (B, P): SDXL / SD3 / Flux; None for SD 1.x/2.x
-    # per-family tensors with B rows (or 1), e.g. SDXL's "time_ids" (B, 6), Flux's "guidance" (B,)
+    # per-family tensors with B rows (or 1), e.g. SDXL's "time_ids" (B, 6) (a refiner's (B, 5)), Flux's "guidance" (B,)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -68,6 +68,15 @@ class EncodeOptions:
     target_size: tuple[int, int] | None = None  # SDXL micro-conditioning (height, width); None = the latent's size
     max_sequence_length: int | None = None  # T5 tokens (SD3: 256, Flux: 512 by default); None = the family's default
     guidance: float | None = None  # Flux's distilled guidance embedding (FluxPipeline's guidance_scale)
+    prompt_2: str | None = None  # the 2nd encoder's text (SDXL: OpenCLIP-G, SD3: CLIP-G, Flux: T5); None = prompt
+    prompt_3: str | None = None  # the third encoder's text (SD3: T5); None = prompt
+    aesthetic_score: float | None = None  # an SDXL refiner's aesthetic-score time id; None = 6.0 (diffusers')
+
+    def texts(self, prompts: list[str], encoder: int) -> list[str]:
+        """What encoder `encoder` (1, 2, 3: read with prompt, prompt_2, prompt_3) gets for each row: its own prompt_k
+        repeated, or the rows' prompts where prompt_k is None (diffusers' `prompt_2 or prompt`, but '' stays '')."""
+        own = {1: None, 2: self.prompt_2, 3: self.prompt_3}[encoder]
+        return prompts if own is None else [own] * len(prompts)
 
     def set_beyond_defaults(self) -> list[str]:
         """Names of the options (other than clip_skip) that differ from their defaults."""
@@ -81,6 +90,11 @@ class TextEncoder(ABC):
     family: str
     context: int  # tokens per prompt the encoder sees (CLIP: 77)
     options: frozenset[str] = frozenset()  # EncodeOptions fields beyond clip_skip that this family honours
+
+    @property
+    def label(self) -> str:
+        """How messages name this encoder: its family (an SDXL refiner's adds 'refiner')."""
+        return repr(self.family)
 
     @abstractmethod
     def encode(self, prompts: list[str], options: EncodeOptions) -> tuple[Conditioning, list[str]]:
