@@ -22,6 +22,7 @@ def nodes() -> list[type]:
     from .set_first import SetFirst
     from .sgm_uniform import SGMUniform
     from .simple import Simple
+    from .split_at_fraction import SplitAtFraction
     from .split_at_sigma import SplitAtSigma
     from .split_at_step import SplitAtStep
     from .time_shift import TimeShift
@@ -32,5 +33,5 @@ def nodes() -> list[type]:
                   TimeShift, Manual]
     model_based = [UniformTimesteps, Simple, SGMUniform, DDIMUniform, Normal, Beta, FlowMatch]
     calibrated = [GITS, AYSOptimize]
-    sigma_ops = [SplitAtStep, SplitAtSigma, Flip, Concat, SetFirst, DenoiseStrength]
+    sigma_ops = [SplitAtStep, SplitAtSigma, SplitAtFraction, Flip, Concat, SetFirst, DenoiseStrength]
     return [*model_free, *model_based, *sigma_ops, *calibrated]

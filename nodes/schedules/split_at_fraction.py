@@ -13,7 +13,7 @@ from ...graph.errors import NodeError
 from ..api import Node, node
 from ..core.model import Model
 from ..core.sigmas import Sigmas
-from ..schedules.split_at_step import SigmasSplit, split
+from .split_at_step import SigmasSplit, split
 
 KIND = "sigmas.split_at_fraction"
 TOLERANCE = 1e-6  # timesteps recovered from sigmas carry round-off; diffusers' are the integers (or fractions) exactly
