@@ -82,7 +82,9 @@ def test_submit_quickstart_in_a_browser(tmp_path):
             expect(bar).to_have_attribute("value", "100", timeout=60_000)
             image = page.locator("#detail-images img.output")
             expect(image).to_be_visible(timeout=30_000)
-            assert page.evaluate("document.querySelector('#detail-images img.output').naturalWidth") > 0
+            # visible is not loaded: wait until the browser has decoded it (a broken image never gets a width)
+            page.wait_for_function("() => { const i = document.querySelector('#detail-images img.output'); "
+                                   "return i !== null && i.complete && i.naturalWidth > 0; }", timeout=30_000)
             page.screenshot(path=str(artifacts / "serve_page.png"), full_page=True)
             browser.close()
         assert srv.job(job_id)["status"] == "succeeded"
