@@ -78,10 +78,18 @@ class Node(JsonParams):
     cacheable: ClassVar[bool] = True  # False for nodes with side effects (writing files)
     uses_seed: ClassVar[bool] = False  # True when outputs depend on the workflow seed
     cache_exempt: ClassVar[frozenset[str]] = frozenset()  # parameters that change no output: not in the cache key
+    # parameters added after keys were recorded: at their default they stay out of the key, so the keys (and the
+    # caches) of workflows written before them stay valid
+    key_omits_default: ClassVar[frozenset[str]] = frozenset()
 
     def key_params(self) -> dict[str, Any]:
-        """The parameters that enter the cache key (JSON mode), `cache_exempt` left out."""
-        return self.model_dump(mode="json", exclude=set(self.cache_exempt))
+        """The parameters that enter the cache key (JSON mode): `cache_exempt` left out, and each of
+        `key_omits_default` that is at its default."""
+        params = self.model_dump(mode="json", exclude=set(self.cache_exempt))
+        for name in self.key_omits_default:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                params.pop(name, None)
+        return params
 
     def external_state(self) -> Any:
         """What this node reads from outside the graph (e.g. a file's size and mtime), as JSON

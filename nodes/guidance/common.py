@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import ClassVar
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -80,13 +80,7 @@ class Batching(Node):
     batch: bool = Field(True, description="evaluate the Denoisers that share one network (prompt and negative "
                         "prompt) in one network call, as diffusers batches CFG; False: one call each (less peak "
                         "memory; the same result up to float rounding)")
-
-    def key_params(self) -> dict[str, Any]:
-        """The default (batched) is left out of the cache key, so keys written before `batch` existed stay valid."""
-        params = super().key_params()
-        if self.batch:
-            params.pop("batch", None)
-        return params
+    key_omits_default: ClassVar[frozenset[str]] = frozenset({"batch"})  # keys written before `batch` stay valid
 
 
 class PairGuidance(Guidance, Batching):
