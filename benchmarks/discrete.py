@@ -119,7 +119,9 @@ def mdm_samplers() -> list[tuple[str, Callable[[], DiscreteSampler], list[int]]]
             ("ReMDM cap eta 0.04", lambda: ReMDM(), grid),
             ("ReMDM rescale eta 0.5", lambda: ReMDM(strategy="rescale", eta=0.5), grid),
             ("CCD, history 2 (T = 1)", lambda: Coherent(consistency="off"), grid),
-            ("CCD-DS, history 2 (T = 1)", lambda: Coherent(), grid)]
+            ("CCD-DS, history 2 (T = 1)", lambda: Coherent(), grid),
+            ("CCD, LLaDA blocks of 13", lambda: Coherent(consistency="off", block_length=13), [5, 10, 20, 40, 80, 160]),
+            ("CCD-DS, LLaDA blocks of 13", lambda: Coherent(block_length=13), [5, 10, 20, 40, 80, 160])]
 
 
 def section_quality(args: argparse.Namespace) -> str:

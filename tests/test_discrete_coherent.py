@@ -170,6 +170,42 @@ def test_ccd_ds_takes_fewer_denoiser_calls_on_the_exact_model_and_the_trained_mo
     assert valid_fraction(grammar_logprobs(texts, corpus())) > 0.25
 
 
+@pytest.mark.parametrize("score", ["entropy", "margin", "confidence"])
+def test_with_llada_blocks_history_one_without_the_check_is_block_top_k_bit_for_bit(score):
+    """block_length as discrete_sampler.confidence's: the exact model in blocks of 1 (10 steps), the trained model
+    in blocks of 13 (5 blocks, 10 steps)."""
+    for den, block, steps, n in ((DEN, 1, 10, 300), (MDM, 13, 10, 16)):
+        a = sample(Confidence(score=score, block_length=block), steps, n=n, den=den)
+        b = sample(Coherent(score=score, history=1, consistency="off", block_length=block), steps, n=n, den=den)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.revealed, b.revealed)
+
+
+def test_block_length_at_its_default_keeps_the_cache_key():
+    """block_length came after workflows/mdm_coherent.json's keys were recorded: None stays out of the key."""
+    assert "block_length" not in Coherent().key_params()
+    assert Coherent(block_length=13).key_params()["block_length"] == 13
+
+
+def block_order_holds(revealed: torch.Tensor, block: int) -> bool:
+    """Every position of block j is revealed no later than every position of block j + 1, in every row."""
+    per = revealed.reshape(revealed.shape[0], -1, block)  # (B, blocks, block)
+    return bool((per.max(-1).values[:, :-1] <= per.min(-1).values[:, 1:]).all())
+
+
+@pytest.mark.parametrize("mode", ["off", "rectify", "adaptive"])
+def test_llada_blocks_decode_left_to_right_and_ccd_ds_hands_saved_steps_on(mode):
+    """Trained model, blocks of 13 (5 x 13 steps, warmup 3), 32 rows: blocks in order, nothing masked at the end;
+    CCD-DS jumps to the next block when one is done, so it makes fewer denoiser calls per row than the 65 steps
+    (the others make all 65)."""
+    den = CountingDiscreteDenoiser(MDM)
+    out = sample(Coherent(consistency=mode, block_length=13, warmup=3), 65, n=32, den=den)
+    assert block_order_holds(out.revealed, 13) and bool((out.tokens != MDM.mask_id).all())
+    calls_per_row = den.rows / 32
+    assert calls_per_row < 50 if mode == "adaptive" else calls_per_row == 65
+    texts = list(DiscreteSamples.of_state(out, MDM).texts)
+    assert valid_fraction(grammar_logprobs(texts, corpus())) > 0.25
+
+
 def test_rows_do_not_depend_on_the_batch_split_and_seeds_repeat():
     whole = sample(Coherent(history=3, warmup=2), 5, n=40, den=ModelExactDiscrete(length=8).run())
     den = ModelExactDiscrete(length=8).run()
@@ -186,5 +222,9 @@ def test_bad_parameters_and_models_are_located_errors():
     for bad in ({"history": 0}, {"warmup": 1}, {"expand_ratio": -1.0}, {"consistency": "always"}):
         with pytest.raises(pydantic.ValidationError, match=next(iter(bad))):
             Coherent(**bad)
+    with pytest.raises(NodeError, match=r"'block_length' \(3\) must divide the sequence length \(5\)"):
+        sample(Coherent(block_length=3), 5, n=2)
+    with pytest.raises(NodeError, match=r"steps \(3\) must be a multiple of the number of blocks"):
+        sample(Coherent(block_length=1), 3, n=2)
     with pytest.raises(NodeError, match="steps masked diffusion models, but the model is a uniform-noise model"):
         sample(Coherent(), 3, n=2, den=ModelExactDiscrete(length=3, noise="uniform").run())

@@ -17,11 +17,16 @@ none of the plain top k passed the previous step's set, and a row finishes when 
 Departures from the authors' code: the ranking uses p_bar (their code ranks by the current step's entropy;
 history = 1 is exactly that); tokens are drawn from the current p(x0 | x_t)^(1/T) with the project's
 counter-based float64 Gumbel-max (their x0), or from p_bar with token_from="average"; k per step follows the
-mask schedule (theirs: int(L / steps) every step); no LLaDA blocks (their code decodes the whole row)."""
+mask schedule (theirs: int(L / steps) every step).
+
+`block_length` adds LLaDA's semi-autoregressive blocks (Nie et al. 2025; their code decodes the whole row): the
+steps split evenly over blocks decoded left to right, as discrete_sampler.confidence does, with k, the window
+and the check's warm-up counted within the block; a block that CCD-DS finishes early hands its remaining steps
+on: the row jumps to the next block's first step (so the saved denoiser calls stay saved)."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -34,7 +39,7 @@ from ..draws import TOKEN, categorical
 from ..sampler import DiscreteSampler
 from ..schedule import MaskSchedule
 from ..state import DiscreteState
-from .parallel import decode_counts, position_scores, top_k_positions
+from .parallel import block_plan, block_window, decode_counts, position_scores, top_k_positions
 from .unmasking import next_times
 
 LATE_FRACTION = 0.1  # the authors' late stage: at most this fraction of the holes still masked
@@ -78,6 +83,9 @@ class Coherent(DiscreteSampler):
     temperature: float = Field(1.0, ge=0, le=100, description="tokens drawn from p^(1/T); 0 = argmax")
     token_from: Literal["current", "average"] = Field(
         "current", description="tokens drawn from the current p(x0 | x_t) (the authors' x0) or from p_bar")
+    block_length: int | None = Field(None, ge=1, description="semi-autoregressive blocks of this many positions, "
+                                     "decoded left to right, the steps split evenly (LLaDA); None = one block")
+    key_omits_default: ClassVar[frozenset[str]] = frozenset({"block_length"})  # added after keys were recorded
 
     def init(self, state: DiscreteState, schedule: MaskSchedule) -> DiscreteState:
         """history = (buffer (B, d, L, 0) of past log-probs, newest first (sized at the first step), filled (B,),
@@ -112,13 +120,15 @@ class Coherent(DiscreteSampler):
                            self.precision)
 
     def checked(self, state: DiscreteState, scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor,
-                plain: torch.Tensor, agree: torch.Tensor, w: torch.Tensor, schedule: MaskSchedule) -> torch.Tensor:
+                plain: torch.Tensor, agree: torch.Tensor, w: torch.Tensor, local: torch.Tensor,
+                per_block: int) -> torch.Tensor:
         """(B, L) bool positions a step decodes under the cross-step check (the plain top-k plain (B, L) where
-        it does not apply); agree (B, L): argmax unchanged since the previous step; w (B,) the window."""
+        it does not apply); agree (B, L): argmax unchanged since the previous step; w (B,) the window; local (B,)
+        the step within the block of per_block steps (the whole row: the step of the schedule)."""
         prev_top = state.history[3]
         passing = top_k_positions(scores, eligible, w) & prev_top & agree  # (B, L)
         n_pass = passing.sum(-1)  # (B,)
-        active = (state.step >= self.warmup) & (state.step < schedule.steps - 1)
+        active = (local >= self.warmup) & (local < per_block - 1)
         use = active & (plain & prev_top).any(-1) & (n_pass >= k) & (k > 0)  # (B,)
         if self.consistency == "rectify":
             passing = top_k_positions(scores, passing, k)
@@ -126,9 +136,11 @@ class Coherent(DiscreteSampler):
 
     def step(self, den: DiscreteDenoiser, schedule: MaskSchedule, state: DiscreteState,
              noise: NoiseSource) -> DiscreteState:
-        eligible = state.masked(den.mask_id) & ~state.fixed  # (B, L)
-        holes, left = (~state.fixed).sum(-1), eligible.sum(-1)  # (B,)
-        k = torch.minimum(decode_counts(schedule, holes, state.step, schedule.steps), left)  # (B,)
+        blocks, per_block = block_plan(schedule, state.length, self.block_length)
+        inside, local = block_window(state, blocks, per_block)  # (B, L), (B,)
+        eligible = inside & state.masked(den.mask_id) & ~state.fixed  # (B, L)
+        holes, left = (inside & ~state.fixed).sum(-1), eligible.sum(-1)  # (B,) in the block
+        k = torch.minimum(decode_counts(schedule, holes, local, per_block), left)  # (B,)
         logp = den(state.tokens, state.t).to(torch.float64)  # (B, L, V)
         buffer, filled = self.push(state, logp)
         mean = averaged(buffer, filled)  # (B, L, V) log p_bar
@@ -136,9 +148,24 @@ class Coherent(DiscreteSampler):
         scores = position_scores(mean, chosen, self.score)  # (B, L)
         update = top_k_positions(scores, eligible, k)  # (B, L)
         argmax = logp.argmax(-1)  # (B, L)
-        w = window(state.step, k, left, holes, self.warmup, self.expand_ratio)  # (B,)
+        w = window(local, k, left, holes, self.warmup, self.expand_ratio)  # (B,)
         if self.consistency != "off":
-            update = self.checked(state, scores, eligible, k, update, argmax == state.history[2], w, schedule)
+            update = self.checked(state, scores, eligible, k, update, argmax == state.history[2], w, local,
+                                  per_block)
         prev_top = top_k_positions(scores, eligible & ~update, w)  # (B, L) the next step's verification set
         nxt = state.reveal(update, chosen, next_times(schedule, state))
+        if blocks > 1:
+            nxt = next_block_if_done(nxt, schedule, per_block, eligible & ~update, blocks)
         return nxt.replace(history=(buffer, filled, argmax, prev_top))
+
+
+def next_block_if_done(state: DiscreteState, schedule: MaskSchedule, per_block: int, still: torch.Tensor,
+                       blocks: int) -> DiscreteState:
+    """Rows whose block has nothing masked left (still (B, L): its undecided positions) before its last step
+    move to the next block's first step and time; the others stay as they are."""
+    block = ((state.step - 1) // per_block).clamp(max=blocks - 1)  # (B,) the block the step just worked on
+    start = (block + 1) * per_block  # (B,) the next block's first step
+    jump = ~still.any(-1) & (block < blocks - 1) & (state.step < start)  # (B,)
+    step = torch.where(jump, start, state.step)
+    times = schedule.times.to(state.device)  # (S + 1,)
+    return state.replace(step=step, t=torch.where(jump, times[step.clamp(max=schedule.steps)], state.t))
