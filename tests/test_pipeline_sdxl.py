@@ -31,9 +31,9 @@ from samplegraph.nodes.models.networks.diffusers_net import scheduler_sampling
 from samplegraph.nodes.models.parametrisation import NetworkDenoiser
 from samplegraph.nodes.models.sampling import RectifiedFlowSampling
 from samplegraph.nodes.pipelines.pipeline import ModelPipeline
-from samplegraph.nodes.schedules.split_at_fraction import SplitAtFraction
 from samplegraph.nodes.pipelines.text_encode import TextEncode
 from samplegraph.nodes.pipelines.types import Conditioning, EncodeOptions
+from samplegraph.nodes.schedules.split_at_fraction import SplitAtFraction
 from samplegraph.nodes.schedules.uniform_timesteps import UniformTimesteps
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -153,16 +153,15 @@ class Coherent(DiscreteSampler):
             update = self.checked(state, scores, eligible, k, update, argmax == state.history[2], w, local,
                                   per_block)
         prev_top = top_k_positions(scores, eligible & ~update, w)  # (B, L) the next step's verification set
-        nxt = state.reveal(update, chosen, next_times(schedule, state))
-        if blocks > 1:
-            nxt = next_block_if_done(nxt, schedule, per_block, eligible & ~update, blocks)
+        nxt = next_block_if_done(state.reveal(update, chosen, next_times(schedule, state)), schedule, per_block,
+                                 eligible & ~update, blocks)
         return nxt.replace(history=(buffer, filled, argmax, prev_top))
 
 
 def next_block_if_done(state: DiscreteState, schedule: MaskSchedule, per_block: int, still: torch.Tensor,
                        blocks: int) -> DiscreteState:
     """Rows whose block has nothing masked left (still (B, L): its undecided positions) before its last step
-    move to the next block's first step and time; the others stay as they are."""
+    move to the next block's first step and time; the others (every row of a single block) stay as they are."""
     block = ((state.step - 1) // per_block).clamp(max=blocks - 1)  # (B,) the block the step just worked on
     start = (block + 1) * per_block  # (B,) the next block's first step
     jump = ~still.any(-1) & (block < blocks - 1) & (state.step < start)  # (B,)
