@@ -5,7 +5,8 @@
 Rows: NoiseSource.normal (float32 and float64 outputs), NoiseSource.uniform (float64, one hash
 per element) and torch.randn, on the default generator and on a seeded torch.Generator (mt19937
 on CPU, Philox on CUDA), for the shapes of issue 9: many small particles (65,536 x 4) and a few
-large ones (16 x 16,384). Times are the best and the median of `repeat` calls (CUDA:
+large ones (16 x 16,384); on CUDA also the torch-ops path that the fused Triton kernel
+(nodes/core/noise_kernel.py) replaces. Times are the best and the median of `repeat` calls (CUDA:
 synchronised); "x randn" is the ratio of best times to torch.randn float32 on the same device.
 Without CUDA the CUDA rows print "no CUDA"."""
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from samplegraph.nodes.core import noise
 from samplegraph.nodes.core.noise import NoiseSource
 
 from common import table, timings
@@ -36,6 +38,13 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int) -> 
     return 1e3 * min(times), 1e3 * statistics.median(times)
 
 
+def torch_ops(src: NoiseSource, particle: torch.Tensor, e: int) -> torch.Tensor:
+    """src.normal(particle, 3, (e,)) through hash_blocks' torch ops, bypassing the fused kernel."""
+    out = torch.empty(particle.shape[0], (e + 1) // 2, 2, device=particle.device)  # (B, P, 2)
+    noise.torch_streams(src.row_keys(particle, 3, 0), out, uniform=False)
+    return out
+
+
 def rows_for(device: torch.device, repeat: int) -> list[list[object]]:
     """Rows (device, shape, method, best ms, median ms, best / torch.randn float32's) on one device."""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -50,6 +59,8 @@ def rows_for(device: torch.device, repeat: int) -> list[list[object]]:
             "NoiseSource.normal float64": lambda: src.normal(particle, 3, (e,), dtype=torch.float64),
             "NoiseSource.uniform float64": lambda: src.uniform(particle, 3, (e,)),
         }
+        if device.type == "cuda":  # what the fused kernel replaces: the same draw in torch's elementwise ops
+            methods["NoiseSource.normal float32, torch ops (no fused kernel)"] = lambda: torch_ops(src, particle, e)
         times = {name: timed(fn, device, repeat) for name, fn in methods.items()}
         ref = times["torch.randn float32"][0]
         rows += [[device.type, f"{b} x {e}", name, best, med, best / ref] for name, (best, med) in times.items()]

@@ -17,8 +17,11 @@ occurs (true probability 1.3e-11 per normal). Across devices the draws agree up 
 differences of each device's float32 log, sin and cos."""
 from __future__ import annotations
 
+import importlib.util
 import math
+import warnings
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 
@@ -93,13 +96,46 @@ class Scratch:
         return (z, tmp, *(buf[:n].view(shape) for buf in self.floats))
 
 
-RowKeys = Callable[[int, int, torch.Tensor], object]  # (first row, end row, out (R,)): writes row keys
+def mix64_int(z: int) -> int:
+    """mix64 of one Python int's low 64 bits, on the host (no device kernels): the same bits."""
+    z %= 1 << 64
+    for k, mul in ((30, MIX1), (27, MIX2)):
+        z = ((z ^ (z >> k)) * mul) % (1 << 64)
+    return _signed(z ^ (z >> 31))
+
+
+class RowKeys:
+    """The unhashed keys (B,) of a draw's rows (hash_blocks hashes them): `base` itself (step
+    None: given keys), or base * PARTICLE_MUL ^ K with K = mix64((step * STEP_MUL + offset) ^
+    seed_key) for particle ids `base` (NoiseSource.row_keys). A recipe, not a tensor, so that the
+    fused kernel (noise_kernel.py) can compute the keys in its own registers."""
+
+    def __init__(self, base: torch.Tensor, step: torch.Tensor | int | None = None, offset: int = 0,
+                 seed_key: int = 0):
+        if step is not None and not isinstance(step, torch.Tensor):
+            step = int(step)  # a NumPy or other integer scalar: a host int
+        self.base, self.step, self.offset, self.seed_key = base, step, offset, seed_key  # base (B,) int64
+
+    def term(self) -> int | torch.Tensor:
+        """K: an int for an int step (computed on the host), else (1,) or (B,) on base's device."""
+        if isinstance(self.step, int):
+            return mix64_int(_wrap(self.step * STEP_MUL + self.offset) ^ self.seed_key)
+        step = torch.as_tensor(self.step, dtype=torch.int64, device=self.base.device).reshape(-1)  # (1,) or (B,)
+        return mix64(torch.mul(step, STEP_MUL).add_(self.offset).bitwise_xor_(self.seed_key))
+
+    def writer(self) -> Callable[[int, int, torch.Tensor], object]:
+        """write(first row, end row, buf (R,)): the keys of rows first..end-1 into buf."""
+        if self.step is None:
+            return lambda first, end, buf: buf.copy_(self.base[first:end])
+        k = self.term()
+
+        def write(first: int, end: int, buf: torch.Tensor) -> torch.Tensor:
+            mixed = k if isinstance(k, int) or k.shape[0] == 1 else k[first:end]
+            return torch.mul(self.base[first:end], PARTICLE_MUL, out=buf).bitwise_xor_(mixed)
+        return write
+
+
 Fill = Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor], None]
-
-
-def given_keys(keys: torch.Tensor) -> RowKeys:
-    """RowKeys reading a tensor of keys (B,)."""
-    return lambda first, end, buf: buf.copy_(keys[first:end])
 
 
 def hash_blocks(row_keys: RowKeys, count: int, out: torch.Tensor, fill: Fill, floats: int) -> None:
@@ -110,7 +146,7 @@ def hash_blocks(row_keys: RowKeys, count: int, out: torch.Tensor, fill: Fill, fl
     one block on CUDA (launch-bound); elementwise, so blocks change no value. Row keys are made
     per block (no (B,) temporary); fill may overwrite z, which lives in the block's output bytes
     when they are at least 8 per hash."""
-    b, device = out.shape[0], out.device
+    b, device, write_keys = out.shape[0], out.device, row_keys.writer()
     counter = torch.arange(1, count + 1, dtype=torch.int64, device=device) * GOLDEN  # (C,) from 1: mix64(0) = 0
     on_cpu = device.type == "cpu"
     cols = max(1, min(count, CHUNK)) if on_cpu else max(1, count)
@@ -118,7 +154,7 @@ def hash_blocks(row_keys: RowKeys, count: int, out: torch.Tensor, fill: Fill, fl
     scratch = Scratch(rows, rows * cols, device, floats, out.shape[2] * out.element_size() < 8)
     for r in range(0, b, rows):
         base = scratch.rows[:min(rows, b - r)]  # (R,)
-        row_keys(r, r + base.shape[0], base)
+        write_keys(r, r + base.shape[0], base)
         _mix64_(base, scratch.ints[0, :base.shape[0]])
         for c in range(0, count, cols):
             block = out[r:r + rows, c:c + cols]  # (R, C, W) contiguous: whole rows, or a part of one row
@@ -150,6 +186,34 @@ def _box_muller(z: torch.Tensor, tmp: torch.Tensor, work: list[torch.Tensor], ou
     torch.mul(radius, torch.sin(angle, out=trig), out=out[..., 1])
 
 
+@lru_cache(maxsize=None)
+def fused_kernel_works(device: torch.device) -> bool:
+    """Whether noise_kernel.py's fused draws run on this CUDA device and agree with hash_blocks'
+    (uniforms bit for bit, normals to float32 rounding), probed once per process and device; without
+    Triton, or where it cannot build (no C compiler for its launcher, an unsupported GPU), the torch
+    path serves, with a warning."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        from . import noise_kernel
+
+        keys, size = RowKeys(torch.arange(67, device=device), 3, 5, 7), (67, 129)  # odd sizes: partial blocks
+        agree = True
+        for uniform, dtype in ((True, torch.float64), (False, torch.float32)):
+            fused, ref = (torch.empty(*size, 1 + (not uniform), dtype=dtype, device=device) for _ in range(2))
+            noise_kernel.stream(keys, fused, uniform)
+            torch_streams(keys, ref, uniform)
+            agree &= bool(torch.equal(fused, ref) if uniform else torch.allclose(fused, ref, rtol=1e-5, atol=1e-5))
+        if not agree:
+            warnings.warn(f"samplegraph: the fused noise kernel disagrees with the torch path on {device}; "
+                          "using the torch path (slower)", RuntimeWarning, stacklevel=2)
+        return agree
+    except Exception as exc:  # noqa: BLE001 - any failure to build or run the kernel: the torch path serves
+        warnings.warn(f"samplegraph: the fused noise kernel does not run on {device} ({type(exc).__name__}: "
+                      f"{exc}); using the torch path (slower)", RuntimeWarning, stacklevel=2)
+        return False
+
+
 def _uniform53(z: torch.Tensor, tmp: torch.Tensor, work: list[torch.Tensor], out: torch.Tensor) -> None:
     """Hashes z (R, C) -> float64 uniforms out (R, C, 1): (top 53 bits + 1/2) / 2^53, in (0, 1)."""
     torch.bitwise_right_shift(z, 11, out=tmp).bitwise_and_(_mask(11))
@@ -162,6 +226,11 @@ def pairs_from_inputs_(cells: torch.Tensor) -> torch.Tensor:
     of CHUNK on CPU. For callers that lay out their own counters (the Brownian tree)."""
     flat = cells.view(-1, 2)  # (N, 2) float32, contiguous
     n, on_cpu = flat.shape[0], cells.device.type == "cpu"
+    if cells.device.type == "cuda" and fused_kernel_works(cells.device):
+        from . import noise_kernel
+
+        noise_kernel.pairs_from_inputs(flat.view(torch.int64).view(-1), flat)
+        return cells
     size = max(1, min(n, CHUNK) if on_cpu else n)
     scratch = Scratch(0, size, cells.device, floats=2, own_hashes=False)
     for first in range(0, n, size):
@@ -176,14 +245,30 @@ def normal_pairs(row_keys: RowKeys, rows: int, pairs: int, dtype: torch.dtype = 
     """2 * pairs standard normals (B, 2P) per row: pair p of the row's hash stream gives
     elements 2p (r cos) and 2p + 1 (r sin)."""
     out = torch.empty(rows, pairs, 2, dtype=dtype, device=device)  # (B, P, 2)
-    hash_blocks(row_keys, pairs, out, _box_muller, floats=2)
+    _streams(row_keys, out, uniform=False)
     return out.view(rows, 2 * pairs)
+
+
+def _streams(row_keys: RowKeys, out: torch.Tensor, uniform: bool) -> None:
+    """out (B, C, 2) normal pairs or (B, C, 1) float64 uniforms of the rows' hash streams: one
+    fused kernel on CUDA where Triton works (noise_kernel.py), else hash_blocks' torch ops."""
+    if out.device.type == "cuda" and fused_kernel_works(out.device):
+        from . import noise_kernel
+
+        noise_kernel.stream(row_keys, out, uniform)
+    else:
+        torch_streams(row_keys, out, uniform)
+
+
+def torch_streams(row_keys: RowKeys, out: torch.Tensor, uniform: bool) -> None:
+    """_streams through hash_blocks' torch ops, on any device (the reference of the fused kernel)."""
+    hash_blocks(row_keys, out.shape[1], out, _uniform53 if uniform else _box_muller, floats=0 if uniform else 2)
 
 
 def normal_from_keys(keys: torch.Tensor, numel: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """`numel` standard normals (B, numel) per row key (B,): normal_pairs, the last sine dropped
     when numel is odd."""
-    return _odd_cut(normal_pairs(given_keys(keys), keys.shape[0], (numel + 1) // 2, dtype, keys.device), numel)
+    return _odd_cut(normal_pairs(RowKeys(keys), keys.shape[0], (numel + 1) // 2, dtype, keys.device), numel)
 
 
 def _odd_cut(pairs: torch.Tensor, numel: int) -> torch.Tensor:
@@ -194,7 +279,7 @@ def _odd_cut(pairs: torch.Tensor, numel: int) -> torch.Tensor:
 def uniform_from_keys(row_keys: RowKeys, rows: int, numel: int, device: torch.device | str) -> torch.Tensor:
     """`numel` float64 uniforms in (0, 1) (B, numel) per row: one hash per element."""
     out = torch.empty(rows, numel, 1, dtype=torch.float64, device=device)  # (B, E, 1)
-    hash_blocks(row_keys, numel, out, _uniform53, floats=0)
+    _streams(row_keys, out, uniform=True)
     return out.view(rows, numel)
 
 
@@ -203,22 +288,16 @@ class NoiseSource:
 
     def __init__(self, seed: int):
         self.seed = int(seed)
-        self.seed_key = int(mix64(torch.tensor([_wrap(self.seed * GOLDEN)]))[0])  # mix64(seed * GOLDEN)
+        self.seed_key = mix64_int(self.seed * GOLDEN)
 
     def __repr__(self) -> str:
         return f"NoiseSource(seed={self.seed})"
 
     def row_keys(self, particle: torch.Tensor, step: torch.Tensor | int, slot: int, tag: int = 0) -> RowKeys:
         """The keys of (particle, step, slot) rows, particle * PARTICLE_MUL ^ K (then hashed by
-        hash_blocks) with K = mix64((step * STEP_MUL + slot * SLOT_MUL + tag) ^ mix64(seed * GOLDEN)),
-        computed once for a scalar step; the tag separates kinds of draws (normal, uniform)."""
-        step_t = torch.as_tensor(step, dtype=torch.int64, device=particle.device).reshape(-1)  # (1,) or (B,)
-        offset = _wrap(slot * SLOT_MUL + tag)
-        k = mix64(torch.mul(step_t, STEP_MUL).add_(offset).bitwise_xor_(self.seed_key))  # (1,) or (B,)
-
-        def keys(first: int, end: int, buf: torch.Tensor) -> None:
-            torch.mul(particle[first:end], PARTICLE_MUL, out=buf).bitwise_xor_(k if k.shape[0] == 1 else k[first:end])
-        return keys
+        hash_blocks) with K = mix64((step * STEP_MUL + slot * SLOT_MUL + tag) ^ mix64(seed * GOLDEN));
+        the tag separates kinds of draws (normal, uniform)."""
+        return RowKeys(particle, step, _wrap(slot * SLOT_MUL + tag), self.seed_key)
 
     def normal(self, particle: torch.Tensor, step: torch.Tensor | int, shape: tuple[int, ...],
                slot: int = 0, dtype: torch.dtype = torch.float32,
