@@ -45,7 +45,9 @@ def _store_pair(z, out_ptr, offs, live):
     tl.store(out_ptr + 2 * offs + 1, (radius * tl.sin(angle)).to(kind), mask=live)
 
 
-@triton.jit
+# Values that vary from draw to draw are not specialised on (Triton would compile a kernel per
+# "divisible by 16" or "equals 1" pattern of them): a draw compiles once per mode and dtype.
+@triton.jit(do_not_specialize=["step_stride", "k_scalar", "offset", "seed_key", "count", "total"])
 def _stream_kernel(base_ptr, step_ptr, step_stride, k_scalar, offset, seed_key, out_ptr, count, total,
                    STEP: tl.constexpr, UNIFORM: tl.constexpr, BLOCK: tl.constexpr):
     """Hash c of row b, for the flat index b * count + c < total: z = mix64(mix64(key_b) + (c + 1) *
@@ -69,7 +71,7 @@ def _stream_kernel(base_ptr, step_ptr, step_stride, k_scalar, offset, seed_key, 
         _store_pair(z, out_ptr, offs, live)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total"])
 def _inputs_kernel(inputs_ptr, out_ptr, total, BLOCK: tl.constexpr):
     """Normal pairs of mix64(inputs[i]) into out[2 i], out[2 i + 1] (float32 over the same bytes)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
