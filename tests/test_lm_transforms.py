@@ -207,20 +207,6 @@ def sequence_counts(gens, seqs: dict) -> tuple[list[float], list[float]]:
     return obs, exp
 
 
-class KeepPrompt(LanguageModel):
-    """`lm` with every row's prompt length fixed: enumerate_sequences passes each prefix as a whole prompt,
-    which a transform that tells prompt from generated tokens (include_prompt=False) must not see."""
-
-    def __init__(self, lm: LanguageModel, prompt_length: int):
-        self.lm, self.n, self.vocab, self.max_length = lm, prompt_length, lm.vocab, lm.max_length
-
-    def encode(self, text: str) -> list[int]:
-        return self.lm.encode(text)
-
-    def next_logprobs(self, state: TokenState, window: int = 1):
-        return self.lm.next_logprobs(state.replace(prompt_length=torch.full_like(state.length, self.n)), window)
-
-
 def chi2_p(gens, seqs: dict) -> float:
     obs, exp = sequence_counts(gens, seqs)
     assert len(obs) >= 5, "too few bins for the test to have power: choose milder transform parameters"
@@ -235,7 +221,7 @@ def test_sampling_through_each_transform_matches_its_exact_sequence_distribution
     table = ModelTableLM(**MARKOV).run()
     lm = transform.run(table)
     prompt = "a"
-    seqs = enumerate_sequences(KeepPrompt(lm, len(lm.encode(prompt))), lm.encode(prompt), MAX_NEW)
+    seqs = enumerate_sequences(lm, lm.encode(prompt), MAX_NEW)
     assert sum(math.exp(v) for v in seqs.values()) == pytest.approx(1.0, abs=1e-9)
     gens = Generate(max_new_tokens=MAX_NEW, particles=N_EXACT).run(lm, Prompts((prompt,)), NodeContext.detached(seed=3))
     assert chi2_p(gens, seqs) > P_FLOOR

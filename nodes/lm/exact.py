@@ -13,7 +13,9 @@ from .model import LanguageModel
 def enumerate_sequences(lm: LanguageModel, prompt: Sequence[int], max_new_tokens: int,
                         min_logp: float = -math.inf) -> dict[tuple[int, ...], float]:
     """log p of every generated id sequence (EOS included when it ends one) of at most max_new_tokens,
-    breadth-first with one batched next_logprobs per depth; branches below min_logp are dropped."""
+    breadth-first with one batched next_logprobs per depth; branches below min_logp are dropped. Each
+    row's prompt length is the prompt's, so transforms that tell prompt from generated tokens
+    (repetition penalties with include_prompt=False) see what lm.generate shows them."""
     out: dict[tuple[int, ...], float] = {}
     eos = lm.vocab.eos
     frontier: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
@@ -21,6 +23,7 @@ def enumerate_sequences(lm: LanguageModel, prompt: Sequence[int], max_new_tokens
         if not frontier:
             break
         state = lm.start([list(prompt) + list(s) for s, _ in frontier], torch.arange(len(frontier)), 1)
+        state = state.replace(prompt_length=torch.full_like(state.length, len(prompt)))  # the prefix is generated
         logp = lm.next_logprobs(state)[0][:, 0].to(torch.float64)  # (F, V)
         nxt = []
         for (seq, lp), row in zip(frontier, logp.tolist()):
