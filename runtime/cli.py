@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", help="run the HTTP job server (needs the extra: pip install samplegraph[serve])")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: 127.0.0.1; anything but loopback requires the bearer token)")
-    serve.add_argument("--port", type=int, default=8188, help="port (default: 8188)")
+    serve.add_argument("--port", type=port_arg, default=8188, help="port (default: 8188)")
     serve.add_argument("--state-dir", type=Path, default=Path("samplegraph-state"),
                        help="jobs database, outputs, token and cache (default: ./samplegraph-state)")
     serve.add_argument("--workers", type=positive_int, default=1, help="jobs run at once (worker threads)")
@@ -128,6 +128,17 @@ def positive_int(text: str, expected: str = "a positive integer") -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return n
+
+
+def port_arg(text: str) -> int:
+    """--port: a TCP port number, 1-65535; anything else is a usage error."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return port
 
 
 def device_arg(text: str) -> str:

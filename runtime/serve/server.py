@@ -2,8 +2,10 @@
 and run the app on uvicorn."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +24,10 @@ DEFAULT_MAX_BODY = 8 << 20  # 8 MiB: a workflow is kilobytes; the shipped ones a
 
 class StateDirError(SamplegraphError):
     """The state dir cannot be used (not writable, or another server holds it)."""
+
+
+class ListenError(SamplegraphError):
+    """The server cannot listen on the address and port asked for."""
 
 
 @dataclass
@@ -58,6 +64,25 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return handle
 
 
+def check_listen(host: str, port: int) -> None:
+    """Bind (host, port) as uvicorn will (its address family, SO_REUSEADDR) and let go, so that a busy port or
+    an address this machine lacks is a clear error before the state dir, token or queue are touched."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except (socket.gaierror, UnicodeError) as e:  # an unknown name; a malformed one (empty label) fails to encode
+            reason = e.strerror if isinstance(e, socket.gaierror) else "not a valid host name"
+            raise ListenError(f"--host {host!r} is not an address of this machine ({reason}); give one it has, "
+                              f"e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+        except OSError as e:
+            fix = {errno.EADDRINUSE: "choose another --port, or stop the process listening there",
+                   errno.EACCES: "ports below 1024 need privileges: choose a --port above 1023",
+                   errno.EADDRNOTAVAIL: "that address is not one of this machine's: choose another --host"}
+            raise ListenError(f"cannot listen on {url_host(host)}:{port}: {e.strerror or e}; "
+                              f"{fix.get(e.errno, 'choose another --host or --port')}") from None
+
+
 def build(options: ServeOptions, out: IO[str] = sys.stdout) -> tuple[Any, IO[str]]:
     """The guarded ASGI app and the lock handle (kept open while serving)."""
     from .app import ServerState, create_app
@@ -92,6 +117,7 @@ def serve(options: ServeOptions) -> int:
     import uvicorn
 
     options = replace(options, threads=per_worker_threads(options.threads, options.workers))  # 'auto' read once
+    check_listen(options.host, options.port)
     app, lock = build(options)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
                             ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=5)
