@@ -204,26 +204,27 @@ def check_inputs(node_id: str, decl: NodeDecl, spec: NodeSpec, wf: Workflow,
 
 def check_link(node_id: str, port: PortSpec, link: Any, wf: Workflow, specs: Mapping[str, NodeSpec],
                problems: list[Problem], broken: frozenset[str]) -> Link | None:
-    where = f"input '{port.name}'"
     if not isinstance(link, str):
-        problems.append(Problem(f"a link must be a string 'node' or 'node.port', got {link!r}", node_id, where))
+        problems.append(Problem(f"a link must be a string 'node' or 'node.port', got {link!r}", node_id,
+                                f"input '{port.name}'"))
         return None
     src, src_port = parse_link(link)
     if src in broken:
         return None  # its declaration's problem is reported already
-    if src not in wf.nodes:
-        problems.append(Problem(f"links to '{link}', but there is no node '{src}'", node_id, where,
+    if (decl := wf.nodes.get(src)) is None:
+        problems.append(Problem(f"links to '{link}', but there is no node '{src}'", node_id, f"input '{port.name}'",
                                 suggest(src, wf.nodes)))
         return None
-    src_spec = specs.get(wf.nodes[src].kind)
+    src_spec = specs.get(decl.kind)
     if src_spec is None:
         return None  # the unknown kind of `src` is reported on its own node
-    out = resolve_port(src_spec, src, src_port, where, problems, node=node_id)
+    out = src_spec.outputs[0] if src_port is None and len(src_spec.outputs) == 1 else \
+        resolve_port(src_spec, src, src_port, f"input '{port.name}'", problems, node=node_id)  # (a fan-in's hot path)
     if out is None:
         return None
     if not compatible(out.type, port.type):
         problems.append(Problem(f"type mismatch: expected {port.type_name}, but '{link}' produces {out.type_name}",
-                                node_id, where))
+                                node_id, f"input '{port.name}'"))
         return None
     return Link(src, out.name)
 

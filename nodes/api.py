@@ -85,7 +85,8 @@ class Node(JsonParams):
     def key_params(self) -> dict[str, Any]:
         """The parameters that enter the cache key (JSON mode): `cache_exempt` left out, and each of
         `key_omits_default` that is at its default."""
-        params = self.model_dump(mode="json", exclude=set(self.cache_exempt))
+        exempt = self.cache_exempt or None  # the serializer itself: model_dump only forwards to it, per node
+        params = self.__pydantic_serializer__.to_python(self, mode="json", exclude=exempt)
         for name in self.key_omits_default:
             if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
                 params.pop(name, None)

@@ -131,13 +131,15 @@ def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: Run
     emit, total = run.emit, len(order)
     if emit is not None:
         emit(RunStarted(total))
+    peak = peak_rss_bytes()
     for index, node_id in enumerate(order):
         if run.is_cancelled():
             raise RunCancelled(f"run cancelled before node '{node_id}'")
         rn = nodes[node_id]
         if emit is not None:
             emit(NodeStarted(node_id, rn.spec.kind, index, total))
-        entry = run_node(rn, keys[node_id], vals, run)
+        entry = run_node(rn, keys[node_id], vals, run, peak)
+        peak = entry.peak_rss_bytes
         report.nodes.append(entry)
         if emit is not None:
             emit(NodeFinished(node_id, rn.spec.kind, entry.cache, entry.wall_s))
@@ -146,7 +148,9 @@ def execute(graph: ValidGraph, order: list[str], wanted: list[Link], report: Run
     return {(link.node, link.port): vals[link] for link in wanted}
 
 
-def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) -> NodeReport:
+def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings, peak: int | None = None) -> NodeReport:
+    """Look the node up or compute it; its report entry. `peak`: the process's peak RSS before it, which a
+    memory-cache hit (nothing allocated) keeps without asking the kernel again (a syscall per node)."""
     start = time.perf_counter()
     cuda = run.cuda
     if cuda:
@@ -171,7 +175,8 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings) ->
         if (device := V.device_of(value)) is not None and device not in devices:
             devices.append(device)
     return NodeReport(rn.id, rn.spec.kind, cache, time.perf_counter() - start, nfe,
-                      ",".join(sorted(devices)) if devices else None, peak_rss_bytes(),
+                      ",".join(sorted(devices)) if devices else None,
+                      peak if cache == "memory" and peak is not None else peak_rss_bytes(),
                       torch.cuda.max_memory_allocated(run.device) if cuda else None, described, metrics,
                       moves_since(run.residency, before))
 
