@@ -82,6 +82,15 @@ def test_fused_brownian_inputs_hash_in_place_like_the_torch_path(kernels):
     torch.testing.assert_close(cells, ref, rtol=0, atol=4e-6)
 
 
+def test_fused_kernel_reads_strided_ids_and_steps(kernels):
+    """Particle ids and steps that are views with strides (every other row) key the rows they show."""
+    ids, steps = torch.arange(2 * SIZE[0]) * 5, torch.arange(2 * SIZE[0]) - 9  # (2B,)
+    strided = RowKeys(ids[::2], steps[::2], 3, 11)
+    fused, ref = both(kernels, strided, True, torch.float64)
+    assert torch.equal(fused, ref)
+    assert torch.equal(ref, both(kernels, RowKeys(ids[::2].clone(), steps[::2].clone(), 3, 11), True, torch.float64)[1])
+
+
 def test_fused_kernel_handles_empty_draws(kernels):
     """A draw of no elements launches nothing (and writes nothing)."""
     out = torch.empty(0, 5, 2)

@@ -11,6 +11,8 @@ only by each device's float32 log, sqrt, cos and sin. Imported only where Triton
 TRITON_INTERPRET=1 runs the same kernels on CPU tensors (the tests check them that way)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -86,19 +88,27 @@ def stream(keys: noise.RowKeys, out: torch.Tensor, uniform: bool) -> None:
     total = rows * count
     if total == 0:
         return
-    mode, k_scalar, step, stride = 0, 0, keys.base, 0
+    base = keys.base.contiguous()  # the kernel reads row b at base_ptr + b
+    mode, k_scalar, step, stride = 0, 0, base, 0
     if isinstance(keys.step, torch.Tensor):
-        mode, step = 2, keys.step.reshape(-1).to(device=keys.base.device, dtype=torch.int64)  # (B,) or (1,)
+        mode, step = 2, keys.step.reshape(-1).to(device=base.device, dtype=torch.int64).contiguous()  # (B,) | (1,)
         stride = 1 if step.shape[0] > 1 else 0
     elif keys.step is not None:
         mode, k_scalar = 1, keys.term()
-    grid = (triton.cdiv(total, BLOCK),)
-    _stream_kernel[grid](keys.base, step, stride, k_scalar, keys.offset, keys.seed_key, out, count, total,
-                         STEP=mode, UNIFORM=uniform, BLOCK=BLOCK)
+    with on_device(out.device):
+        _stream_kernel[(triton.cdiv(total, BLOCK),)](base, step, stride, k_scalar, keys.offset, keys.seed_key, out,
+                                                    count, total, STEP=mode, UNIFORM=uniform, BLOCK=BLOCK)
 
 
 def pairs_from_inputs(inputs: torch.Tensor, cells: torch.Tensor) -> None:
     """cells (N, 2) float32 := the normal pairs of mix64(inputs (N,) int64); inputs may be cells' bytes."""
     total = inputs.shape[0]
     if total:
-        _inputs_kernel[(triton.cdiv(total, BLOCK),)](inputs, cells, total, BLOCK=BLOCK)
+        with on_device(cells.device):
+            _inputs_kernel[(triton.cdiv(total, BLOCK),)](inputs, cells, total, BLOCK=BLOCK)
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """The launch's device made current (Triton launches on the current CUDA device, whatever its
+    arguments' device); nothing to do for the interpreter's CPU tensors."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
