@@ -211,3 +211,30 @@ def test_uniform_bridge_is_the_enumerated_reverse_marginal():
     bridge = uniform_bridge(logp, x_t[None], torch.tensor([a_t], dtype=torch.float64),
                             torch.tensor([a_s], dtype=torch.float64))
     assert torch.allclose(bridge[0].exp(), exact, atol=1e-12)
+
+
+def masked_samplers():
+    """One of each masked-noise sampler node; CCD (no check) and CCD-DS (rows finish at different steps)."""
+    from samplegraph.nodes.discrete.samplers.coherent import Coherent
+    from samplegraph.nodes.discrete.samplers.confidence import Confidence
+    from samplegraph.nodes.discrete.samplers.remdm import ReMDM
+
+    return [Ancestral(), TauLeaping(), FirstHitting(), Confidence(), ReMDM(), Coherent(consistency="off"),
+            Coherent(consistency="adaptive")]
+
+
+@pytest.mark.parametrize("sampler", masked_samplers(), ids=lambda s: f"{type(s).__name__}:{s.model_dump()}")
+def test_a_row_finished_before_the_first_step_stays_while_the_others_run_as_alone(sampler):
+    """A batch whose first row has nothing masked (a template row given whole): every sampler leaves it as it
+    is and gives the other rows what it gives them without it (the first step runs on a sub-batch; coherent's
+    history used to be sized by that step and failed to scatter back)."""
+    den = ModelExactDiscrete(length=5).run()
+    state, _, _ = DiscreteTemplate(length=5).run().start(den, 4, NoiseSource(0))
+    given = torch.tensor([0, 1, 1, 2, 3])  # (L,) a whole sequence in row 0
+    tokens, fixed = state.tokens.clone(), state.fixed.clone()
+    tokens[0], fixed[0] = given, True
+    mixed = DiscreteState.start(tokens, fixed, state.particle)
+    out = run_discrete(sampler, den, LinearSchedule(5), mixed, NoiseSource(3))
+    alone = run_discrete(sampler, den, LinearSchedule(5), mixed[1:], NoiseSource(3))
+    assert torch.equal(out.tokens[0], given)
+    assert torch.equal(out.tokens[1:], alone.tokens)

@@ -38,8 +38,9 @@ class DiscreteSampler(Node):
             raise NodeError(f"this sampler steps {' or '.join(sorted(self.noise_kinds))} diffusion models, "
                             f"but the model is a {den.noise}-noise model; pick a sampler for {den.noise} noise")
 
-    def init(self, state: DiscreteState, schedule: MaskSchedule) -> DiscreteState:
-        """Rows at the start of the schedule (t = times[0] = 1, step 0)."""
+    def init(self, state: DiscreteState, schedule: MaskSchedule, den: DiscreteDenoiser | None = None) -> DiscreteState:
+        """Rows at the start of the schedule (t = times[0] = 1, step 0); `den` (when given) lets a sampler size
+        its history for the model (its vocabulary) before any row steps."""
         t = schedule.times[0].to(state.device).expand(state.batch).clone()
         return state.replace(step=torch.zeros_like(state.step), t=t)
 
@@ -57,7 +58,7 @@ def run_discrete(sampler: DiscreteSampler, den: DiscreteDenoiser, schedule: Mask
                  noise: NoiseSource) -> DiscreteState:
     """Step the unfinished rows until every row is finished; rows finish independently."""
     sampler.check(den)
-    state = sampler.init(state, schedule)
+    state = sampler.init(state, schedule, den)
     while bool((~sampler.finished(state, schedule, den)).any()):
         state = step_unfinished(sampler, den, schedule, state, noise)
     return state

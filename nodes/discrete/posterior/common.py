@@ -41,7 +41,7 @@ def start(den: DiscreteDenoiser, sampler: DiscreteSampler, schedule: MaskSchedul
     """per_row particles per template row, initialised by the sampler: (state, group (B,), groups)."""
     sampler.check(den)
     state, group, groups = template.start(den, per_row, noise, device)
-    return sampler.init(state, schedule), group, groups
+    return sampler.init(state, schedule, den), group, groups
 
 
 def scored(reward: SequenceReward, tokens: torch.Tensor, den: DiscreteDenoiser, group: torch.Tensor,

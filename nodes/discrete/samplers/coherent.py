@@ -87,14 +87,16 @@ class Coherent(DiscreteSampler):
                                      "decoded left to right, the steps split evenly (LLaDA); None = one block")
     key_omits_default: ClassVar[frozenset[str]] = frozenset({"block_length"})  # added after keys were recorded
 
-    def init(self, state: DiscreteState, schedule: MaskSchedule) -> DiscreteState:
-        """history = (buffer (B, d, L, 0) of past log-probs, newest first (sized at the first step), filled (B,),
-        previous argmax (B, L), previous step's top-w undecided positions (B, L) bool). V is unknown here, so the
-        buffer gets its width at the first step, which every row of a template takes together."""
+    def init(self, state: DiscreteState, schedule: MaskSchedule, den: DiscreteDenoiser | None = None) -> DiscreteState:
+        """history = (buffer (B, d, L, V) of past log-probs, newest first, -inf while unfilled, filled (B,), previous
+        argmax (B, L), previous step's top-w undecided positions (B, L) bool). Without the model (den None) V is
+        unknown and the buffer gets its width at the first step; sized here, rows may start finished (a template
+        row with nothing masked) while others step."""
         b, length = state.batch, state.length
         dev = state.device
-        buffer = torch.zeros((b, self.history, length, 0), dtype=torch.float64, device=dev)
-        return super().init(state, schedule).replace(history=(
+        width = 0 if den is None else den.vocab.size
+        buffer = torch.full((b, self.history, length, width), -math.inf, dtype=torch.float64, device=dev)
+        return super().init(state, schedule, den).replace(history=(
             buffer, torch.zeros(b, dtype=torch.long, device=dev),
             torch.full((b, length), -1, dtype=torch.long, device=dev),
             torch.zeros((b, length), dtype=torch.bool, device=dev)))

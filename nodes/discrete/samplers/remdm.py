@@ -34,10 +34,10 @@ class ReMDM(DiscreteSampler):
     eta: float = Field(0.04, ge=0, le=1, description="remasking strength (0: MDLM's ancestral sampler)")
     temperature: float = Field(1.0, gt=0, le=100, description="tokens drawn from p(x0 | x_t)^(1/T)")
 
-    def init(self, state: DiscreteState, schedule: MaskSchedule) -> DiscreteState:
+    def init(self, state: DiscreteState, schedule: MaskSchedule, den: DiscreteDenoiser | None = None) -> DiscreteState:
         """history = (confidence of each position's token when it was decoded (B, L), inf where none),)."""
         psi = torch.full(state.tokens.shape, math.inf, dtype=torch.float64, device=state.device)
-        return super().init(state, schedule).replace(history=(psi,))
+        return super().init(state, schedule, den).replace(history=(psi,))
 
     def sigma(self, a_t: torch.Tensor, a_s: torch.Tensor, last: torch.Tensor, psi: torch.Tensor,
               decoded: torch.Tensor) -> torch.Tensor:
