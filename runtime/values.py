@@ -3,6 +3,7 @@ sizes for the memory cache. Decoding is driven by the port's declared class, nev
 type name read from disk, so a cache file cannot make us import or construct anything else."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -92,14 +93,37 @@ def nbytes(value: Any) -> int:
     return 0
 
 
+DESCRIBED = 200  # characters of a description, at most
+
+
 def describe(value: Any) -> str:
-    """Short description for reports: 'Tensor(4096, 2) float32 cpu', '0.0312', 'GaussianMixture'."""
+    """Short description for reports: 'Tensor(4096, 2) float32 cpu', '0.0312', 'GaussianMixture', and a
+    dataclass of plain fields with them: 'CompensationRatios(ratios=(0.981, 1.02, ...), sigmas=(...))'."""
+    if isinstance(value, str):
+        return value if len(value) < DESCRIBED else value[:DESCRIBED - 3] + "..."
+    text = brief(value)
+    return text if len(text) < DESCRIBED else text[:DESCRIBED - 4] + "...)"
+
+
+def brief(value: Any, depth: int = 0) -> str:
+    """describe's text before it is cut: numbers inside to 4 digits, a sequence's first 6 items, a dataclass's fields
+    (containers three levels deep; deeper, or any other object: its class name)."""
     if isinstance(value, torch.Tensor):
         return f"Tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')} {value.device}"
-    if isinstance(value, (bool, int, float)):
+    if isinstance(value, bool) or isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):
+        return repr(value) if depth == 0 else f"{value:.4g}"
     if isinstance(value, str):
-        return value if len(value) < 200 else value[:197] + "..."
+        return repr(value)
+    if depth < 3 and isinstance(value, (list, tuple)):
+        items = [brief(v, depth + 1) for v in value[:6]] + (["..."] if len(value) > 6 else [])
+        return "(" + ", ".join(items) + ("," if len(value) == 1 else "") + ")"
+    if depth < 3 and isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {brief(v, depth + 1)}" for k, v in list(value.items())[:6]) + "}"
+    if depth < 1 and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = ", ".join(f"{f.name}={brief(getattr(value, f.name), depth + 1)}" for f in dataclasses.fields(value))
+        return f"{type(value).__name__}({fields})"
     return type(value).__name__
 
 

@@ -36,3 +36,19 @@ def test_report_names_the_workflow_file_it_ran(tmp_path):
     path.write_text(json.dumps({"nodes": {"a": {"kind": "test.const"}}, "outputs": ["a"]}))
     report = Runtime(device="cpu", nodes=H.ALL, cache=False).run(path, out_dir=tmp_path).report
     assert report.source == str(path)
+
+
+def test_small_result_objects_are_described_by_their_fields():
+    """The console and the report show a calibration result's numbers, not only its class name (DC-Solver's
+    ratios, a SolverPlan), within 200 characters; tensors by shape; other objects by class name."""
+    import torch
+
+    from samplegraph.nodes.samplers.dc_solver import CompensationRatios
+    from samplegraph.runtime.values import describe
+
+    ratios = CompensationRatios(tuple(1.0 + i / 100 for i in range(40)), (80.0, 1e-3, 0.0))
+    text = describe(ratios)
+    assert text.startswith("CompensationRatios(ratios=(1, 1.01, 1.02, 1.03, 1.04, 1.05, ...), sigmas=(80, 0.001, 0))")
+    assert len(describe(CompensationRatios(tuple(range(10)), tuple(float(i) for i in range(10 ** 3))))) < 200
+    assert describe(torch.zeros(2, 3)) == "Tensor(2, 3) float32 cpu" and describe(0.1 + 0.2) == "0.30000000000000004"
+    assert describe(object()) == "object" and describe(["a", "b"]) == "('a', 'b')"
