@@ -58,6 +58,23 @@ class MemoryCache:
         self._items: OrderedDict[str, tuple[Entry, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._computing: dict[str, threading.Event] = {}  # key -> set when the thread computing it is done
+
+    def claim(self, key: str) -> threading.Event | None:
+        """None: the caller now computes `key` (and must `release` it); else the Event another thread sets when
+        it is done with `key` (its result is then here, unless it failed or was too large to keep)."""
+        with self._lock:
+            if (busy := self._computing.get(key)) is not None:
+                return busy
+            self._computing[key] = threading.Event()
+            return None
+
+    def release(self, key: str) -> None:
+        """The claimed computation of `key` is over (stored, or failed): wake the threads waiting for it."""
+        with self._lock:
+            done = self._computing.pop(key, None)
+        if done is not None:
+            done.set()
 
     def get(self, key: str) -> Entry | None:
         with self._lock:

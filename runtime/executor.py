@@ -156,18 +156,26 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings, pe
     if cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     entry, cache = lookup(rn, key, run)
+    claimed = entry is None and key is not None and run.memory is not None
+    if claimed:
+        entry, cache = claim_or_wait(rn, key, run)
+        claimed = entry is None
     nfe = 0
     before = run.residency.snapshot() if run.residency is not None else None
     if entry is not None:
         outputs, metrics = entry.outputs, dict(entry.metrics)
     else:
-        outputs, metrics, nfe, ctx = compute(rn, key, vals, run) if run.residency is None \
-            else compute_offloading(rn, key, vals, run)
-        cache = "uncached" if key is None else "miss"
-        if key is not None:
-            store(rn, key, outputs, metrics, run)
-            if ctx is not None:
-                ctx.checkpoints.discard()
+        try:
+            outputs, metrics, nfe, ctx = compute(rn, key, vals, run) if run.residency is None \
+                else compute_offloading(rn, key, vals, run)
+            cache = "uncached" if key is None else "miss"
+            if key is not None:
+                store(rn, key, outputs, metrics, run)
+                if ctx is not None:
+                    ctx.checkpoints.discard()
+        finally:
+            if claimed:
+                run.memory.release(key)
     described, devices = {}, []
     for port, value in outputs.items():
         vals[(rn.id, port)] = value
@@ -234,6 +242,25 @@ def lookup(rn: ResolvedNode, key: str | None, run: RunSettings) -> tuple[Entry |
                 run.memory.put(key, hit.outputs, hit.metrics)
             return hit, "disk"
     return None, "miss"
+
+
+WAIT_POLL_S = 0.05  # how often a run waiting for another thread's result checks its cancel token
+
+
+def claim_or_wait(rn: ResolvedNode, key: str, run: RunSettings) -> tuple[Entry | None, str]:
+    """A missed key is computed by one thread of the Runtime at a time: (None, "miss") once this run has claimed
+    it (it computes, then releases), or the entry another run computed meanwhile (its memory hit) after waiting
+    for it. A run holds at most one claim, and only while it computes that node, so waits cannot cycle."""
+    while (busy := run.memory.claim(key)) is not None:
+        while not busy.wait(WAIT_POLL_S):
+            if run.is_cancelled():
+                raise RunCancelled(f"run cancelled while waiting for node '{rn.id}', which another run computes")
+        if (hit := lookup(rn, key, run))[0] is not None:
+            return hit  # from memory, or from disk when it was too large for memory
+    if (entry := run.memory.get(key)) is not None:  # stored by a run that finished between our lookup and claim
+        run.memory.release(key)
+        return entry, "memory"
+    return None, "miss"  # claimed; a result the other run failed to give (an error) is computed here
 
 
 def tell(run: RunSettings, event: Event) -> None:

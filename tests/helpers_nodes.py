@@ -199,6 +199,21 @@ class Sleep(Node):
         return 1.0 if x is None else x
 
 
+@node("test.flaky")
+class Flaky(Node):
+    """Sleeps, then fails the first time it runs under its tag and returns 1.0 after that."""
+
+    seconds: float = Field(0.1, ge=0.0)
+    tag: str = "flaky"
+
+    def run(self) -> float:
+        _count(self.tag)
+        time.sleep(self.seconds)
+        if ran(self.tag) == 1:
+            raise ValueError("the first run of this node fails")
+        return 1.0
+
+
 @node("test.loop")
 class Loop(Node):
     """A long loop that checks cancellation and reports progress every step."""
@@ -263,5 +278,5 @@ class Unlive(Node):
 
 
 ALL = [Const, Add, Scale, MakeTensor, TensorScale, TensorSum, MakeSigmas, MinMaxNode, Seeded,
-       Sink, FreshTensor, Fail, Sleep, Loop, Nfe, MakeLive, Unlive]
+       Sink, FreshTensor, Fail, Sleep, Flaky, Loop, Nfe, MakeLive, Unlive]
 REGISTRY = Registry(ALL)

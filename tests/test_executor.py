@@ -345,3 +345,73 @@ def test_threads_sharing_one_runtime_match_sequential_runs_and_keep_caches_sound
         assert set(statuses(r).values()) == {"disk"}
         assert torch.equal(r["w"], expected[i]["w"]) and r["s"] == expected[i]["s"]
     assert not any(isinstance(e, CacheDiscarded) for e in events)
+
+
+# ---------------------------------------------------------------- work in flight
+
+
+def shared_prefix(tag: str, seconds: float, factor: float) -> dict:
+    """A slow node every run shares (same key), then a node of this run's own."""
+    return {"nodes": {"slow": {"kind": "test.sleep", "params": {"seconds": seconds, "tag": tag}},
+                      "own": {"kind": "test.scale", "inputs": {"x": "slow"}, "params": {"factor": factor}}},
+            "outputs": ["own"]}
+
+
+def run_together(rt: Runtime, docs: list[dict], tokens: list[CancelToken | None] | None = None) -> list:
+    """Run docs in threads on one Runtime, released at once; each result or the exception it raised."""
+    barrier, out = threading.Barrier(len(docs)), [None] * len(docs)
+    tokens = tokens or [None] * len(docs)
+
+    def work(i: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            out[i] = rt.run(docs[i], cancel=tokens[i])
+        except BaseException as e:  # returned to the test
+            out[i] = e
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(docs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return out
+
+
+def test_runs_sharing_a_node_in_flight_compute_it_once():
+    """Three concurrent runs on one Runtime that share a slow node: it runs once; the others wait for it and
+    take it from memory (reported as a memory hit), and their own nodes still run."""
+    H.reset()
+    results = run_together(runtime(), [shared_prefix("inflight", 0.4, f) for f in (2.0, 3.0, 4.0)])
+    assert [r["own"] for r in results] == [2.0, 3.0, 4.0]
+    assert H.ran("inflight") == 1 and H.ran("scale") == 3
+    assert sorted(statuses(r)["slow"] for r in results) == ["memory", "memory", "miss"]
+
+
+def test_a_failed_computation_in_flight_leaves_the_waiting_run_to_compute_it():
+    """The run that claimed the shared node fails in it: the waiting run wakes, claims it and computes it
+    itself (no deadlock, no result lost)."""
+    doc = {"nodes": {"flaky": {"kind": "test.flaky", "params": {"seconds": 0.3, "tag": "flaky"}}},
+           "outputs": ["flaky"]}
+    results = run_together(runtime(), [doc, doc])
+    assert sorted(type(r).__name__ for r in results) == ["NodeRunError", "RunResult"]
+    assert next(r for r in results if not isinstance(r, Exception))["flaky"] == 1.0
+    assert H.ran("flaky") == 2
+
+
+def test_a_run_waiting_for_another_runs_node_can_be_cancelled():
+    """A run waiting on a node that another run computes sees its cancel token within the poll interval; the
+    computing run finishes as if alone."""
+    rt, slow, token = runtime(), shared_prefix("held", 1.5, 2.0), CancelToken()
+    first: list = []
+    owner = threading.Thread(target=lambda: first.append(rt.run(slow)))
+    owner.start()
+    deadline = time.monotonic() + 10
+    while H.ran("held") == 0 and time.monotonic() < deadline:  # the owner is inside the slow node
+        time.sleep(0.01)
+    threading.Timer(0.3, token.cancel).start()
+    start = time.perf_counter()
+    with pytest.raises(RunCancelled, match="while waiting for node 'slow', which another run computes"):
+        rt.run(slow, cancel=token)
+    assert time.perf_counter() - start < 1.0  # it did not sit out the owner's 1.5 s
+    owner.join(timeout=30)
+    assert first[0]["own"] == 2.0 and H.ran("held") == 1
