@@ -15,7 +15,6 @@ from samplegraph.nodes.core.context import NodeContext
 from samplegraph.nodes.core.noise import NoiseSource
 from samplegraph.nodes.lm.common import TokenBudget
 from samplegraph.nodes.lm.exact import enumerate_sequences
-from samplegraph.nodes.lm.model import LMTransform
 from samplegraph.nodes.lm.prompt import Prompts
 from samplegraph.nodes.lm.speculative import Counts, Speculative, speculate
 from samplegraph.nodes.lm.table_lm import ModelTableLM
@@ -33,17 +32,6 @@ DRAFT = ModelTableLM(tokens=TOKENS, start=[0.1, 0.5, 0.0, 0.3, 0.1],
 MAX_NEW = 4
 
 
-class WindowChecked(LMTransform):
-    """The inner LM, refusing calls outside the contract: W <= length - cached + 1 (what an LM may rely on)."""
-
-    def next_logprobs(self, state, window=1):
-        assert bool((window <= state.length - state.cached + 1).all()), (window, state.length, state.cached)
-        return super().next_logprobs(state, window)
-
-    def transform(self, logp, state, window):
-        return logp
-
-
 def run_node(target, draft, n: int, k: int, seed: int = 0, max_new: int = MAX_NEW):
     ctx = NodeContext.detached(seed=seed)
     out = Speculative(k=k, max_new_tokens=max_new, particles=n).run(target, draft, Prompts(("ab",)), ctx)
@@ -55,7 +43,7 @@ def test_speculative_output_follows_the_target_exactly(k):
     """Chi-square over every generated id sequence (EOS-ended or cut at MAX_NEW tokens), 6,000 draws."""
     n = 6000
     exact = enumerate_sequences(TARGET, TARGET.encode("ab"), MAX_NEW)
-    out, metrics = run_node(WindowChecked(TARGET), WindowChecked(DRAFT), n, k)
+    out, metrics = run_node(TARGET, DRAFT, n, k)  # table models check the window contract
     seen = Counter(out.token_ids)
     assert set(seen) <= set(exact)  # nothing the target forbids
     keys = [s for s in exact if math.exp(exact[s]) * n >= 5] + ["rest"]
@@ -114,3 +102,17 @@ def test_on_a_transformers_model_with_a_truncated_draft(tmp_path):
     same = NodeContext.detached(seed=0)
     Speculative(k=3, max_new_tokens=10, particles=3).run(target, target, Prompts(("hello", "the dog")), same)
     assert same.metrics["acceptance_rate"] > 0.99  # float32 cache vs window passes differ by ~1e-7 at most
+
+
+def test_table_models_refuse_a_window_beyond_the_cache_contract():
+    """A window reaching back past the last cached distribution (or before the first token) is a located bug
+    report from the reference models, so a strategy that relies on more fails here, not on a KV cache."""
+    state = TARGET.start([TARGET.encode("ab")], torch.arange(1), 4)  # 2 tokens, nothing cached
+    TARGET.next_logprobs(state, window=2)  # both prefixes of a fresh row: allowed
+    _, state = TARGET.next_logprobs(state)
+    state = state.append(torch.tensor([1])).append(torch.tensor([2]))  # 4 tokens, 2 cached
+    TARGET.next_logprobs(state, window=3)  # the last cached distribution and the two new ones
+    with pytest.raises(NodeError, match=r"window=4\) on row 0 of 4 tokens with 2 cached"):
+        TARGET.next_logprobs(state, window=4)
+    with pytest.raises(NodeError, match=r"window=3\) on row 0 of 2 tokens"):
+        TARGET.next_logprobs(TARGET.start([TARGET.encode("ab")], torch.arange(1), 4), window=3)

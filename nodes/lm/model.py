@@ -67,6 +67,18 @@ class LMTransform(LanguageModel):
         """Transformed log-probs (B, W, V) from the inner ones (B, W, V), normalised over V."""
 
 
+def check_window(state: TokenState, window: int) -> None:
+    """NodeError unless every row can serve `window` distributions under next_logprobs' contract: 1 <= W <=
+    min(length, length - cached + 1) (models with a cache may rely on it; reference models check it, so that a strategy
+    asking for more fails in the tests, not on a real model's KV cache)."""
+    room = torch.minimum(state.length - state.cached + 1, state.length)  # (B,) and never before the first token
+    if window < 1 or bool((window > room).any()):
+        row = int(torch.nonzero(window > room)[0, 0]) if window >= 1 else 0
+        raise NodeError(f"next_logprobs(window={window}) on row {row} of {int(state.length[row])} tokens with "
+                        f"{int(state.cached[row])} cached: the window may reach back at most to the last cached "
+                        f"distribution (window <= length - cached + 1); this is a bug in the calling node")
+
+
 def window_prefix_lengths(state: TokenState, window: int) -> torch.Tensor:
     """(B, W) int64: the prefix length each of the W distributions of next_logprobs conditions on."""
     return state.length[:, None] - window + 1 + torch.arange(window, device=state.device)[None, :]

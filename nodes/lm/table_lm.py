@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ...graph.errors import NodeError
 from ..api import Node, node
-from .model import LanguageModel
+from .model import LanguageModel, check_window
 from .state import TokenState
 from .vocab import Vocabulary
 
@@ -38,9 +38,8 @@ class TableLM(LanguageModel):
         return ids
 
     def next_logprobs(self, state: TokenState, window: int = 1) -> tuple[torch.Tensor, TokenState]:
+        check_window(state, window)
         pos = state.length[:, None] - window + torch.arange(window, device=state.device)[None, :]  # (B, W)
-        if bool((pos < 0).any()):
-            raise NodeError(f"window {window} is longer than a row of {int(state.length.min())} tokens")
         last = state.tokens.gather(1, pos)  # (B, W) the last token of each prefix
         return self.table.to(state.device)[last], state.replace(cached=state.length.clone())  # (B, W, V)
 
