@@ -50,6 +50,6 @@ class KeyWriter:
     def key(self, params: dict[str, Any], inputs: dict[str, Any], seed: int | None, external: Any = None) -> str:
         head = "{" if external is None else '{"external":' + canonical_text(external) + ","
         seeded = "" if seed is None else ',"seed":' + canonical_text(seed)
-        text = (head + '"inputs":' + canonical_text(inputs) + self.middle + canonical_text(params) + seeded
-                + self.tail)
+        text = (head + '"inputs":' + (canonical_text(inputs) if inputs else "{}") + self.middle
+                + (canonical_text(params) if params else "{}") + seeded + self.tail)  # (a source node's: no inputs)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
