@@ -32,12 +32,16 @@ from typing import Any
 CLIENT_ID = "samplegraph-bench"  # as the UI sends: cached nodes' UI results then reach the history too
 
 
-class BenchConst:
-    """A constant float (widget input `value`)."""
+class FloatNode:
+    """What our nodes share: one FLOAT output, computed by `run`."""
 
     CATEGORY = "samplegraph_bench"
     RETURN_TYPES = ("FLOAT",)
     FUNCTION = "run"
+
+
+class BenchConst(FloatNode):
+    """A constant float (widget input `value`)."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -47,12 +51,8 @@ class BenchConst:
         return (value,)
 
 
-class BenchInc:
+class BenchInc(FloatNode):
     """x + 1 (a linked input)."""
-
-    CATEGORY = "samplegraph_bench"
-    RETURN_TYPES = ("FLOAT",)
-    FUNCTION = "run"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -82,9 +82,8 @@ def sum_class(width: int) -> type:
         total = sum(xs.values())
         return {"ui": {"value": [total]}, "result": (total,)}
 
-    return type(f"BenchSum{width}", (), {"CATEGORY": "samplegraph_bench", "RETURN_TYPES": ("FLOAT",),
-                                          "FUNCTION": "run", "OUTPUT_NODE": True,
-                                          "INPUT_TYPES": classmethod(input_types), "run": run})
+    return type(f"BenchSum{width}", (FloatNode,), {"OUTPUT_NODE": True, "INPUT_TYPES": classmethod(input_types),
+                                                    "run": run})
 
 
 def chain_prompt(n: int) -> tuple[dict[str, Any], dict[str, type], float]:

@@ -153,7 +153,8 @@ def main() -> None:
     ap.add_argument("--fan-in", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--repeat", type=int, default=7, help="interleaved rounds per case (median and min)")
     ap.add_argument("--comfyui-max-nodes", type=int, default=1001,
-                    help="larger cases skip ComfyUI (O(N^2): a 2000-chain is ~1 min a call there, 5000 ~6 min)")
+                    help="larger cases skip ComfyUI (O(N^2): with its default cache a 2000-chain takes ~50 s a "
+                         "call, 5000 ~6 min)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     registry = Registry([Const, Inc, Sum])
