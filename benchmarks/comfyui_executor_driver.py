@@ -5,16 +5,17 @@ nothing of samplegraph, and is driven by benchmarks/comfyui_engine.py over stdin
     PYTHONPATH=$COMFYUI_PYTHONPATH $COMFYUI_PYTHON benchmarks/comfyui_executor_driver.py $COMFYUI_DIR
 
 Each stdin line is a JSON request {"shape": "chain" | "fan-in", "size": nodes, "rounds": R}; each answer is one
-JSON line on stdout: {"run": [s, ...], "validate": [s, ...], "hits": [s, ...]} (seconds per round) or
-{"error": "..."}. A new case is built and warmed up once (one round of each mode) before its first rounds.
+JSON line on stdout, {mode: [seconds per round, ...]} for the modes below, or {"error": "..."}. A new case is
+built and warmed up once (one round) before its first rounds; rounds=0 only does that.
 
 The nodes are written in ComfyUI's documented (V1) custom-node format (INPUT_TYPES, RETURN_TYPES, FUNCTION,
-OUTPUT_NODE) and registered into nodes.NODE_CLASS_MAPPINGS. One round times what a POST /prompt and its queue
+OUTPUT_NODE) and registered into nodes.NODE_CLASS_MAPPINGS. One call times what a POST /prompt and its queue
 worker run (server.py's post_prompt, main.py's prompt_worker): `execution.validate_prompt` and then
-`PromptExecutor.execute` with the outputs it returned, on a stub of the PromptServer (no client attached).
-"run": a new executor with ComfyUI's default cache (CacheType.CLASSIC, as main.py makes it without cache
-flags), so every node runs; "hits": one executor re-executing the identical prompt, so its cache serves every
-node; "validate": the validation part of the "run" call."""
+`PromptExecutor.execute` with the outputs it returned and a client id, on a stub of the PromptServer whose
+messages go nowhere. Modes: "none", a new executor with CacheType.NONE (main.py --cache-none), and
+"validate", that call's validation part; "run", a new executor with ComfyUI's default cache (CacheType.CLASSIC,
+as main.py makes it without cache flags), so every node runs and is keyed; "hits", one CLASSIC executor
+re-executing the identical prompt, so its cache serves every node."""
 from __future__ import annotations
 
 import asyncio
@@ -119,7 +120,7 @@ def build(shape: str, size: int) -> tuple[dict[str, Any], dict[str, type], float
 
 
 class StubServer:
-    """What PromptExecutor and its progress handler touch of ComfyUI's PromptServer, with no client attached."""
+    """What PromptExecutor and its progress handler touch of ComfyUI's PromptServer; messages go nowhere."""
 
     def __init__(self) -> None:
         self.client_id: str | None = None

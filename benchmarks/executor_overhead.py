@@ -21,11 +21,12 @@ custom-node format (a chain's last increment and the fan-in's sum are its OUTPUT
 `validate_prompt` plus `PromptExecutor.execute`, timed inside that process, one round of it after each round of
 the others. Its modes: "no cache" is --cache-none (CacheType.NONE), "new executor" its default cache
 (CLASSIC) on a new executor (every node runs and is keyed), "all hits" one executor re-running the identical
-prompt. Its costs grow with N per node (O(N^2) a graph: the progress handler rebuilds a dict of every started
-node at each node's start and finish; the default cache keys each node by its whole ancestry; the scheduler
+prompt; its ratios are to samplegraph's no-cache and memory-hit calls of the same round. Its costs grow with N
+per node (O(N^2) a graph: the progress handler builds a dict over all the prompt's nodes at each node's start
+and finish; the default cache keys each node by its whole ancestry; the scheduler
 scans every ready node at each pick), so cases over --comfyui-max-nodes are skipped; and its validation
 recurses once per link, so as shipped it refuses a chain of about 1000 nodes (RecursionError): the driver
-raises the recursion limit. Without the variables its columns say "not installed" and how to add them."""
+raises the recursion limit. Without the variables its columns say "not installed" and the footer line how to add them."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ import torch
 from samplegraph import Node, Registry, Runtime, Workflow, node
 
 from comfyui_engine import ComfyUIEngine, start_engine
+from comfyui_server import ComfyUIError
 from common import table
 
 
@@ -143,6 +145,11 @@ def comfy_cells(t: dict[str, list[float]], us: float, skip: str | None) -> list[
             cell([a / b for a, b in zip(t["comfy_hits"], t["hits"])])]
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` fit for a table cell: one line, no column bars, at most `limit` characters."""
+    return " ".join(text.split()).replace("|", "/")[:limit]
+
+
 COMFY_HEADERS = ["ComfyUI µs/node (no cache)", "of which validation µs/node", "ComfyUI µs/node (new executor)",
                  "ComfyUI µs/node (all hits)", "ComfyUI/samplegraph (no cache)", "ComfyUI/samplegraph (hits)"]
 
@@ -169,7 +176,7 @@ def main() -> None:
         if isinstance(engine, ComfyUIEngine):
             engine.close()
     comfy = (f"ComfyUI {engine.install.version()}" + (" (torchvision placeholder)" * engine.torchvision_placeholder)
-             if isinstance(engine, ComfyUIEngine) else f"ComfyUI: {engine}")
+             if isinstance(engine, ComfyUIEngine) else one_line(f"ComfyUI: {engine}", 2000))
     print(table(["graph", "nodes", "samplegraph µs/node (no cache)", "of which validation µs/node",
                  "samplegraph µs/node (all memory hits)", "dask get_sync µs/task",
                  "samplegraph/dask (no cache)", "samplegraph/dask (memory hits)", *COMFY_HEADERS], rows))
@@ -188,7 +195,11 @@ def run_cases(args: argparse.Namespace, registry: Registry, get_sync: Callable |
         if skip is None and size > args.comfyui_max_nodes:
             skip = "skipped: over --comfyui-max-nodes"
         comfy = None if skip else (lambda rounds, s=shape, n=size: engine.rounds(s, n, rounds))
-        t = measure(registry, wf, dgraph, out, args.repeat, get_sync, comfy)
+        try:
+            t = measure(registry, wf, dgraph, out, args.repeat, get_sync, comfy)
+        except ComfyUIError as e:  # the case again without it; its cells say why
+            skip = one_line(f"failed: {e}")
+            t = measure(registry, wf, dgraph, out, args.repeat, get_sync)
         us = 1e6 / size
         nan = [float("nan")]
         dask = t.get("dask", nan * args.repeat)

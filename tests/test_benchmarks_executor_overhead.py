@@ -2,6 +2,7 @@
 (every link names an existing node's output and a declared input, one OUTPUT_NODE, and evaluating them with the
 driver's own V1 node classes gives the value the driver checks ComfyUI's output against), the engine degrades to
 "not installed" / "failed" with the reason, and the script prints its table with the ComfyUI columns marked."""
+import argparse
 import sys
 from graphlib import TopologicalSorter
 
@@ -88,6 +89,20 @@ def test_comfyui_rounds_interleave_and_their_cells_are_per_node(modules):
     assert cells[0] == "2e+03 (1e+03)"  # 0.004, 0.008, 0.012 s over 4 nodes, in µs/node: median 2000, min 1000
     assert len(cells) == len(bench.COMFY_HEADERS)
     assert bench.comfy_cells(t, 1.0, "not installed") == ["not installed"] + ["-"] * 5
+
+
+def test_a_failing_comfyui_case_says_so_in_its_row_and_the_others_still_run(modules):
+    bench, engine = modules[0], modules[1]
+
+    class Broken:
+        def rounds(self, shape, size, rounds):
+            raise engine.ComfyUIError(f"ComfyUI's engine failed on the {shape}:\n| RecursionError")
+
+    args = argparse.Namespace(sizes=[4], fan_in=[2], repeat=1, comfyui_max_nodes=3)
+    rows = bench.run_cases(args, bench.Registry([bench.Const, bench.Inc, bench.Sum]), None, Broken())
+    assert rows[0][8] == "skipped: over --comfyui-max-nodes"  # 4 nodes > 3: never asked
+    assert rows[1][8] == "failed: ComfyUI's engine failed on the fan-in: / RecursionError"  # one table line
+    assert all(cell != "-" for cell in rows[1][2:8])  # samplegraph's own cells are still measured
 
 
 def test_the_script_runs_without_comfyui_and_says_how_to_add_it(modules, monkeypatch, capsys):
