@@ -119,26 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str, expected: str = "a positive integer") -> int:
-    """An argument that must be a positive integer; anything else is a usage error."""
+def positive_int(text: str, expected: str = "a positive integer", most: int | None = None) -> int:
+    """An argument that must be a positive integer (at most `most`); anything else is a usage error."""
     try:
         n = int(text)
     except ValueError:
         n = 0
-    if n < 1:
+    if n < 1 or (most is not None and n > most):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return n
 
 
 def port_arg(text: str) -> int:
     """--port: a TCP port number, 1-65535; anything else is a usage error."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
-    return port
+    return positive_int(text, "a port number from 1 to 65535", most=65535)
 
 
 def device_arg(text: str) -> str:

@@ -156,8 +156,8 @@ def run_node(rn: ResolvedNode, key: str | None, vals: dict, run: RunSettings, pe
     if cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     entry, cache = lookup(rn, key, run)
-    claimed = entry is None and key is not None and run.memory is not None
-    if claimed:
+    claimed = False  # this run computes the key and releases it for the runs waiting on it
+    if entry is None and key is not None and run.memory is not None:
         entry, cache = claim_or_wait(rn, key, run)
         claimed = entry is None
     nfe = 0

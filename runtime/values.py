@@ -110,7 +110,7 @@ def brief(value: Any, depth: int = 0) -> str:
     (containers three levels deep; deeper, or any other object: its class name)."""
     if isinstance(value, torch.Tensor):
         return f"Tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')} {value.device}"
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):  # bool too
         return repr(value)
     if isinstance(value, float):
         return repr(value) if depth == 0 else f"{value:.4g}"

@@ -22,6 +22,7 @@ import math
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
+from types import ModuleType
 
 import torch
 
@@ -214,6 +215,15 @@ def fused_kernel_works(device: torch.device) -> bool:
         return False
 
 
+def fused_kernels(device: torch.device) -> ModuleType | None:
+    """noise_kernel.py where its fused kernels serve `device` (CUDA, Triton working), else None."""
+    if device.type != "cuda" or not fused_kernel_works(device):
+        return None
+    from . import noise_kernel
+
+    return noise_kernel
+
+
 def _uniform53(z: torch.Tensor, tmp: torch.Tensor, work: list[torch.Tensor], out: torch.Tensor) -> None:
     """Hashes z (R, C) -> float64 uniforms out (R, C, 1): (top 53 bits + 1/2) / 2^53, in (0, 1)."""
     torch.bitwise_right_shift(z, 11, out=tmp).bitwise_and_(_mask(11))
@@ -226,10 +236,8 @@ def pairs_from_inputs_(cells: torch.Tensor) -> torch.Tensor:
     of CHUNK on CPU. For callers that lay out their own counters (the Brownian tree)."""
     flat = cells.view(-1, 2)  # (N, 2) float32, contiguous
     n, on_cpu = flat.shape[0], cells.device.type == "cpu"
-    if cells.device.type == "cuda" and fused_kernel_works(cells.device):
-        from . import noise_kernel
-
-        noise_kernel.pairs_from_inputs(flat.view(torch.int64).view(-1), flat)
+    if (kernels := fused_kernels(cells.device)) is not None:
+        kernels.pairs_from_inputs(flat.view(torch.int64).view(-1), flat)
         return cells
     size = max(1, min(n, CHUNK) if on_cpu else n)
     scratch = Scratch(0, size, cells.device, floats=2, own_hashes=False)
@@ -252,10 +260,8 @@ def normal_pairs(row_keys: RowKeys, rows: int, pairs: int, dtype: torch.dtype = 
 def _streams(row_keys: RowKeys, out: torch.Tensor, uniform: bool) -> None:
     """out (B, C, 2) normal pairs or (B, C, 1) float64 uniforms of the rows' hash streams: one
     fused kernel on CUDA where Triton works (noise_kernel.py), else hash_blocks' torch ops."""
-    if out.device.type == "cuda" and fused_kernel_works(out.device):
-        from . import noise_kernel
-
-        noise_kernel.stream(row_keys, out, uniform)
+    if (kernels := fused_kernels(out.device)) is not None:
+        kernels.stream(row_keys, out, uniform)
     else:
         torch_streams(row_keys, out, uniform)
 

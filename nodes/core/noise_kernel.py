@@ -24,24 +24,27 @@ BLOCK = 1024  # hashes per program
 # noise.py's constants as compile-time constants (Triton kernels read only constexpr globals)
 _GOLDEN, _MIX1, _MIX2 = tl.constexpr(noise.GOLDEN), tl.constexpr(noise.MIX1), tl.constexpr(noise.MIX2)
 _PARTICLE_MUL, _STEP_MUL = tl.constexpr(noise.PARTICLE_MUL), tl.constexpr(noise.STEP_MUL)
+_MASK30, _MASK27, _MASK31 = tl.constexpr(noise._mask(30)), tl.constexpr(noise._mask(27)), tl.constexpr(noise._mask(31))
+_MASK11, _LOW32 = tl.constexpr(noise._mask(11)), tl.constexpr(noise.LOW32)
+_UNIT32, _UNIT53, _ANGLE = tl.constexpr(noise.UNIT32), tl.constexpr(noise.UNIT53), tl.constexpr(noise.ANGLE)
 
 
 @triton.jit
 def _mix64(z):
     """SplitMix64's finaliser on int64 (nodes/core/noise.py: mix64), the masks undoing >>'s sign fill."""
-    z = z ^ ((z >> 30) & 0x3FFFFFFFF)
+    z = z ^ ((z >> 30) & _MASK30)
     z = z * _MIX1
-    z = z ^ ((z >> 27) & 0x1FFFFFFFFF)
+    z = z ^ ((z >> 27) & _MASK27)
     z = z * _MIX2
-    return z ^ ((z >> 31) & 0x1FFFFFFFF)
+    return z ^ ((z >> 31) & _MASK31)
 
 
 @triton.jit
 def _store_pair(z, out_ptr, offs, live):
     """Box-Muller of hashes z into out[2 offs] (r cos) and out[2 offs + 1] (r sin), as noise.py's _box_muller."""
-    u = (z & 0xFFFFFFFF).to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10  # (k + 1/2) 2^-32
+    u = (z & _LOW32).to(tl.float32) * _UNIT32 + 0.5 * _UNIT32  # (k + 1/2) 2^-32: k 2^-32 is exact
     radius = tl.sqrt_rn(tl.log(u) * -2.0)
-    angle = (z >> 32).to(tl.float32) * 1.4629180792671596e-09  # signed high half * 2 pi 2^-32
+    angle = (z >> 32).to(tl.float32) * _ANGLE  # the signed high half * 2 pi 2^-32
     kind = out_ptr.dtype.element_ty
     tl.store(out_ptr + 2 * offs, (radius * tl.cos(angle)).to(kind), mask=live)
     tl.store(out_ptr + 2 * offs + 1, (radius * tl.sin(angle)).to(kind), mask=live)
@@ -67,8 +70,8 @@ def _stream_kernel(base_ptr, step_ptr, step_stride, k_scalar, offset, seed_key, 
         key = (key * _PARTICLE_MUL) ^ _mix64((step * _STEP_MUL + offset) ^ seed_key)
     z = _mix64(_mix64(key) + (offs - row * count + 1) * _GOLDEN)
     if UNIFORM:
-        v = ((z >> 11) & 0x1FFFFFFFFFFFFF).to(tl.float64)  # the top 53 bits
-        tl.store(out_ptr + offs, (v + 0.5) * 1.1102230246251565e-16, mask=live)
+        v = ((z >> 11) & _MASK11).to(tl.float64)  # the top 53 bits
+        tl.store(out_ptr + offs, (v + 0.5) * _UNIT53, mask=live)
     else:
         _store_pair(z, out_ptr, offs, live)
 

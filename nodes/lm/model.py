@@ -76,7 +76,8 @@ def check_window(state: TokenState, window: int) -> None:
         row = int(torch.nonzero(window > room)[0, 0]) if window >= 1 else 0
         raise NodeError(f"next_logprobs(window={window}) on row {row} of {int(state.length[row])} tokens with "
                         f"{int(state.cached[row])} cached: the window may reach back at most to the last cached "
-                        f"distribution (window <= length - cached + 1); this is a bug in the calling node")
+                        f"distribution and never before the first token (window <= min(length, length - cached + 1)); "
+                        f"this is a bug in the calling node")
 
 
 def window_prefix_lengths(state: TokenState, window: int) -> torch.Tensor:

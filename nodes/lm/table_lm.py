@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ...graph.errors import NodeError
 from ..api import Node, node
-from .model import LanguageModel, check_window
+from .model import LanguageModel, check_window, window_prefix_lengths
 from .state import TokenState
 from .vocab import Vocabulary
 
@@ -39,8 +39,7 @@ class TableLM(LanguageModel):
 
     def next_logprobs(self, state: TokenState, window: int = 1) -> tuple[torch.Tensor, TokenState]:
         check_window(state, window)
-        pos = state.length[:, None] - window + torch.arange(window, device=state.device)[None, :]  # (B, W)
-        last = state.tokens.gather(1, pos)  # (B, W) the last token of each prefix
+        last = state.tokens.gather(1, window_prefix_lengths(state, window) - 1)  # (B, W) the last token of each prefix
         return self.table.to(state.device)[last], state.replace(cached=state.length.clone())  # (B, W, V)
 
 
